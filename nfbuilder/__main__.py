@@ -1,0 +1,5 @@
+import sys
+
+from nfbuilder.cli import main
+
+sys.exit(main())

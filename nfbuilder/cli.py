@@ -1,0 +1,172 @@
+"""``nfbuilder compile | graph | validate | serve | run``.
+
+Application arguments (what ``application_setup(args)`` receives) come after ``--``::
+
+    nfbuilder compile apps/word_count.py -o build -- --in 0.0.0.0:7010 --out receiver:7002
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+EXIT_USAGE = 2
+
+
+def _split(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    argv = list(argv)
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--partitions", type=int, default=2,
+                   help="partitions (ordered pods) per to_state_partition step (default 2)")
+    p.add_argument("--max-replicas", type=int, default=4,
+                   help="autoscaling ceiling of to_parallel vertices (default 4)")
+    p.add_argument("--fuse", action="store_true",
+                   help="coalesce runs of stateless steps (and the first run into the source)")
+    p.add_argument("--state-store", metavar="URL",
+                   help="sqlite:///path, redis://host:port/db or memory://")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nfbuilder", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="write Numaflow manifests, entrypoints and a Dockerfile")
+    c.add_argument("app", help="application: path/to/app.py or an importable module name")
+    c.add_argument("-o", "--output", default="build", help="output directory (default build/)")
+    c.add_argument("--image", default="nfbuilder-app:latest", help="container image of every vertex")
+    c.add_argument("--namespace", help="Kubernetes namespace to put in metadata")
+    c.add_argument("--state-store-secret", metavar="NAME[:KEY]",
+                   help="take the state store URL from this Secret (key 'url' by default)")
+    _plan_args(c)
+
+    g = sub.add_parser("graph", help="print the plan as a Mermaid flowchart or Graphviz dot")
+    g.add_argument("app")
+    g.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    _plan_args(g)
+
+    v = sub.add_parser("validate", help="check manifests against the CRD schema and controller rules")
+    v.add_argument("files", nargs="+")
+
+    s = sub.add_parser("serve", help="serve one vertex over the Numaflow gRPC contract (in a container)")
+    s.add_argument("--app", required=True)
+    s.add_argument("--vertex", required=True)
+    s.add_argument("--fuse", action="store_true")
+
+    r = sub.add_parser("run", help="run the whole application locally (embedded engine)")
+    r.add_argument("app")
+    _plan_args(r)
+    r.add_argument("--until-idle", type=float, metavar="SECONDS",
+                   help="stop after SECONDS with no message moving (once one has entered)")
+    r.add_argument("--max-messages", type=int, metavar="N",
+                   help="stop once N messages have reached the sinks")
+    r.add_argument("--quiet", action="store_true", help="no status display")
+    r.add_argument("--work-dir", help="where sockets, logs and the default state store go")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    own, app_args = _split(sys.argv[1:] if argv is None else argv)
+    ns = _parser().parse_args(own)
+    try:
+        if ns.command == "compile":
+            return _compile(ns, app_args)
+        if ns.command == "graph":
+            return _graph(ns, app_args)
+        if ns.command == "validate":
+            return _validate(ns)
+        if ns.command == "serve":
+            from nfbuilder.runtime.vertex import serve_vertex
+
+            return serve_vertex(ns.app, ns.vertex, app_args, fuse=ns.fuse)
+        if ns.command == "run":
+            from nfbuilder.local.engine import run_cli
+
+            return run_cli(ns, app_args)
+    except _UserError as exc:
+        print(f"nfbuilder {ns.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_USAGE
+
+
+class _UserError(Exception):
+    pass
+
+
+def _load(spec: str, args: list[str], ns: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from nfbuilder.dsl import WallarooParameterError
+    from nfbuilder.loader import AppLoadError, load_app
+    from nfbuilder.plan import PlanOptions, plan
+
+    try:
+        loaded = load_app(spec, args)
+    except AppLoadError as exc:
+        raise _UserError(str(exc)) from None
+    except WallarooParameterError as exc:  # raised by build() outside application_setup frames
+        raise _UserError(f"{spec}: {exc}") from None
+    try:
+        options = PlanOptions(
+            image=getattr(ns, "image", "nfbuilder-app:latest"),
+            namespace=getattr(ns, "namespace", None),
+            partitions=ns.partitions,
+            max_replicas=ns.max_replicas,
+            fuse=ns.fuse,
+            state_store=ns.state_store,
+            state_store_secret=getattr(ns, "state_store_secret", None),
+        )
+    except ValueError as exc:
+        raise _UserError(f"bad option: {exc}") from None
+    return loaded, plan(loaded.app, options)
+
+
+def _compile(ns: argparse.Namespace, app_args: list[str]) -> int:
+    from nfbuilder import __version__
+    from nfbuilder.emit.artifacts import render_artifacts, write_artifacts
+    from nfbuilder.emit.manifest import AppRef
+
+    loaded, graph = _load(ns.app, app_args, ns)
+    files = render_artifacts(
+        graph, AppRef(loaded.module_name, tuple(app_args)), app_file=loaded.path,
+        version=__version__,
+    )
+    write_artifacts(files, ns.output)
+    for line in graph.describe():
+        print(line)
+    store = graph.options.state_store_secret or graph.options.state_store
+    if any(v.state for v in graph.vertices()) and not store:
+        print("note: no --state-store given: state vertices use memory:// (not durable); "
+              "use --state-store-secret NAME for a Redis URL kept in a Secret", file=sys.stderr)
+    print(f"wrote {ns.output}/pipeline.yaml, {ns.output}/Dockerfile and "
+          f"{sum(1 for f in files if f.startswith('entrypoints/'))} entrypoints")
+    return 0
+
+
+def _graph(ns: argparse.Namespace, app_args: list[str]) -> int:
+    from nfbuilder.emit.diagram import render
+
+    _, graph = _load(ns.app, app_args, ns)
+    sys.stdout.write(render(graph, ns.format))
+    return 0
+
+
+def _validate(ns: argparse.Namespace) -> int:
+    from nfbuilder.emit.validate import check_file
+
+    bad = 0
+    for path in ns.files:
+        try:
+            findings = check_file(path)
+        except OSError as exc:
+            raise _UserError(f"{path}: {exc.strerror}") from None
+        for finding in findings:
+            print(f"{path}: {finding}")
+        bad += len(findings)
+        if not findings:
+            print(f"{path}: ok")
+    return 1 if bad else 0

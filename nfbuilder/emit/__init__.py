@@ -1,0 +1,1 @@
+"""VertexGraph -> Numaflow manifests, YAML, entrypoints, Dockerfile; diagrams; validation."""

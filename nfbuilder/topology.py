@@ -1,0 +1,212 @@
+"""The frozen intermediate representation of a Wallaroo application.
+
+``from_actions`` parses the list that ``ApplicationBuilder.build()`` returns (already validated)::
+
+    app = from_actions(ab.build())
+    app.pipelines[0].steps[0].name     # 'reverse'
+
+This module is pure data: it imports nothing else of nfbuilder. User objects (computations,
+decoders, encoders, state classes, partition functions) are kept as they are and used by duck
+typing (Wallaroo's method names).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence, Union
+
+import attrs
+
+TO = "to"
+TO_PARALLEL = "to_parallel"
+TO_STATEFUL = "to_stateful"
+TO_STATE_PARTITION = "to_state_partition"
+TO_STATE_PARTITION_U64 = "to_state_partition_u64"
+STATE_KINDS = (TO_STATEFUL, TO_STATE_PARTITION, TO_STATE_PARTITION_U64)
+
+
+class TopologyError(ValueError):
+    """The action list has a shape that cannot be parsed (build() normally prevents this)."""
+
+
+def _tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+
+
+@attrs.frozen
+class TcpSource:
+    host: str
+    port: str
+    decoder: Any
+
+    kind = "tcp"
+
+
+@attrs.frozen
+class KafkaSource:
+    topic: str
+    brokers: tuple[tuple[str, str], ...] = attrs.field(converter=_tuple)
+    log_level: str
+    decoder: Any
+
+    kind = "kafka"
+
+
+@attrs.frozen
+class TcpSink:
+    host: str
+    port: str
+    encoder: Any
+
+    kind = "tcp"
+
+
+@attrs.frozen
+class KafkaSink:
+    topic: str
+    brokers: tuple[tuple[str, str], ...] = attrs.field(converter=_tuple)
+    log_level: str
+    max_produce_buffer_ms: int
+    max_message_size: int
+    encoder: Any
+
+    kind = "kafka"
+
+
+Source = Union[TcpSource, KafkaSource]
+Sink = Union[TcpSink, KafkaSink]
+
+
+@attrs.frozen
+class StateSpec:
+    """A named state. ``keys`` is None for ``to_stateful`` (one state object), ``()`` for keys
+    created on demand, else the declared partition keys."""
+
+    name: str
+    state_class: Any
+    partition_function: Any = None
+    keys: tuple[Any, ...] | None = None
+    u64: bool = False
+
+    @property
+    def partitioned(self) -> bool:
+        return self.partition_function is not None
+
+
+@attrs.frozen
+class Step:
+    """One ``to*`` call of a pipeline."""
+
+    kind: str
+    name: str
+    computation: Any
+    state: StateSpec | None = None
+
+    @property
+    def multi(self) -> bool:
+        return hasattr(self.computation, "compute_multi")
+
+    @property
+    def stateful(self) -> bool:
+        return self.state is not None
+
+    @property
+    def parallel(self) -> bool:
+        return self.kind == TO_PARALLEL
+
+
+@attrs.frozen
+class Pipeline:
+    """``new_pipeline`` ... up to its sink(s) or ``done()``; ``index`` is its declaration order."""
+
+    index: int
+    name: str
+    source: Source
+    steps: tuple[Step, ...]
+    sinks: tuple[Sink, ...]
+
+
+@attrs.frozen
+class Application:
+    name: str
+    pipelines: tuple[Pipeline, ...]
+
+    def states(self) -> dict[str, StateSpec]:
+        """Every state name used, with its spec (shared names appear once)."""
+        found: dict[str, StateSpec] = {}
+        for pipeline in self.pipelines:
+            for step in pipeline.steps:
+                if step.state is not None:
+                    found.setdefault(step.state.name, step.state)
+        return found
+
+
+def _source(config: Any) -> Source:
+    if config[0] == "tcp":
+        return TcpSource(str(config[1]), str(config[2]), config[3])
+    if config[0] == "kafka":
+        return KafkaSource(config[1], config[2], config[3], config[4])
+    raise TopologyError(f"unknown source config {config!r}")
+
+
+def _sink(config: Any) -> Sink:
+    if config[0] == "tcp":
+        return TcpSink(str(config[1]), str(config[2]), config[3])
+    if config[0] == "kafka":
+        return KafkaSink(*config[1:7])
+    raise TopologyError(f"unknown sink config {config!r}")
+
+
+def _step(action: Sequence[Any]) -> Step:
+    kind, comp = action[0], action[1]
+    name = comp.name()
+    if kind in (TO, TO_PARALLEL):
+        return Step(kind, name, comp)
+    builder, state_name = action[2], action[3]
+    if kind == TO_STATEFUL:
+        state = StateSpec(state_name, builder.state_cls)
+    else:
+        state = StateSpec(
+            state_name,
+            builder.state_cls,
+            action[4],
+            tuple(action[5] or ()),
+            u64=kind == TO_STATE_PARTITION_U64,
+        )
+    return Step(kind, name, comp, state)
+
+
+def from_actions(actions: Sequence[Sequence[Any]]) -> Application:
+    """Parse Wallaroo's action list into an ``Application``."""
+    if not actions or actions[0][0] != "name":
+        raise TopologyError("the action list must start with ('name', app_name)")
+    app_name = actions[0][1]
+    pipelines: list[Pipeline] = []
+    open_: dict[str, Any] | None = None
+
+    def close(sinks: tuple[Sink, ...]) -> None:
+        nonlocal open_
+        if open_ is not None:
+            pipelines.append(
+                Pipeline(len(pipelines), open_["name"], open_["source"], tuple(open_["steps"]), sinks)
+            )
+        open_ = None
+
+    for action in actions[1:]:
+        kind = action[0]
+        if kind == "new_pipeline":
+            close(())
+            open_ = {"name": action[1], "source": _source(action[2]), "steps": []}
+        elif kind in (TO, TO_PARALLEL, *STATE_KINDS):
+            if open_ is None:
+                raise TopologyError(f"{kind} outside a pipeline")
+            open_["steps"].append(_step(action))
+        elif kind == "to_sink":
+            close((_sink(action[1]),))
+        elif kind == "to_sinks":
+            close(tuple(_sink(c) for c in action[1]))
+        elif kind == "done":
+            close(())
+        else:
+            raise TopologyError(f"unknown action {kind!r}")
+    close(())
+    return Application(app_name, tuple(pipelines))
