@@ -1,0 +1,229 @@
+"""`redis://` and `rediss://`: the state store for Kubernetes deployments.
+
+Each (namespace, state name, key) is one hash ``nfbuilder:{namespace}:{state}:{key}`` with the
+fields ``data`` (snapshot bytes) and ``ids`` (JSON list of applied message ids). A save is ONE Lua
+script that reads the old ids, merges the new ones and writes both fields with one HSET, so no
+reader ever sees new data with old ids. redis-py's Script object runs it with EVALSHA and reloads
+it on NOSCRIPT (after a server restart).
+
+Connection failures (server restarting, failover, network blip) are retried with exponential
+backoff until the store's timeout (default 30 s), then StateStoreError is raised. Retrying a save
+is safe even when the lost reply hid a successful write: the merge is idempotent. A save returns
+only after Redis answered the script, so success is never reported for a write that did not run.
+``ns`` and ``state`` have ``%`` and ``:`` percent-encoded in the hash name so that distinct
+(namespace, state, key) triples never share a hash.
+
+Example::
+
+    store = RedisStore.open("redis://:secret@redis:6379/0", namespace="app")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from nfbuilder.runtime.state.store import (
+    DEFAULT_ID_WINDOW,
+    DEFAULT_TIMEOUT_S,
+    Snapshot,
+    StateStoreError,
+    mask_url,
+)
+
+log = logging.getLogger("nfbuilder.state")
+
+T = TypeVar("T")
+
+# KEYS[1]: the hash; ARGV[1]: data; ARGV[2]: id window; ARGV[3..]: new ids, oldest first.
+# Same rule as store.merge_ids. Everything is computed before the single HSET, because Redis does
+# not roll back a script that fails halfway: a script error must leave the hash untouched.
+_SAVE_LUA = """
+local window = tonumber(ARGV[2])
+local combined = {}
+local stored = redis.call('HGET', KEYS[1], 'ids')
+if stored then
+  for _, id in ipairs(cjson.decode(stored)) do combined[#combined + 1] = id end
+end
+for i = 3, #ARGV do combined[#combined + 1] = ARGV[i] end
+local newest_first, seen = {}, {}
+for i = #combined, 1, -1 do
+  local id = combined[i]
+  if not seen[id] then
+    seen[id] = true
+    newest_first[#newest_first + 1] = id
+    if #newest_first == window then break end
+  end
+end
+local kept = {}
+for i = #newest_first, 1, -1 do kept[#kept + 1] = newest_first[i] end
+local encoded = '[]'
+if #kept > 0 then encoded = cjson.encode(kept) end
+redis.call('HSET', KEYS[1], 'data', ARGV[1], 'ids', encoded)
+return #kept
+"""
+
+# Errors after which the same command may succeed: the server is restarting, loading its AOF,
+# failing over, or the network dropped. Authentication problems are not transient.
+_TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+_PERMANENT = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
+
+_OPEN_PING_TIMEOUT_S = 2.0
+_MAX_BACKOFF_S = 1.0
+
+
+def hash_name(namespace: str, state_name: str, key: str) -> str:
+    """The Redis hash holding one key's snapshot.
+
+    Example::
+
+        hash_name("app", "counts", "user:1")  # 'nfbuilder:app:counts:user:1'
+    """
+    return f"nfbuilder:{_escape(namespace)}:{_escape(state_name)}:{key}"
+
+
+def _escape(part: str) -> str:
+    return part.replace("%", "%25").replace(":", "%3A")
+
+
+class RedisStore:
+    """A :class:`~nfbuilder.runtime.state.store.StateStore` in Redis (redis-py client)."""
+
+    durable = True
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        url: str,
+        namespace: str,
+        id_window: int = DEFAULT_ID_WINDOW,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.url_for_display = mask_url(url)
+        self.namespace = namespace
+        self.id_window = id_window
+        self.timeout = timeout
+        self._client = client
+        self._save_script = client.register_script(_SAVE_LUA)
+        parts = urlsplit(url)
+        self._address = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        namespace: str,
+        id_window: int = DEFAULT_ID_WINDOW,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> RedisStore:
+        """Connect to `url` and PING it once, failing fast with StateStoreError if unreachable."""
+        shown = mask_url(url)
+        try:
+            client = redis.Redis.from_url(
+                url,
+                socket_connect_timeout=min(timeout, _OPEN_PING_TIMEOUT_S),
+                socket_timeout=min(timeout, 5.0),
+                # Our own loop retries until `timeout`; redis-py's retries would only add delay.
+                retry=Retry(NoBackoff(), 0),
+            )
+        except ValueError as exc:
+            raise StateStoreError(
+                f"invalid Redis state store URL {shown}: {exc}; "
+                f"use redis://[user:password@]host:port/db or rediss://..."
+            ) from exc
+        if client.get_connection_kwargs().get("decode_responses"):
+            client.close()
+            raise StateStoreError(
+                f"Redis state store URL {shown} sets decode_responses, but snapshots are binary; "
+                f"remove decode_responses from the URL"
+            )
+        store = cls(client, url=url, namespace=namespace, id_window=id_window, timeout=timeout)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            client.close()
+            raise store._error("connect to", exc, retried=False) from exc
+        return store
+
+    def load(self, state_name: str, key: str) -> Snapshot | None:
+        name = hash_name(self.namespace, state_name, key)
+        data, ids = self._retrying(
+            f"load state {state_name!r} key {key!r} from",
+            lambda: self._client.hmget(name, ["data", "ids"]),
+        )
+        if data is None:
+            return None
+        # open() refuses decode_responses, so both fields are bytes.
+        assert isinstance(data, bytes)
+        return Snapshot(data, tuple(json.loads(ids or b"[]")))
+
+    def save(self, state_name: str, key: str, data: bytes, applied_ids: Sequence[str]) -> None:
+        name = hash_name(self.namespace, state_name, key)
+        args: list[bytes | str | int] = [bytes(data), self.id_window, *applied_ids]
+        self._retrying(
+            f"save state {state_name!r} key {key!r} to",
+            lambda: self._save_script(keys=[name], args=args),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _retrying(self, action: str, call: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self.timeout
+        delay = 0.02
+        failures = 0
+        while True:
+            try:
+                result = call()
+            except _PERMANENT as exc:
+                raise self._error(action, exc, retried=False) from exc
+            except _TRANSIENT as exc:
+                failures += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._error(action, exc, retried=True) from exc
+                if failures == 1:
+                    log.warning(
+                        "state store %s: cannot %s it (%s); retrying for up to %g s",
+                        self.url_for_display, action, exc, self.timeout,
+                    )
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+                continue
+            except redis.RedisError as exc:
+                raise self._error(action, exc, retried=False) from exc
+            if failures:
+                log.warning(
+                    "state store %s: recovered after %d failed attempts", self.url_for_display,
+                    failures,
+                )
+            return result
+
+    def _error(self, action: str, exc: Exception, *, retried: bool) -> StateStoreError:
+        if isinstance(exc, _PERMANENT):
+            hint = "check the user and password in the store URL (or its Secret)"
+        elif isinstance(exc, _TRANSIENT):
+            hint = f"is redis-server running at {self._address} and reachable from here?"
+        else:
+            hint = "check the Redis server's log and configuration"
+        after = f" (still failing after retrying for {self.timeout:g} s)" if retried else ""
+        return StateStoreError(
+            f"cannot {action} Redis state store {self.url_for_display}{after}: "
+            f"{type(exc).__name__}: {str(exc).rstrip('.')}; {hint}"
+        )

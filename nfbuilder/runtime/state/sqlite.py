@@ -1,0 +1,170 @@
+"""`sqlite:///path.db`: the embedded state store (default of the local engine).
+
+One table, one row per (namespace, state name, key) holding the snapshot bytes and the JSON list
+of applied message ids, so one UPSERT in one transaction changes both together. The file is in
+WAL mode with a busy timeout, so several processes (one writer per partition, each with its own
+keys) can share it: a writer waits for another's short transaction instead of failing.
+``synchronous=NORMAL``: in WAL mode a committed save survives a crash of the process (what the
+local engine restarts from); only an OS crash or power loss may lose the newest commits.
+
+Example::
+
+    store = SqliteStore.open("sqlite:///.nfbuilder/state.db", namespace="app")
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from nfbuilder.runtime.state.store import (
+    DEFAULT_ID_WINDOW,
+    DEFAULT_TIMEOUT_S,
+    Snapshot,
+    StateStoreError,
+    merge_ids,
+)
+
+_PREFIX = "sqlite:///"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nfbuilder_state (
+    namespace  TEXT NOT NULL,
+    state_name TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    data       BLOB NOT NULL,
+    ids        TEXT NOT NULL,
+    PRIMARY KEY (namespace, state_name, key)
+)
+"""
+
+_SELECT = "SELECT data, ids FROM nfbuilder_state WHERE namespace = ? AND state_name = ? AND key = ?"
+_SELECT_IDS = "SELECT ids FROM nfbuilder_state WHERE namespace = ? AND state_name = ? AND key = ?"
+_UPSERT = """
+INSERT INTO nfbuilder_state (namespace, state_name, key, data, ids) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (namespace, state_name, key) DO UPDATE SET data = excluded.data, ids = excluded.ids
+"""
+
+
+def sqlite_path(url: str) -> Path:
+    """The database file named by a ``sqlite:///`` URL, resolved against the current directory.
+
+    Example::
+
+        sqlite_path("sqlite:////var/lib/app/state.db")  # PosixPath('/var/lib/app/state.db')
+    """
+    if not url.startswith(_PREFIX) or len(url) == len(_PREFIX):
+        raise StateStoreError(
+            f"invalid SQLite state store URL {url!r}: use sqlite:///relative/path.db or "
+            f"sqlite:////absolute/path.db (three slashes, then the path)"
+        )
+    return Path(url[len(_PREFIX) :]).resolve()
+
+
+class SqliteStore:
+    """A :class:`~nfbuilder.runtime.state.store.StateStore` in one SQLite file."""
+
+    durable = True
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        url: str,
+        path: Path,
+        namespace: str,
+        id_window: int = DEFAULT_ID_WINDOW,
+    ) -> None:
+        self.url_for_display = url
+        self.path = path
+        self.namespace = namespace
+        self.id_window = id_window
+        self._conn = conn
+        # One connection shared by the threads of a step server; sqlite3 needs it serialized.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        namespace: str,
+        id_window: int = DEFAULT_ID_WINDOW,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> SqliteStore:
+        """Open (creating the file, its parent directories and the table) the store at `url`."""
+        path = sqlite_path(url)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StateStoreError(
+                f"cannot open SQLite state store {url} (file {path}): {exc}; "
+                f"check that the directory exists or can be created and is writable"
+            ) from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL was refused")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StateStoreError(
+                f"cannot use SQLite state store {url} (file {path}): {exc}; "
+                f"check that it is a writable SQLite database on a local disk (WAL mode needs one)"
+            ) from exc
+        return cls(conn, url=url, path=path, namespace=namespace, id_window=id_window)
+
+    def load(self, state_name: str, key: str) -> Snapshot | None:
+        with self._lock:
+            try:
+                row = self._conn.execute(_SELECT, (self.namespace, state_name, key)).fetchone()
+            except sqlite3.Error as exc:
+                raise self._error("load", state_name, key, exc) from exc
+        if row is None:
+            return None
+        return Snapshot(bytes(row[0]), tuple(json.loads(row[1])))
+
+    def save(self, state_name: str, key: str, data: bytes, applied_ids: Sequence[str]) -> None:
+        ident = (self.namespace, state_name, key)
+        with self._lock:
+            conn = self._conn
+            try:
+                # IMMEDIATE takes the write lock before reading the old ids, so no other
+                # process can slip a save for this key in between (no lost id merge).
+                conn.execute("BEGIN IMMEDIATE")
+                row = conn.execute(_SELECT_IDS, ident).fetchone()
+                old = json.loads(row[0]) if row else []
+                ids = merge_ids(old, applied_ids, self.id_window)
+                conn.execute(_UPSERT, (*ident, bytes(data), json.dumps(ids)))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the connection itself is unusable; its transaction died with it
+                raise self._error("save", state_name, key, exc) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _error(self, action: str, state_name: str, key: str, exc: sqlite3.Error) -> StateStoreError:
+        hint = (
+            "another process held the database lock for longer than the timeout; "
+            "check for a stuck process using the same file"
+            if "locked" in str(exc) or "busy" in str(exc)
+            else "check the file and the disk"
+        )
+        return StateStoreError(
+            f"cannot {action} state {state_name!r} key {key!r} in SQLite state store "
+            f"{self.url_for_display} (file {self.path}): {exc}; {hint}"
+        )

@@ -1,0 +1,484 @@
+"""State stores (nfbuilder.runtime.state): SQLite, Redis (a real redis-server) and memory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis_server import RedisServer, require_redis_server, start_redis_server
+
+from nfbuilder.runtime.state import (
+    Snapshot,
+    StateStore,
+    StateStoreError,
+    mask_url,
+    merge_ids,
+    open_store,
+)
+from nfbuilder.runtime.state.redis_store import hash_name
+
+OpenStore = Callable[..., StateStore]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = start_redis_server(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis", "memory"])
+def open_kind(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+    """Opens stores of one kind; every store opened on the same URL (memory: same instance)."""
+    kind = request.param
+    opened: list[StateStore] = []
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    elif kind == "redis":
+        url = request.getfixturevalue("redis_server").url
+    else:
+        url = "memory://"
+
+    def open_(namespace: str = "app", **kwargs: object) -> StateStore:
+        store = open_store(url, namespace=namespace, **kwargs)  # type: ignore[arg-type]
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+# ---------------------------------------------------------------- behaviour shared by all stores
+
+
+def test_round_trip(open_kind: OpenStore) -> None:
+    store = open_kind()
+    store.save("counts", "apple", b"\x00\x01state", ["v-1-0", "v-2-0"])
+    assert store.load("counts", "apple") == Snapshot(b"\x00\x01state", ("v-1-0", "v-2-0"))
+    store.save("counts", "apple", b"next", ["v-3-0"])
+    assert store.load("counts", "apple") == Snapshot(b"next", ("v-1-0", "v-2-0", "v-3-0"))
+
+
+def test_load_of_unknown_key_is_none(open_kind: OpenStore) -> None:
+    store = open_kind()
+    assert store.load("counts", "never-saved") is None
+
+
+def test_namespaces_state_names_and_keys_are_independent(open_kind: OpenStore) -> None:
+    app, other = open_kind("app"), open_kind("other")
+    # ':' in names must not make two different triples meet in one Redis hash.
+    app.save("a:b", "c", b"1", ["x"])
+    app.save("a", "b:c", b"2", ["y"])
+    app.save("a", "b", b"3", ["z"])
+    other.save("a:b", "c", b"4", ["w"])
+    assert app.load("a:b", "c") == Snapshot(b"1", ("x",))
+    assert app.load("a", "b:c") == Snapshot(b"2", ("y",))
+    assert app.load("a", "b") == Snapshot(b"3", ("z",))
+    assert other.load("a:b", "c") == Snapshot(b"4", ("w",))
+    assert other.load("a", "b") is None
+
+
+def test_retrying_the_same_save_leaves_the_same_result(open_kind: OpenStore) -> None:
+    store = open_kind(id_window=4)
+    store.save("s", "k", b"old", ["a", "b", "c"])
+    store.save("s", "k", b"new", ["d", "e"])
+    first = store.load("s", "k")
+    store.save("s", "k", b"new", ["d", "e"])
+    assert first == Snapshot(b"new", ("b", "c", "d", "e"))
+    assert store.load("s", "k") == first
+
+
+def test_id_window_keeps_the_newest_ids_in_order(open_kind: OpenStore) -> None:
+    store = open_kind(id_window=1024)
+    ids = [f"map-{i}-0" for i in range(3000)]
+    store.save("s", "k", b"x", ids)
+    snap = store.load("s", "k")
+    assert snap is not None and snap.applied_ids == tuple(ids[-1024:])
+    store.save("s", "k", b"y", ["map-3000-0"])
+    snap = store.load("s", "k")
+    assert snap is not None and snap.applied_ids == (*ids[-1023:], "map-3000-0")
+    assert snap.contains("map-3000-0") and snap.contains(ids[-1023])
+    assert not snap.contains(ids[-1024])
+
+
+def test_every_store_follows_the_merge_rule(open_kind: OpenStore) -> None:
+    """Random saves with repeated ids give exactly merge_ids' result, retries included."""
+    rng = random.Random(7)
+    store = open_kind(id_window=5)
+    expected: tuple[str, ...] = ()
+    for step in range(40):
+        new = [f"m{rng.randrange(12)}" for _ in range(rng.randrange(0, 8))]
+        expected = merge_ids(expected, new, 5)
+        store.save("s", "k", str(step).encode(), new)
+        assert store.load("s", "k") == Snapshot(str(step).encode(), expected), step
+        store.save("s", "k", str(step).encode(), new)  # a retry changes nothing
+        assert store.load("s", "k") == Snapshot(str(step).encode(), expected), step
+
+
+def test_durable_flag(open_kind: OpenStore) -> None:
+    store = open_kind()
+    assert store.durable is (store.url_for_display != "memory://")
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def test_merge_ids_moves_a_repeated_id_to_the_newest_position() -> None:
+    assert merge_ids(["a", "b", "c"], ["b", "d"], 10) == ("a", "c", "b", "d")
+    assert merge_ids(["a", "b"], ["b", "c"], 2) == ("b", "c")
+    assert merge_ids([], ["x", "x", "y"], 10) == ("x", "y")
+
+
+def test_snapshot_contains() -> None:
+    snap = Snapshot(b"", ["v-1-0", "v-2-0"])
+    assert snap.applied_ids == ("v-1-0", "v-2-0")
+    assert snap.contains("v-2-0") and not snap.contains("v-3-0")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://user:secret@127.0.0.1:1/0", "redis://user:***@127.0.0.1:1/0"),
+        ("rediss://:secret@redis:6380/2", "rediss://:***@redis:6380/2"),
+        ("redis://redis:6379/0?password=secret&db=1", "redis://redis:6379/0?password=***&db=1"),
+        ("redis://user@redis:6379/0", "redis://user@redis:6379/0"),
+        ("redis://u:pa/ss@redis:6379/0", "redis://u:***@redis:6379/0"),
+        ("memory://", "memory://"),
+        ("sqlite:///state.db", "sqlite:///state.db"),
+    ],
+)
+def test_mask_url(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+# ---------------------------------------------------------------- URL and argument errors
+
+
+def test_unknown_scheme_is_refused_with_the_masked_url() -> None:
+    with pytest.raises(StateStoreError) as err:
+        open_store("postgres://u:pw@db/x", namespace="app")
+    assert str(err.value) == (
+        "unknown state store URL 'postgres://u:***@db/x': use sqlite:///path.db, "
+        "redis://[user:password@]host:port/db, rediss://... or memory://"
+    )
+
+
+def test_empty_namespace_and_bad_window_are_refused() -> None:
+    with pytest.raises(StateStoreError, match="namespace is empty; pass the application"):
+        open_store("memory://", namespace="")
+    with pytest.raises(StateStoreError, match=r"id_window must be >= 1, got 0; use at least"):
+        open_store("memory://", namespace="app", id_window=0)
+
+
+def test_memory_store_is_not_durable_and_refuses_use_after_close() -> None:
+    store = open_store("memory://", namespace="app")
+    assert store.durable is False
+    store.close()
+    with pytest.raises(StateStoreError, match=r"memory:// was used after close\(\)"):
+        store.load("s", "k")
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+def test_sqlite_bad_url_says_how_to_write_one() -> None:
+    with pytest.raises(StateStoreError) as err:
+        open_store("sqlite://state.db", namespace="app")
+    assert str(err.value) == (
+        "invalid SQLite state store URL 'sqlite://state.db': use sqlite:///relative/path.db or "
+        "sqlite:////absolute/path.db (three slashes, then the path)"
+    )
+
+
+def test_sqlite_relative_path_creates_parent_dirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///deep/er/state.db", namespace="app")
+    store.save("s", "k", b"1", ["a"])
+    store.close()
+    assert (tmp_path / "deep" / "er" / "state.db").is_file()
+    conn = sqlite3.connect(tmp_path / "deep" / "er" / "state.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_sqlite_unusable_path_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "state.db").mkdir()  # a directory where the database file should be
+    with pytest.raises(StateStoreError) as err:
+        open_store(f"sqlite:///{tmp_path}/state.db", namespace="app")
+    assert str(err.value).startswith(
+        f"cannot open SQLite state store sqlite:///{tmp_path}/state.db "
+        f"(file {tmp_path}/state.db): "
+    )
+    assert "check that the directory exists or can be created and is writable" in str(err.value)
+
+
+def test_sqlite_save_blocked_by_another_writer_fails_cleanly(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/state.db"
+    store = open_store(url, namespace="app", timeout=0.2)
+    store.save("s", "k", b"old", ["a"])
+    blocker = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StateStoreError) as err:
+            store.save("s", "k", b"new", ["b"])
+        assert str(err.value).startswith(
+            f"cannot save state 's' key 'k' in SQLite state store {url} "
+            f"(file {tmp_path}/state.db): database is locked; another process held"
+        )
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert store.load("s", "k") == Snapshot(b"old", ("a",))
+    store.save("s", "k", b"new", ["b"])  # usable again once the lock is gone
+    assert store.load("s", "k") == Snapshot(b"new", ("a", "b"))
+    store.close()
+
+
+def _run_python(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_sqlite_snapshot_is_read_back_by_another_process(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/state.db"
+    store = open_store(url, namespace="app")
+    store.save("counts", "apple", b"\xff\x00snapshot", ["v-1-0", "v-2-0"])
+    store.close()
+    out = _run_python(f"""
+        import json
+        from nfbuilder.runtime.state import open_store
+        snap = open_store({url!r}, namespace="app").load("counts", "apple")
+        print(json.dumps([snap.data.hex(), list(snap.applied_ids)]))
+    """)
+    assert json.loads(out) == [b"\xff\x00snapshot".hex(), ["v-1-0", "v-2-0"]]
+
+
+def test_sqlite_two_processes_write_their_own_keys_on_one_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/state.db"
+    code = """
+        import sys
+        from nfbuilder.runtime.state import open_store
+        store = open_store({url!r}, namespace="app")
+        for i in range(150):
+            store.save("s", "{who}-" + str(i % 10), str(i).encode(), ["{who}-m" + str(i)])
+    """
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code.format(url=url, who=who))],
+            stderr=subprocess.PIPE, text=True,
+        )
+        for who in ("p0", "p1")
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    store = open_store(url, namespace="app")
+    for who in ("p0", "p1"):
+        for k in range(10):
+            mine = [f"{who}-m{i}" for i in range(150) if i % 10 == k]
+            assert store.load("s", f"{who}-{k}") == Snapshot(str(140 + k).encode(), tuple(mine))
+    store.close()
+
+
+# ---------------------------------------------------------------- Redis
+
+
+def test_redis_unreachable_at_open_fails_fast_with_masked_url() -> None:
+    started = time.monotonic()
+    with pytest.raises(StateStoreError) as err:
+        open_store("redis://user:secret@127.0.0.1:1/0", namespace="app")
+    assert time.monotonic() - started < 5
+    text = str(err.value)
+    assert text.startswith("cannot connect to Redis state store redis://user:***@127.0.0.1:1/0: ")
+    assert text.endswith("; is redis-server running at 127.0.0.1:1 and reachable from here?")
+    assert "secret" not in text
+
+
+def test_redis_url_with_decode_responses_is_refused(redis_server: RedisServer) -> None:
+    with pytest.raises(StateStoreError, match="sets decode_responses, but snapshots are binary"):
+        open_store(redis_server.url + "?decode_responses=True", namespace="app")
+
+
+def test_redis_layout_is_one_hash_per_key(redis_server: RedisServer) -> None:
+    store = open_store(redis_server.url, namespace="app")
+    store.save("counts", "user:1", b"7", ["m-1-0"])
+    client = redis.Redis.from_url(redis_server.url)
+    assert hash_name("app", "counts", "user:1") == "nfbuilder:app:counts:user:1"
+    stored = client.hgetall("nfbuilder:app:counts:user:1")
+    assert stored[b"data"] == b"7" and json.loads(stored[b"ids"]) == ["m-1-0"]
+    client.close()
+    store.close()
+
+
+def test_redis_snapshot_survives_a_server_restart(redis_server: RedisServer) -> None:
+    store = open_store(redis_server.url, namespace="app")
+    store.save("counts", "apple", b"\x00snap", ["v-1-0"])
+    redis_server.restart()
+    assert store.load("counts", "apple") == Snapshot(b"\x00snap", ("v-1-0",))
+    # The script cache is empty after a restart: EVALSHA gets NOSCRIPT and reloads it.
+    store.save("counts", "apple", b"\x00snap2", ["v-2-0"])
+    store.close()
+    fresh = open_store(redis_server.url, namespace="app")
+    assert fresh.load("counts", "apple") == Snapshot(b"\x00snap2", ("v-1-0", "v-2-0"))
+    fresh.close()
+
+
+def test_redis_failing_script_writes_nothing(redis_server: RedisServer) -> None:
+    store = open_store(redis_server.url, namespace="app")
+    store.save("s", "k", b"old", ["a"])
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset(hash_name("app", "s", "k"), "ids", "not json")
+    with pytest.raises(StateStoreError) as err:
+        store.save("s", "k", b"new", ["b"])
+    assert str(err.value).startswith(
+        f"cannot save state 's' key 'k' to Redis state store {redis_server.url}: ResponseError: "
+    )
+    assert str(err.value).endswith("; check the Redis server's log and configuration")
+    assert client.hget(hash_name("app", "s", "k"), "data") == b"old"
+    client.close()
+    store.close()
+
+
+class CuttingProxy:
+    """A TCP proxy to Redis that cuts the connection in the middle of any command that
+    carries `marker`, so Redis receives half a command and the client loses its connection."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.marker: bytes | None = None
+        self.cuts = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, may_cut: bool) -> None:
+        tail = b""
+        try:
+            while chunk := src.recv(65536):
+                marker = self.marker
+                window = tail + chunk
+                if may_cut and marker is not None and marker in window:
+                    dst.sendall(chunk[: max(0, window.index(marker) - len(tail))])
+                    self.cuts += 1
+                    return
+                dst.sendall(chunk)
+                tail = window[-64:]
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+
+def test_redis_interrupted_save_keeps_old_snapshot_and_ids_together(
+    redis_server: RedisServer,
+) -> None:
+    proxy = CuttingProxy(redis_server.port)
+    proxied = f"redis://127.0.0.1:{proxy.port}/0"
+    store = open_store(proxied, namespace="app", timeout=0.5)
+    direct = redis.Redis.from_url(redis_server.url)
+    try:
+        store.save("s", "k", b"old", ["m-1"])
+        proxy.marker = b"CUT-HERE"
+        with pytest.raises(StateStoreError) as err:
+            store.save("s", "k", b"new-CUT-HERE", ["m-2"])
+        assert str(err.value).startswith(
+            f"cannot save state 's' key 'k' to Redis state store {proxied} "
+            f"(still failing after retrying for 0.5 s): ConnectionError: "
+        )
+        assert str(err.value).endswith(
+            f"; is redis-server running at 127.0.0.1:{proxy.port} and reachable from here?"
+        )
+        assert proxy.cuts >= 2  # the save was retried, and every attempt was cut
+        stored = direct.hgetall(hash_name("app", "s", "k"))
+        assert stored == {b"data": b"old", b"ids": b'["m-1"]'}
+        proxy.marker = None
+        store.save("s", "k", b"new-CUT-HERE", ["m-2"])
+        assert store.load("s", "k") == Snapshot(b"new-CUT-HERE", ("m-1", "m-2"))
+    finally:
+        store.close()
+        direct.close()
+        proxy.close()
+
+
+def test_redis_saves_ride_through_a_server_restart(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(redis_server.url, namespace="app", id_window=100_000, timeout=20)
+    restarted = threading.Event()
+
+    def restart() -> None:
+        redis_server.restart()
+        restarted.set()
+
+    restarter = threading.Thread(target=restart)
+    deadline = time.monotonic() + 20
+    count = after_restart = 0
+    with caplog.at_level(logging.WARNING, logger="nfbuilder.state"):
+        while after_restart < 20:
+            if count == 20:
+                restarter.start()
+            store.save("counts", "k", str(count).encode(), [f"m-{count}"])
+            count += 1
+            after_restart += restarted.is_set()
+            assert time.monotonic() < deadline, "saves did not recover from the restart"
+    restarter.join()
+    assert any("retrying for up to 20 s" in r.getMessage() for r in caplog.records)
+    snap = store.load("counts", "k")
+    assert snap == Snapshot(str(count - 1).encode(), tuple(f"m-{i}" for i in range(count)))
+    store.close()
+
+
+# ---------------------------------------------------------------- the redis-server helper
+
+
+def test_missing_redis_server_skips_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="redis-server is not on PATH"):
+        require_redis_server()
+
+
+def test_missing_redis_server_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set: the Redis state store tests"):
+        require_redis_server()
