@@ -1,0 +1,16 @@
+"""Thin gRPC servicers for the Numaflow v1 services, over plain-Python handlers.
+
+A servicer only speaks the protocol; :mod:`nfbuilder.runtime.server` owns sockets, the
+server-info file, signals and shutdown, and :mod:`nfbuilder.runtime.stream` the shared
+handshake/EOT/error logic.
+
+Example::
+
+    from nfbuilder.runtime.servicers import MapServicer
+"""
+
+from nfbuilder.runtime.servicers.mapper import MapServicer, TransformerServicer
+from nfbuilder.runtime.servicers.sink import SinkServicer
+from nfbuilder.runtime.servicers.source import SourceServicer
+
+__all__ = ["MapServicer", "SinkServicer", "SourceServicer", "TransformerServicer"]

@@ -1,0 +1,78 @@
+"""Conversions between wire messages and the plain types of :mod:`nfbuilder.runtime.messages`.
+
+These run once per message, so they avoid copies where a read-only view will do.
+
+Example::
+
+    datum = map_datum(request)          # map_pb2.MapRequest -> Datum
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from nfbuilder._proto import map_pb2, metadata_pb2, sink_pb2, sourcetransform_pb2
+from nfbuilder.runtime.messages import NO_METADATA, Datum, UserMetadata
+
+_NS = 1_000_000_000
+
+
+def to_ns(timestamp: timestamp_pb2.Timestamp) -> int:
+    """Nanoseconds since the epoch of a protobuf Timestamp."""
+    return timestamp.seconds * _NS + timestamp.nanos
+
+
+def to_timestamp(ns: int) -> timestamp_pb2.Timestamp:
+    """A protobuf Timestamp for ``ns`` nanoseconds since the epoch (negative allowed)."""
+    return timestamp_pb2.Timestamp(seconds=ns // _NS, nanos=ns % _NS)
+
+
+def read_user_metadata(request: Any) -> UserMetadata:
+    """The request's user metadata as plain dicts (the shared empty mapping when absent)."""
+    if not request.HasField("metadata"):
+        return NO_METADATA
+    groups = request.metadata.user_metadata
+    if not groups:
+        return NO_METADATA
+    return {name: dict(group.key_value) for name, group in groups.items()}
+
+
+def write_metadata(user_metadata: UserMetadata) -> metadata_pb2.Metadata | None:
+    """Wire metadata for a result's user metadata; None (field unset) when there is none."""
+    if not user_metadata:
+        return None
+    return metadata_pb2.Metadata(
+        user_metadata={
+            name: metadata_pb2.KeyValueGroup(key_value=values)
+            for name, values in user_metadata.items()
+        }
+    )
+
+
+def _datum(ident: str, request: Any) -> Datum:
+    return Datum(
+        ident,
+        tuple(request.keys),
+        request.value,
+        request.event_time.seconds * _NS + request.event_time.nanos,
+        to_ns(request.watermark) if request.HasField("watermark") else None,
+        request.headers,
+        read_user_metadata(request),
+    )
+
+
+def map_datum(request: map_pb2.MapRequest) -> Datum:
+    """The Datum for a map data request (id from ``request.id``)."""
+    return _datum(request.id, request.request)
+
+
+def transform_datum(request: sourcetransform_pb2.SourceTransformRequest) -> Datum:
+    """The Datum for a transformer data request (id from ``request.request.id``)."""
+    return _datum(request.request.id, request.request)
+
+
+def sink_datum(request: sink_pb2.SinkRequest) -> Datum:
+    """The Datum for a sink data request (id from ``request.request.id``)."""
+    return _datum(request.request.id, request.request)

@@ -1,0 +1,190 @@
+"""Servicers for ``map.v1.Map`` (unary mode) and ``sourcetransformer.v1.SourceTransform``.
+
+Both answer every data request with exactly one response echoing its id. The handler is
+synchronous user code; by default it runs inline on the event loop, one request at a time in
+arrival order (the cheapest path, and what ordered vertices need). With ``workers > 1`` it runs
+in a thread pool and responses go out as they complete.
+
+Example::
+
+    servicer = MapServicer(identity_handler, errors, workers=1)
+    map_pb2_grpc.add_MapServicer_to_server(servicer, server)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import attrs
+import grpc.aio
+from google.protobuf import empty_pb2
+
+from nfbuilder._proto import map_pb2, map_pb2_grpc, sourcetransform_pb2, sourcetransform_pb2_grpc
+from nfbuilder.runtime.messages import DROP, MapHandler
+from nfbuilder.runtime.servicers.convert import (
+    map_datum,
+    to_timestamp,
+    transform_datum,
+    write_metadata,
+)
+from nfbuilder.runtime.stream import BidiStream, ErrorContract, StreamSpec
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+_MapResult = map_pb2.MapResponse.Result
+_TransformResult = sourcetransform_pb2.SourceTransformResponse.Result
+
+
+@attrs.frozen
+class _EndOfInput:
+    submitted: int
+    error: Exception | None
+
+
+def _process(
+    answer: Callable[[Req], Resp], workers: int
+) -> Callable[[AsyncIterator[Req]], AsyncIterator[Resp]]:
+    """The stream body: inline when ``workers == 1``, else through a thread pool."""
+    if workers <= 1:
+
+        async def inline(requests: AsyncIterator[Req]) -> AsyncIterator[Resp]:
+            # No task per message: the handler runs right here, strictly in arrival order.
+            async for request in requests:
+                yield answer(request)
+
+        return inline
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nfbuilder-map")
+
+    async def pooled(requests: AsyncIterator[Req]) -> AsyncIterator[Resp]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Queue[Future[Resp] | _EndOfInput] = asyncio.Queue()
+
+        def finished(future: Future[Resp]) -> None:
+            loop.call_soon_threadsafe(done.put_nowait, future)
+
+        async def feed() -> None:
+            submitted = 0
+            try:
+                async for request in requests:
+                    submitted += 1
+                    pool.submit(answer, request).add_done_callback(finished)
+            except Exception as exc:  # noqa: BLE001 - re-raised in order by the writer below
+                done.put_nowait(_EndOfInput(submitted, exc))
+            else:
+                done.put_nowait(_EndOfInput(submitted, None))
+
+        feeder = asyncio.ensure_future(feed())
+        answered, total = 0, -1
+        try:
+            while total < 0 or answered < total:
+                item = await done.get()
+                if isinstance(item, _EndOfInput):
+                    if item.error is not None:
+                        raise item.error
+                    total = item.submitted
+                    continue
+                answered += 1
+                yield item.result()  # a handler exception reaches the error contract
+        finally:
+            feeder.cancel()
+
+    return pooled
+
+
+def _handshake_map() -> map_pb2.MapResponse:
+    return map_pb2.MapResponse(handshake=map_pb2.Handshake(sot=True))
+
+
+class MapServicer(map_pb2_grpc.MapServicer):
+    """``map.v1.Map`` in unary mode over a synchronous :data:`MapHandler`.
+
+    Example::
+
+        MapServicer(lambda d: [Result(d.value)], ErrorContract("udf", on_fatal), workers=1)
+    """
+
+    def __init__(self, handler: MapHandler, errors: ErrorContract, *, workers: int = 1) -> None:
+        def answer(request: map_pb2.MapRequest) -> map_pb2.MapResponse:
+            return map_pb2.MapResponse(
+                id=request.id,
+                results=[
+                    _MapResult(
+                        keys=result.keys,
+                        value=result.value,
+                        tags=result.tags,
+                        metadata=write_metadata(result.user_metadata),
+                    )
+                    for result in handler(map_datum(request))
+                ],
+            )
+
+        stream: BidiStream[map_pb2.MapRequest, map_pb2.MapResponse] = BidiStream(
+            StreamSpec("MapFn", _handshake_map()), _process(answer, workers), errors
+        )
+        self.MapFn = stream.handle  # type: ignore[method-assign]
+
+    async def IsReady(
+        self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext
+    ) -> map_pb2.ReadyResponse:
+        return map_pb2.ReadyResponse(ready=True)
+
+
+def _drop_result(event_time: Any) -> list[_TransformResult]:
+    return [_TransformResult(value=b"", event_time=event_time, tags=[DROP])]
+
+
+class TransformerServicer(sourcetransform_pb2_grpc.SourceTransformServicer):
+    """``sourcetransformer.v1.SourceTransform`` over a synchronous :data:`MapHandler`.
+
+    Every result carries an event time (the input's unless the handler set one) and an empty
+    result list becomes one DROP-tagged result, because numa treats an empty list as fatal.
+
+    Example::
+
+        TransformerServicer(decode_handler, ErrorContract("transformer", on_fatal))
+    """
+
+    def __init__(self, handler: MapHandler, errors: ErrorContract, *, workers: int = 1) -> None:
+        def answer(
+            request: sourcetransform_pb2.SourceTransformRequest,
+        ) -> sourcetransform_pb2.SourceTransformResponse:
+            event_time = request.request.event_time
+            results = [
+                _TransformResult(
+                    keys=result.keys,
+                    value=result.value,
+                    event_time=(
+                        event_time
+                        if result.event_time_ns is None
+                        else to_timestamp(result.event_time_ns)
+                    ),
+                    tags=result.tags,
+                    metadata=write_metadata(result.user_metadata),
+                )
+                for result in handler(transform_datum(request))
+            ]
+            return sourcetransform_pb2.SourceTransformResponse(
+                id=request.request.id, results=results or _drop_result(event_time)
+            )
+
+        handshake = sourcetransform_pb2.SourceTransformResponse(
+            handshake=sourcetransform_pb2.Handshake(sot=True)
+        )
+        stream: BidiStream[
+            sourcetransform_pb2.SourceTransformRequest,
+            sourcetransform_pb2.SourceTransformResponse,
+        ] = BidiStream(StreamSpec("SourceTransformFn", handshake), _process(answer, workers), errors)
+        self.SourceTransformFn = stream.handle  # type: ignore[method-assign]
+
+    async def IsReady(
+        self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext
+    ) -> sourcetransform_pb2.ReadyResponse:
+        return sourcetransform_pb2.ReadyResponse(ready=True)
+
+
+__all__ = ["MapServicer", "TransformerServicer"]
