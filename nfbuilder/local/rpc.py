@@ -1,0 +1,213 @@
+"""Channel set-up, readiness and error decoding shared by the numa-like clients.
+
+`numa` dials a UDF's Unix socket (retrying every second, forever), then calls ``IsReady`` every
+second until the RPC succeeds (contract §1.4–§1.6); it sets no deadlines. A stream that ends
+with an error carries the UDF's status message and, in ``grpc-status-details-bin``, a
+``google.rpc.Status`` whose ``DebugInfo`` holds the user's traceback (§1.7).
+
+    channel = await connect(sock_dir / "map.sock", retry_s=0.05, deadline_s=30)
+    await wait_ready(map_pb2_grpc.MapStub(channel), retry_s=0.05, deadline_s=30)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import grpc
+import grpc.aio
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from nfbuilder._proto import metadata_pb2
+
+#: numa's client limit for both directions (hard-coded in v1.8.3).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: numa's tonic endpoint is a dummy TCP URI, so servers see this ``:authority``.
+_AUTHORITY = "[::1]:50051"
+_DETAILS_KEY = "grpc-status-details-bin"
+_NS = 1_000_000_000
+
+#: User metadata as the clients expose it: group -> key -> bytes.
+UserMetadata = Mapping[str, Mapping[str, bytes]]
+
+
+class ClientError(Exception):
+    """Base class of every error raised by the numa-like clients."""
+
+
+class ConnectTimeout(ClientError):
+    """The UDF socket did not accept a connection, or IsReady never succeeded, before the deadline."""
+
+
+class UdfProtocolError(ClientError):
+    """The UDF broke the wire contract (bad handshake, partial response, unknown id, ...).
+
+    ``numa`` treats each of these as fatal; the message says which rule and what was received.
+    """
+
+
+class UdfStreamError(ClientError):
+    """A UDF RPC or stream ended with an error (or closed early); every pending call gets it.
+
+    Carries what numa's error report records: the gRPC status ``code`` (None when the stream
+    just closed), the status ``message`` and ``debug_info``, the ``DebugInfo.detail`` decoded
+    from ``grpc-status-details-bin`` (the UDF's traceback), or its raw bytes when undecodable.
+
+        try:
+            await client.map(...)
+        except UdfStreamError as exc:
+            print(exc.code, exc.container, exc.debug_info)
+    """
+
+    def __init__(self, what: str, code: grpc.StatusCode | None, message: str,
+                 debug_info: str = "") -> None:
+        self.what = what
+        self.code = code
+        self.message = message
+        self.debug_info = debug_info
+        status = code.name if code is not None else "closed"
+        text = f"{what} failed: {status}: {message}"
+        if debug_info:
+            text += f"\n--- UDF debug info ---\n{debug_info.rstrip()}"
+        super().__init__(text)
+
+    @property
+    def container(self) -> str:
+        """The container named in ``UDF_EXECUTION_ERROR(<container>): ...``, else ``numa``."""
+        start, end = self.message.find("("), self.message.find(")")
+        if start == -1 or end <= start:
+            return "numa"
+        return self.message[start + 1 : end]
+
+
+def stream_error(what: str, exc: grpc.aio.AioRpcError) -> UdfStreamError:
+    """Turn a failed RPC into a :class:`UdfStreamError`, decoding the DebugInfo trailer.
+
+        except grpc.aio.AioRpcError as exc:
+            raise stream_error("map stream to map.sock", exc) from None
+    """
+    trailers = exc.trailing_metadata() or ()
+    raw = next((value for key, value in trailers if key == _DETAILS_KEY), None)
+    debug = decode_status_details(raw) if isinstance(raw, bytes) else ""
+    return UdfStreamError(what, exc.code(), exc.details() or "", debug)
+
+
+def decode_status_details(raw: bytes) -> str:
+    """``DebugInfo.detail`` texts from a serialized ``google.rpc.Status`` (raw repr on failure).
+
+        decode_status_details(trailer_bytes)  # "Traceback (most recent call last): ..."
+    """
+    from google.protobuf.message import DecodeError
+    from google.rpc import error_details_pb2, status_pb2
+
+    try:
+        status = status_pb2.Status.FromString(raw)
+        texts = []
+        for any_detail in status.details:
+            info = error_details_pb2.DebugInfo()
+            if any_detail.Unpack(info):
+                texts.append(info.detail or "\n".join(info.stack_entries))
+    except DecodeError:
+        return repr(raw)  # numa falls back to the raw bytes too
+    return "\n".join(texts)
+
+
+def socket_uri(socket_path: str | os.PathLike[str]) -> str:
+    """The grpc target for a Unix socket path: ``unix:///abs/path.sock``."""
+    return "unix://" + os.path.abspath(os.fspath(socket_path))
+
+
+async def connect(
+    socket_path: str | os.PathLike[str],
+    *,
+    retry_s: float = 1.0,
+    deadline_s: float | None = None,
+) -> grpc.aio.Channel:
+    """Open an h2c channel over a Unix socket and wait until it is connected.
+
+    Like numa: no TLS, 64 MiB messages, no deadlines on calls, reconnect attempts ``retry_s``
+    apart (the channel's reconnect backoff is pinned to it). ``deadline_s=None`` waits forever;
+    the wait is cancellable. The caller owns the channel (``await channel.close()``).
+
+        channel = await connect("/tmp/x/map.sock", retry_s=0.05, deadline_s=10)
+    """
+    backoff_ms = max(1, int(retry_s * 1000))
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.default_authority", _AUTHORITY),
+        ("grpc.initial_reconnect_backoff_ms", backoff_ms),
+        ("grpc.min_reconnect_backoff_ms", backoff_ms),
+        ("grpc.max_reconnect_backoff_ms", backoff_ms),
+        ("grpc.enable_retries", 0),
+    ]
+    channel = grpc.aio.insecure_channel(socket_uri(socket_path), options=options)
+    try:
+        await asyncio.wait_for(channel.channel_ready(), timeout=deadline_s)
+    except asyncio.TimeoutError:
+        await channel.close()
+        raise ConnectTimeout(
+            f"could not connect to the UDF socket {socket_path} within {deadline_s} s "
+            f"(retrying every {retry_s} s); check that the vertex process is running and binds "
+            "that path"
+        ) from None
+    except BaseException:
+        await channel.close()
+        raise
+    return channel
+
+
+class _ReadyStub(Protocol):
+    def IsReady(self, request: empty_pb2.Empty) -> Any: ...
+
+
+async def wait_ready(
+    stub: _ReadyStub,
+    *,
+    retry_s: float = 1.0,
+    deadline_s: float | None = None,
+) -> None:
+    """Call ``IsReady`` every ``retry_s`` until the RPC succeeds (the ``ready`` value is not
+    checked at start-up, as in numa v1.8.3).
+
+        await wait_ready(sink_pb2_grpc.SinkStub(channel), retry_s=0.05, deadline_s=10)
+    """
+    started = time.monotonic()
+    while True:
+        try:
+            await stub.IsReady(empty_pb2.Empty())
+            return
+        except grpc.aio.AioRpcError as exc:
+            last = f"{exc.code().name}: {exc.details()}"
+        if deadline_s is not None and time.monotonic() - started + retry_s > deadline_s:
+            raise ConnectTimeout(
+                f"IsReady did not succeed within {deadline_s} s (last error {last}); check the "
+                "vertex process log for a start-up error"
+            )
+        await asyncio.sleep(retry_s)
+
+
+def timestamp_pb(ns: int) -> timestamp_pb2.Timestamp:
+    """A protobuf Timestamp for nanoseconds since the epoch (floor division keeps nanos >= 0)."""
+    return timestamp_pb2.Timestamp(seconds=ns // _NS, nanos=ns % _NS)
+
+
+def to_ns(ts: timestamp_pb2.Timestamp) -> int:
+    """Nanoseconds since the epoch of a protobuf Timestamp."""
+    return ts.seconds * _NS + ts.nanos
+
+
+def metadata_pb(user_metadata: UserMetadata) -> metadata_pb2.Metadata:
+    """A ``metadata.Metadata`` carrying only user metadata (numa restores sys metadata itself)."""
+    return metadata_pb2.Metadata(user_metadata={
+        group: metadata_pb2.KeyValueGroup(key_value=dict(values))
+        for group, values in user_metadata.items()
+    })
+
+
+def user_metadata_of(message: Any) -> dict[str, dict[str, bytes]]:
+    """The user metadata of a result/record message with a ``metadata`` field, as plain dicts."""
+    return {group: dict(kv.key_value) for group, kv in message.metadata.user_metadata.items()}
