@@ -21,7 +21,7 @@ system-deps:
 setup: $(STAMP) system-deps
 
 demo: setup
-	$(BIN)/python -m nfbuilder.demo
+	$(BIN)/python scripts/demo.py
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -115,7 +115,10 @@ def _plan_doc(
         chain: list[str] = []
         src = names.take(_role_name(p, "source", multi))
         lead: tuple[int, ...] = ()
-        if options.fuse and runs and not p.steps[runs[0][0]].stateful:
+        # The source has one replica: a run with a to_parallel step keeps its own vertex.
+        if options.fuse and runs and not any(
+            p.steps[i].stateful or p.steps[i].parallel for i in runs[0]
+        ):
             lead = runs.pop(0)
         nodes[src] = _Node(src, SOURCE, p.source.kind == "tcp" and "udsource" or "kafka",
                            [Work(p.index, decode=True, steps=lead)])

@@ -1,0 +1,177 @@
+"""One vertex replica as a local process: start it from the manifest command, connect the
+numa-like client to its socket, restart it when it dies (as Kubernetes would).
+
+::
+
+    rep = Replica(spec, work_dir, env)
+    await rep.start()          # process up, server-info checked, IsReady, handshake done
+    await rep.client.map(...)  # or .write / .read / .ack
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from nfbuilder.local.clients import MapClient, SinkClient, SourceClient, connect, wait_ready
+from nfbuilder.local.serverinfo import wait_server_info
+
+# container kind -> (socket, server-info file, NUMAFLOW_UD_CONTAINER_TYPE)
+ENDPOINTS = {
+    "map": ("map.sock", "mapper-server-info", "udf"),
+    "sink": ("sink.sock", "sinker-server-info", "udsink"),
+    "source": ("source.sock", "sourcer-server-info", "udsource"),
+    "sourcetransformer": ("sourcetransform.sock", "sourcetransformer-server-info", "transformer"),
+}
+START_DEADLINE_S = 60.0
+
+
+@attrs.frozen
+class ReplicaSpec:
+    doc: str
+    vertex: str
+    kind: str  # map | sink | source
+    replica: int
+    command: tuple[str, ...]
+    ordered: bool = False
+    in_flight: int = 500
+
+    @property
+    def label(self) -> str:
+        return f"{self.vertex}[{self.replica}]" if self.ordered else self.vertex
+
+
+class Replica:
+    """A vertex process plus its client; ``redeliver`` holds messages to send again first."""
+
+    def __init__(self, spec: ReplicaSpec, work_dir: Path, env: dict[str, str], index: int) -> None:
+        self.spec = spec
+        # Short socket directories: a Unix socket path must fit in 107 bytes.
+        self.dir = work_dir / "s" / str(index)
+        self.log_path = work_dir / "logs" / f"{spec.vertex}-{spec.replica}.log"
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
+        self.channel: Any = None
+        self.client: Any = None
+        self.ready = asyncio.Event()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
+        self.redeliver: deque[Any] = deque()
+        self.restarts = 0
+        self.processed = 0
+        self.stopping = False
+
+    async def start(self) -> None:
+        sock, info, ud_type = ENDPOINTS[self.spec.kind]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in (self.dir / info,):
+            stale.unlink(missing_ok=True)
+        env = {
+            **os.environ,
+            **self.env,
+            "NFBUILDER_SOCKET_DIR": str(self.dir),
+            "NFBUILDER_RUNTIME_DIR": str(self.dir / "runtime"),
+            "NUMAFLOW_UD_CONTAINER_TYPE": ud_type,
+            "NUMAFLOW_REPLICA": str(self.spec.replica),
+            "NUMAFLOW_VERTEX_NAME": self.spec.vertex,
+            "NUMAFLOW_PIPELINE_NAME": self.spec.doc,
+        }
+        cmd = list(self.spec.command)
+        if cmd and cmd[0] == "python":
+            cmd[0] = sys.executable
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *cmd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        info_task = asyncio.ensure_future(
+            wait_server_info(self.dir / info, poll_s=0.05, deadline_s=START_DEADLINE_S)
+        )
+        died = asyncio.ensure_future(self.proc.wait())
+        done, _ = await asyncio.wait({info_task, died}, return_when=asyncio.FIRST_COMPLETED)
+        if died in done:
+            info_task.cancel()
+            raise ReplicaDied(self, self.proc.returncode)
+        died.cancel()
+        server_info = info_task.result()
+        self.channel = await connect(self.dir / sock, retry_s=0.05, deadline_s=START_DEADLINE_S)
+        if self.spec.kind == "map":
+            from nfbuilder._proto import map_pb2_grpc
+
+            await wait_ready(map_pb2_grpc.MapStub(self.channel), retry_s=0.05, deadline_s=30)
+            self.client = await MapClient.open(self.channel, max_in_flight=self.spec.in_flight,
+                                               name=self.spec.label)
+        elif self.spec.kind == "sink":
+            from nfbuilder._proto import sink_pb2_grpc
+
+            await wait_ready(sink_pb2_grpc.SinkStub(self.channel), retry_s=0.05, deadline_s=30)
+            self.client = await SinkClient.open(self.channel, name=self.spec.label)
+        else:
+            from nfbuilder._proto import source_pb2_grpc
+
+            await wait_ready(source_pb2_grpc.SourceStub(self.channel), retry_s=0.05, deadline_s=30)
+            self.client = await SourceClient.open(self.channel,
+                                                  supports_nack=server_info.supports_nack)
+        self.ready.set()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    def error_report(self) -> str | None:
+        """The user-code error report the server wrote before exiting, if any."""
+        base = self.dir / "runtime" / "application-errors"
+        reports = sorted(base.glob("*/*-udf.json")) if base.exists() else []
+        if not reports:
+            return None
+        import json
+
+        data = json.loads(reports[-1].read_text())
+        for r in reports:
+            r.unlink(missing_ok=True)
+        return f"{data.get('message', '')}\n{data.get('details', '')}".strip()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self.ready.clear()
+        await self._close_client()
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(self.proc.wait(), grace_s)
+            except (ProcessLookupError, asyncio.TimeoutError):
+                try:
+                    self.proc.kill()
+                except ProcessLookupError:
+                    pass
+                await self.proc.wait()
+
+    async def _close_client(self) -> None:
+        client, channel = self.client, self.channel
+        self.client = self.channel = None
+        if client is not None:
+            try:
+                await asyncio.wait_for(client.close(), 2)
+            except Exception:  # noqa: BLE001 - the stream may already be broken
+                pass
+        if channel is not None:
+            await channel.close()
+
+
+class ReplicaDied(Exception):
+    def __init__(self, replica: Replica, code: int | None) -> None:
+        super().__init__(f"{replica.spec.label} exited with status {code} while starting")
+        self.replica = replica
+        self.code = code

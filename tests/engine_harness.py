@@ -1,0 +1,64 @@
+"""Run an example app on the embedded engine with real TCP senders and a receiver (test helper)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import socket
+import time
+from typing import Any
+
+from nfbuilder.loader import load_app
+from nfbuilder.local.engine import Engine, EngineOptions
+from nfbuilder.local.tcptools import TcpReceiver, send_frames
+from nfbuilder.plan import PlanOptions
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_idle(engine: Engine, quiet_s: float, timeout_s: float = 60) -> None:
+    """Until nothing moved for ``quiet_s`` and nothing is queued."""
+    since = time.monotonic()  # the sender is done: give the source time to read what it sent
+    deadline = since + timeout_s
+    while time.monotonic() < deadline:
+        moved = max(engine.last_move, since)
+        if not engine.in_flight() and time.monotonic() - moved >= quiet_s:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"engine not idle after {timeout_s} s ({engine.in_flight()} in flight)")
+
+
+async def run_app_on_engine(
+    name: str, inputs: list[list[bytes]] | None = None, *, work_dir: str, state_store: str,
+    during: Any = None, **plan: Any,
+) -> tuple[bytes, list[list[bytes]], Engine]:
+    """Start the engine, feed the app's inputs in SEND_ORDER (waiting for idleness between
+    sources), wait until idle, stop; returns (sink bytes, inputs, engine)."""
+    data = importlib.import_module(f"apps.data.{name}")
+    inputs = inputs if inputs is not None else data.inputs()
+    rx = await TcpReceiver.start()
+    ins = [("127.0.0.1", free_port()) for _ in range(data.SOURCES)]
+    args = data.app_args(ins, [rx.address])[1:]
+    loaded = load_app(os.path.join(ROOT, "apps", f"{name}.py"), args)
+    engine = Engine(loaded, EngineOptions(
+        plan=PlanOptions(state_store=state_store, **plan), quiet=True, work_dir=work_dir))
+    await engine.start()
+    try:
+        for idx in data.SEND_ORDER:
+            sender = asyncio.ensure_future(send_frames(ins[idx], inputs[idx]))
+            if during is not None:
+                await during(engine, rx)
+            await sender
+            await wait_idle(engine, 1.0)
+        await engine.drain()
+    finally:
+        await engine.stop_processes()
+        await rx.close()
+    return rx.data(), inputs, engine
