@@ -55,7 +55,7 @@ def _where(exc: BaseException, path: str | None) -> str:
 
 def import_app_module(spec: str) -> tuple[str, ModuleType, str | None, str | None]:
     """Import ``spec`` (``pkg.module`` or ``path/to/app.py``): (name, module, file, search dir)."""
-    search_dir = None
+    search_dir = path = None
     if spec.endswith(".py") or os.sep in spec:
         path = os.path.abspath(spec)
         if not os.path.isfile(path):
@@ -74,9 +74,11 @@ def import_app_module(spec: str) -> tuple[str, ModuleType, str | None, str | Non
                 f"cannot import the application module {name!r}: not found on the Python path "
                 f"({sys.path[0] or os.getcwd()} first). Give a path to the .py file instead."
             ) from None
-        raise AppLoadError(f"{_where(exc, None)}: importing {name!r} failed: {exc!r}") from None
+        raise AppLoadError(f"{_where(exc, path)}: importing {name!r} failed: {exc!r}") from None
     except Exception as exc:  # noqa: BLE001 - any error in user code is reported, not raised
-        raise AppLoadError(f"{_where(exc, None)}: importing {name!r} failed: {exc!r}") from None
+        # ``path`` makes _where point at the user's line, not at nfbuilder's frame that raised
+        # (a decorator's WallarooParameterError at import time).
+        raise AppLoadError(f"{_where(exc, path)}: importing {name!r} failed: {exc!r}") from None
     file = getattr(module, "__file__", None)
     return name, module, file, search_dir
 

@@ -1,0 +1,324 @@
+"""The planner against every row of design.md's compile mapping, names, fusion, determinism."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wallaroo_objects as w
+
+import nfbuilder
+from nfbuilder import ApplicationBuilder
+from nfbuilder.loader import load_app
+from nfbuilder.plan import MAP, SINK, SOURCE, PipelineDoc, PlanOptions, Vertex, VertexGraph, plan
+from nfbuilder.topology import from_actions
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the example apps live in the repository, not in the package
+    sys.path.insert(0, str(ROOT))
+from apps import goldens
+
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def plan_of(ab: ApplicationBuilder, **options: Any) -> VertexGraph:
+    return plan(from_actions(ab.build()), PlanOptions(**options))
+
+
+def plan_app(name: str, **options: Any) -> VertexGraph:
+    loaded = load_app(str(goldens.app_path(name)), goldens.ARGS[name])
+    return plan(loaded.app, PlanOptions(**options))
+
+
+def only_doc(graph: VertexGraph) -> PipelineDoc:
+    assert len(graph.docs) == 1, [d.name for d in graph.docs]
+    return graph.docs[0]
+
+
+def edges(doc: PipelineDoc) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(e.src, e.dst, e.tags) for e in doc.edges]
+
+
+def shape(v: Vertex) -> tuple[str, str, str | None]:
+    return (v.kind, v.role, v.container)
+
+
+def one_pipeline() -> ApplicationBuilder:
+    return ApplicationBuilder("App").new_pipeline("p", w.tcp_source())
+
+
+# ------------------------------------------------------------ the mapping table, row by row
+
+
+def test_tcp_source_is_a_udsource() -> None:
+    doc = only_doc(plan_of(one_pipeline().to(w.double).to_sink(w.tcp_sink())))
+    src = doc.vertex("source")
+    assert shape(src) == (SOURCE, "udsource", "source")
+    assert src.works[0].decode and src.works[0].steps == ()
+    assert src.max_replicas == 1
+
+
+def test_kafka_source_is_builtin_kafka_with_a_transformer() -> None:
+    ab = ApplicationBuilder("K").new_pipeline("p", w.kafka_source()).to(w.double)
+    doc = only_doc(plan_of(ab.to_sink(w.tcp_sink())))
+    assert shape(doc.vertex("source")) == (SOURCE, "kafka", "sourcetransformer")
+    assert doc.vertex("source").works[0].decode
+
+
+def test_to_is_a_serial_map() -> None:
+    doc = only_doc(plan_of(one_pipeline().to(w.double).to_sink(w.tcp_sink()), max_replicas=9))
+    v = doc.vertex("double")
+    assert shape(v) == (MAP, "udf", "map")
+    assert (v.max_replicas, v.ordered, v.state, v.partitions) == (1, False, None, 1)
+    assert v.works[0].steps == (0,)
+
+
+def test_to_parallel_is_autoscaled_up_to_the_option() -> None:
+    ab = one_pipeline().to_parallel(w.double).to_sink(w.tcp_sink())
+    assert only_doc(plan_of(ab, max_replicas=9)).vertex("double").max_replicas == 9
+    assert only_doc(plan_of(ab)).vertex("double").max_replicas == PlanOptions().max_replicas
+
+
+def test_to_stateful_is_ordered_with_one_partition() -> None:
+    ab = one_pipeline().to_stateful(w.count, w.Counter, "Counts").to_sink(w.tcp_sink())
+    doc = only_doc(plan_of(ab, partitions=5))
+    v = doc.vertex("counts")  # named after the state
+    assert shape(v) == (MAP, "udf", "map")
+    assert (v.state, v.ordered, v.partitions, v.max_replicas) == ("Counts", True, 1, 1)
+    assert doc.vertex("source").works[0].key_by is None  # one state object: no keys needed
+
+
+@pytest.mark.parametrize("kind", ["to_state_partition", "to_state_partition_u64"])
+def test_to_state_partition_is_ordered_with_p_partitions_and_upstream_key_by(kind: str) -> None:
+    ab = one_pipeline().to(w.double)
+    getattr(ab, kind)(w.count, w.Counter, "parts", w.by_parity, [0, 1]).to_sink(w.tcp_sink())
+    doc = only_doc(plan_of(ab, partitions=3))
+    v = doc.vertex("parts")
+    assert (v.state, v.ordered, v.partitions) == ("parts", True, 3)
+    # the vertex before the state vertex keys its outputs with step 1's partition function
+    assert doc.vertex("double").works[0].key_by == 1
+    assert doc.vertex("source").works[0].key_by is None
+
+
+def test_tcp_sink_is_a_udsink_that_encodes() -> None:
+    doc = only_doc(plan_of(one_pipeline().to(w.double).to_sink(w.tcp_sink())))
+    v = doc.vertex("sink")
+    assert shape(v) == (SINK, "udsink", "sink")
+    assert v.works[0].encode == 0
+    assert edges(doc) == [("source", "double", ()), ("double", "sink", ())]
+
+
+def test_kafka_sink_is_an_encoder_map_then_builtin_kafka_sink() -> None:
+    doc = only_doc(plan_of(one_pipeline().to(w.double).to_sink(w.kafka_sink())))
+    enc, out = doc.vertex("encode"), doc.vertex("sink")
+    assert shape(enc) == (MAP, "udf", "map") and enc.works[0].encode == 0
+    assert shape(out) == (SINK, "kafka", None)  # built-in: no container of ours
+    assert edges(doc)[-2:] == [("double", "encode", ()), ("encode", "sink", ())]
+
+
+def test_to_sinks_is_one_sink_vertex_per_config_with_unconditioned_edges() -> None:
+    ab = one_pipeline().to(w.double).to_sinks([w.tcp_sink("7002"), w.tcp_sink("7003"),
+                                                w.kafka_sink()])
+    doc = only_doc(plan_of(ab))
+    assert [(v.name, v.role, v.works[0].encode) for v in doc.vertices if v.name != "source"
+            and v.name != "double"] == [
+        ("sink", "udsink", 0), ("sink-2", "udsink", 1), ("encode-3", "udf", 2), ("sink-3", "kafka",
+                                                                                 None)]
+    outs = [e for e in doc.edges if e.src == "double"]
+    assert [e.dst for e in outs] == ["sink", "sink-2", "encode-3"]
+    assert all(e.tags == () for e in doc.edges)  # broadcast: every sink gets every output
+    assert all(not wk.tag for v in doc.vertices for wk in v.works)
+
+
+def test_done_pipeline_without_sink_gets_a_blackhole_when_needed() -> None:
+    ab = one_pipeline().to(w.double).to_sink(w.tcp_sink())
+    ab.new_pipeline("q", w.tcp_source("7011")).to(w.add_one).done()
+    graph = plan_of(ab)
+    assert [d.pipelines for d in graph.docs] == [(0,), (1,)]
+    q = graph.docs[1]
+    hole = q.vertex("q-end")
+    assert shape(hole) == (SINK, "blackhole", None)
+    assert edges(q) == [("q-source", "add-one", ()), ("add-one", "q-end", ())]
+    # the last step's outputs go nowhere: it does not emit them
+    assert q.vertex("add-one").works[0].emit is False
+    assert not any(v.role == "blackhole" for v in graph.docs[0].vertices)
+
+
+def test_market_spread_is_one_document_joined_at_the_shared_state() -> None:
+    graph = plan_app("market_spread")
+    doc = only_doc(graph)
+    assert doc.pipelines == (0, 1)
+    sources = [v for v in doc.vertices if v.kind == SOURCE]
+    assert [(v.name, v.role) for v in sources] == [("orders-source", "udsource"),
+                                                   ("market-data-source", "udsource")]
+    state = doc.vertex("symbol-data")
+    assert (state.state, state.ordered, state.partitions) == ("symbol-data", True, 2)
+    assert state.pipelines == (0, 1)
+    assert sorted(edges(doc)) == sorted([
+        ("orders-source", "symbol-data", ()),
+        ("market-data-source", "symbol-data", ()),
+        ("symbol-data", "orders-sink", ("orders",)),
+    ])
+    # works are tagged per pipeline; only the orders' outputs leave the state vertex
+    assert [(wk.pipeline, wk.tag, wk.emit) for wk in state.works] == [
+        (0, "orders", True), (1, "market-data", False)]
+    # both sources key their messages for the partitioned state
+    assert [v.works[0].key_by for v in sources] == [0, 0]
+    assert not any(v.role == "blackhole" for v in doc.vertices)  # the state vertex has a way out
+
+
+def test_shared_state_with_sinks_on_both_sides_tags_each_out_edge() -> None:
+    ab = ApplicationBuilder("share").new_pipeline("a", w.tcp_source()).to_stateful(
+        w.count, w.Counter, "s").to_sink(w.tcp_sink())
+    ab.new_pipeline("b", w.tcp_source("7011")).to_stateful(w.count_again, w.Counter, "s").to(
+        w.double).to_sink(w.tcp_sink("7003"))
+    doc = only_doc(plan_of(ab))
+    assert [(e.src, e.dst, e.tags) for e in doc.edges if e.src == "s"] == [
+        ("s", "a-sink", ("a",)), ("s", "double", ("b",))]
+    assert [(wk.pipeline, wk.tag) for wk in doc.vertex("s").works] == [(0, "a"), (1, "b")]
+
+
+def test_unrelated_pipelines_are_separate_documents() -> None:
+    ab = ApplicationBuilder("Two Apps").new_pipeline("left", w.tcp_source()).to(w.double)
+    ab.to_sink(w.tcp_sink())
+    ab.new_pipeline("right", w.tcp_source("7011")).to(w.double).to_sink(w.tcp_sink("7003"))
+    graph = plan_of(ab)
+    assert [d.name for d in graph.docs] == ["two-apps-left", "two-apps-right"]
+    names = [v.name for v in graph.vertices()]
+    assert len(set(names)) == len(names)  # unique across documents too
+    assert graph.find("right-double")[0].name == "two-apps-right"
+
+
+def test_find_unknown_vertex_names_the_known_ones() -> None:
+    graph = plan_of(one_pipeline().to(w.double).to_sink(w.tcp_sink()))
+    with pytest.raises(KeyError) as err:
+        graph.find("nope")
+    assert "no vertex named 'nope'; the plan has: source, double, sink" in str(err.value)
+
+
+# ------------------------------------------------------------ names
+
+
+def check_names(graph: VertexGraph) -> None:
+    seen: set[str] = set()
+    for doc in graph.docs:
+        assert DNS_1035.match(doc.name), doc.name
+        for v in doc.vertices:
+            assert DNS_1035.match(v.name), v.name
+            assert len(doc.name) + len(v.name) <= 53, (doc.name, v.name)
+            assert v.name not in seen, v.name
+            seen.add(v.name)
+        for e in doc.edges:
+            assert e.src in {v.name for v in doc.vertices}
+            assert e.dst in {v.name for v in doc.vertices}
+
+
+@pytest.mark.parametrize("name", sorted(goldens.ARGS))
+@pytest.mark.parametrize("fuse", [False, True])
+def test_app_names_are_valid(name: str, fuse: bool) -> None:
+    check_names(plan_app(name, fuse=fuse))
+
+
+def test_very_long_and_colliding_names_stay_valid_unique_and_short() -> None:
+    long = "x" * 80
+    steps = [nfbuilder.computation(name=prefix + long)(lambda d: d)
+             for prefix in ("Step ", "step-", "STEP_", "step  ")]
+    ab = ApplicationBuilder("A" * 100).new_pipeline("P" * 90, w.tcp_source())
+    for step in steps:
+        ab.to(step)
+    ab.to_sinks([w.tcp_sink(), w.kafka_sink(), w.tcp_sink("7004")])
+    ab.new_pipeline("Q" * 90, w.tcp_source("7011")).to(steps[0]).to_stateful(
+        w.count, w.Counter, "state " + long).to_sink(w.tcp_sink("7003"))
+    ab.new_pipeline("R" * 90, w.tcp_source("7012")).to(steps[1]).done()
+    graph = plan_of(ab)
+    assert len(graph.docs) == 3
+    assert len({d.name for d in graph.docs}) == 3
+    check_names(graph)
+    assert plan_of(ab) == graph  # stable hashes, not random ones
+
+
+@pytest.mark.parametrize("step_name, vertex", [("123", "v-123"), ("!!!", "v"),
+                                               ("Déjà vu", "d-j-vu")])
+def test_step_names_become_dns_labels(step_name: str, vertex: str) -> None:
+    comp = nfbuilder.computation(name=step_name)(lambda d: d)
+    doc = only_doc(plan_of(one_pipeline().to(comp).to_sink(w.tcp_sink())))
+    assert [v.name for v in doc.vertices] == ["source", vertex, "sink"]
+
+
+def test_step_named_like_a_role_does_not_collide() -> None:
+    src = nfbuilder.computation(name="source")(lambda d: d)
+    sink = nfbuilder.computation(name="sink")(lambda d: d)
+    doc = only_doc(plan_of(one_pipeline().to(src).to(sink).to_sink(w.tcp_sink())))
+    assert [v.name for v in doc.vertices] == ["source", "source-2", "sink", "sink-2"]
+    check_names(plan_of(one_pipeline().to(src).to(sink).to_sink(w.tcp_sink())))
+
+
+# ------------------------------------------------------------ fusion
+
+
+def test_fuse_coalesces_leading_stateless_run_into_the_source() -> None:
+    graph = plan_app("celsius", fuse=True)
+    doc = only_doc(graph)
+    assert [v.name for v in doc.vertices] == ["source", "sink"]
+    assert doc.vertex("source").works[0].steps == (0, 1)
+    assert graph.options.fuse
+
+
+def test_fuse_coalesces_stateless_runs_between_state_steps() -> None:
+    last = nfbuilder.computation(name="last")(lambda d: d)
+    ab = one_pipeline().to(w.double).to_parallel(w.add_one).to_state_partition(
+        w.count, w.Counter, "s", w.by_parity, [0, 1]).to(w.split).to(last).to_sink(w.tcp_sink())
+    unfused = only_doc(plan_of(ab))
+    assert [v.name for v in unfused.vertices] == [
+        "source", "double", "add-one", "s", "split", "last", "sink"]
+    fused = only_doc(plan_of(ab, fuse=True))
+    assert [(v.name, v.works[0].steps) for v in fused.vertices] == [
+        ("source", (0, 1)), ("s", (2,)), ("split-to-last", (3, 4)), ("sink", ())]
+    assert fused.vertex("source").works[0].key_by == 2  # the fused source keys for the state
+    assert edges(fused) == [("source", "s", ()), ("s", "split-to-last", ()),
+                            ("split-to-last", "sink", ())]
+
+
+def test_fuse_never_merges_state_steps() -> None:
+    ab = one_pipeline().to_stateful(w.count, w.Counter, "a").to_stateful(
+        w.count_again, w.Counter, "b").to_sink(w.tcp_sink())
+    doc = only_doc(plan_of(ab, fuse=True))
+    assert [(v.name, v.state) for v in doc.vertices] == [
+        ("source", None), ("a", "a"), ("b", "b"), ("sink", None)]
+
+
+def test_fuse_keeps_a_fused_to_parallel_run_autoscaled() -> None:
+    ab = one_pipeline().to_stateful(w.count, w.Counter, "s").to(w.double).to_parallel(
+        w.add_one).to_sink(w.tcp_sink())
+    doc = only_doc(plan_of(ab, fuse=True, max_replicas=6))
+    assert doc.vertex("double-to-add-one").max_replicas == 6
+
+
+# ------------------------------------------------------------ options and determinism
+
+
+@pytest.mark.parametrize("name", sorted(goldens.ARGS))
+def test_plan_is_deterministic(name: str) -> None:
+    assert plan_app(name) == plan_app(name)
+    assert plan_app(name, fuse=True) == plan_app(name, fuse=True)
+
+
+@pytest.mark.parametrize("bad", [{"partitions": 0}, {"max_replicas": 0}])
+def test_plan_options_reject_nonsense(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="must be >= 1"):
+        PlanOptions(**bad)
+
+
+def test_describe_has_one_line_per_vertex() -> None:
+    graph = plan_app("word_count")
+    assert graph.describe() == [
+        "word-count-application/source: source/udsource [Split and Count] tcp source",
+        ("word-count-application/split-into-words: map/udf [Split and Count] "
+         "'split into words'; autoscaled to 4"),
+        ("word-count-application/word-totals: map/udf [Split and Count] 'count word'; "
+         "state 'word totals', 2 partition(s), ordered"),
+        "word-count-application/sink: sink/udsink [Split and Count] tcp sink",
+    ]
