@@ -269,7 +269,7 @@ def test_fuse_coalesces_leading_stateless_run_into_the_source() -> None:
 
 def test_fuse_coalesces_stateless_runs_between_state_steps() -> None:
     last = nfbuilder.computation(name="last")(lambda d: d)
-    ab = one_pipeline().to(w.double).to_parallel(w.add_one).to_state_partition(
+    ab = one_pipeline().to(w.double).to(w.add_one).to_state_partition(
         w.count, w.Counter, "s", w.by_parity, [0, 1]).to(w.split).to(last).to_sink(w.tcp_sink())
     unfused = only_doc(plan_of(ab))
     assert [v.name for v in unfused.vertices] == [
@@ -280,6 +280,14 @@ def test_fuse_coalesces_stateless_runs_between_state_steps() -> None:
     assert fused.vertex("source").works[0].key_by == 2  # the fused source keys for the state
     assert edges(fused) == [("source", "s", ()), ("s", "split-to-last", ()),
                             ("split-to-last", "sink", ())]
+
+
+def test_fuse_keeps_a_parallel_leading_run_out_of_the_single_replica_source() -> None:
+    ab = one_pipeline().to(w.double).to_parallel(w.add_one).to_sink(w.tcp_sink())
+    fused = only_doc(plan_of(ab, fuse=True))
+    assert [(v.name, v.works[0].steps) for v in fused.vertices] == [
+        ("source", ()), ("double-to-add-one", (0, 1)), ("sink", ())]
+    assert fused.vertex("double-to-add-one").max_replicas > 1
 
 
 def test_fuse_never_merges_state_steps() -> None:
