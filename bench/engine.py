@@ -48,7 +48,7 @@ for _p in (ROOT, ROOT / "apps"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))  # run as a script from a checkout
 
-from apps.data.word_count import VOCABULARY
+from apps.data.word_count import VOCABULARY  # noqa: E402 - after the sys.path set-up
 
 APP = str(ROOT / "apps" / "word_count.py")
 ARGS = ["--in", "127.0.0.1:7010", "--out", "127.0.0.1:7002"]
@@ -131,7 +131,11 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def _engine_process(in_port: int, out_port: int, work_dir: str) -> Iterator[subprocess.Popen]:
+    # A fresh SQLite store per run (the engine's default one lives in ./.nfbuilder and would
+    # carry the counts over from the previous run).
+    store = f"sqlite:///{os.path.join(work_dir, 'state.db')}"
     cmd = [sys.executable, "-m", "nfbuilder", "run", APP, "--quiet", "--work-dir", work_dir,
+           "--state-store", store,
            "--", "--in", f"127.0.0.1:{in_port}", "--out", f"127.0.0.1:{out_port}"]
     log = open(os.path.join(work_dir, "engine.log"), "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -149,8 +153,9 @@ def _engine_process(in_port: int, out_port: int, work_dir: str) -> Iterator[subp
         log.close()
 
 
-def engine(frames: list[bytes], words: int, timeout: float) -> tuple[float, list[bytes]] | str:
-    """Seconds from the first byte sent to the last output line received, or why it was skipped."""
+def engine(frames: list[bytes], words: int, timeout: float) -> tuple[float, list[bytes], str] | str:
+    """Seconds from the first byte sent to the last output line received, the outputs and the
+    CPU spent meanwhile by the engine and its vertex processes; or why it was skipped."""
     try:
         import nfbuilder.local.engine  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any import problem means "not runnable yet"
@@ -201,15 +206,40 @@ def engine(frames: list[bytes], words: int, timeout: float) -> tuple[float, list
                     sender = socket.create_connection(("127.0.0.1", in_port), timeout=1)
                 except OSError:
                     time.sleep(0.1)  # waiting for a process to start, not synchronising a test
+            cpu_before = _tree_cpu(proc.pid)
             start = time.perf_counter()
             with sender:
                 sender.sendall(b"".join(frames))
                 done.wait(timeout)
+            cpu_after = _tree_cpu(proc.pid)
         receiver.close()
         if len(received) < words:
             return (f"only {len(received)} of {words} outputs arrived within {timeout:.0f} s: "
                     f"{_tail(work_dir)}")
-        return finished_at[0] - start, received
+        cpu = ""
+        if cpu_before and cpu_after:
+            own, kids = (cpu_after[k] - cpu_before[k] for k in (0, 1))
+            cpu = (f"CPU per word: engine {own / words * 1e6:.0f} us, vertex processes "
+                   f"{kids / words * 1e6:.0f} us")
+        return finished_at[0] - start, received, cpu
+
+
+def _tree_cpu(pid: int) -> tuple[float, float] | None:
+    """(CPU seconds of the engine process, of its live descendants), or None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        root = psutil.Process(pid)
+        own = sum(root.cpu_times()[:2])
+        kids = 0.0
+        for child in root.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                kids += sum(child.cpu_times()[:2])
+        return own, kids
+    except psutil.Error:
+        return None
 
 
 def _tail(work_dir: str, n: int = 400) -> str:
@@ -250,7 +280,9 @@ def bytewax(frames: list[bytes]) -> list[bytes] | str:
 
 
 # -- the report -------------------------------------------------------------------------------
-def _timed(fn: Callable[[], list[bytes] | str], repeat: int) -> tuple[float, float, list[bytes]] | str:
+def _timed(
+    fn: Callable[[], list[bytes] | str], repeat: int
+) -> tuple[float, float, list[bytes]] | str:
     """Best-of-``repeat`` (CPU seconds, wall seconds, outputs) of ``fn``, or why it was skipped."""
     best: tuple[float, float, list[bytes]] | None = None
     for _ in range(repeat):
@@ -307,9 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         e_frames = frames[: ns.engine_lines]
         e_want = plain(e_frames)
         got_e = engine(e_frames, len(e_want), ns.engine_timeout)
+        note = f"{len(e_frames)} lines; wall-clock"
+        if not isinstance(got_e, str):
+            note += f"; {got_e[2]}" if got_e[2] else ""
         rows.append(_check("(c) nfbuilder run", got_e if isinstance(got_e, str) else
                            (got_e[0], got_e[0], got_e[1]), last_counts(e_want), len(e_want),
-                           f"{len(e_frames)} lines; wall-clock"))
+                           note))
     if "bytewax" not in skip:
         rows.append(_check("(d) bytewax 0.21.1", _timed(lambda: bytewax(frames), repeat), want,
                            words))

@@ -15,7 +15,7 @@
 """
 
 from nfbuilder.codec import deserialize, serialize
-from nfbuilder.dsl import *  # noqa: F403 - the public API is the dsl's
+from nfbuilder.dsl import *
 from nfbuilder.dsl import __all__ as _dsl_all
 
 __version__ = "0.1.0"

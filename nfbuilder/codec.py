@@ -11,8 +11,9 @@ classes defined in ``__main__``...). An app module that defines both ``serialize
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 

@@ -12,7 +12,8 @@ typing (Wallaroo's method names).
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 import attrs
 

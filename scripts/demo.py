@@ -13,12 +13,12 @@ from collections import Counter
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "apps")]
 
-from apps.data import word_count as data  # noqa: E402
-from nfbuilder.cli import main as cli  # noqa: E402
-from nfbuilder.loader import load_app  # noqa: E402
-from nfbuilder.local.engine import Engine, EngineOptions  # noqa: E402
-from nfbuilder.local.tcptools import TcpReceiver, send_frames  # noqa: E402
-from nfbuilder.plan import PlanOptions  # noqa: E402
+from apps.data import word_count as data
+from nfbuilder.cli import main as cli
+from nfbuilder.loader import load_app
+from nfbuilder.local.engine import Engine, EngineOptions
+from nfbuilder.local.tcptools import TcpReceiver, send_frames
+from nfbuilder.plan import PlanOptions
 
 
 def free_port() -> int:

@@ -8,7 +8,6 @@ import os
 import signal
 
 import pytest
-
 from engine_harness import run_app_on_engine
 
 APPS = ["reverse", "celsius", "alphabet", "alphabet_partitioned", "word_count", "market_spread",

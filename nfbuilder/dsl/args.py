@@ -10,7 +10,7 @@ ignored, so each helper can be given the whole ``args`` list::
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from nfbuilder.dsl.errors import WallarooParameterError
 

@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from nfbuilder.dsl.configs import StateBuilder
 from nfbuilder.dsl.validate import validate_actions

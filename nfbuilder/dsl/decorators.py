@@ -21,7 +21,8 @@ from __future__ import annotations
 import functools
 import inspect
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from nfbuilder.dsl.errors import WallarooParameterError
 

@@ -5,7 +5,8 @@ step and says what to do."""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from nfbuilder.dsl.decorators import (
     Computation,

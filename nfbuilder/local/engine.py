@@ -33,10 +33,10 @@ from typing import Any
 import attrs
 
 from nfbuilder.emit.manifest import serve_command
+from nfbuilder.loader import LoadedApp
 from nfbuilder.local.clients import ClientError, SinkDatum
 from nfbuilder.local.process import Replica, ReplicaDied, ReplicaSpec
 from nfbuilder.local.status import Status
-from nfbuilder.loader import LoadedApp
 from nfbuilder.plan import MAP, SINK, SOURCE, PlanOptions, Vertex, VertexGraph, plan
 from nfbuilder.plan.names import slug
 from nfbuilder.runtime.messages import DROP
@@ -63,7 +63,7 @@ class EngineOptions:
 class Token:
     """Counts the live messages derived from one source message; acks it at zero."""
 
-    __slots__ = ("src", "offset", "count")
+    __slots__ = ("count", "offset", "src")
 
     def __init__(self, src: _SourceState, offset: tuple[bytes, int]) -> None:
         self.src, self.offset, self.count = src, offset, 1

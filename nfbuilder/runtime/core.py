@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -85,7 +86,7 @@ class VertexProgram:
             return fn(*args)
         except UserCodeError:
             raise
-        except Exception as exc:  # noqa: BLE001 - user code: report with its location
+        except Exception as exc:
             raise UserCodeError(
                 f"{where}: {_fn_of(obj, method)} raised {exc!r}", traceback.format_exc()
             ) from exc

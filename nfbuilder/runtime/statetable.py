@@ -24,7 +24,7 @@ from nfbuilder.topology import StateSpec
 class Entry:
     """A live state object with its applied-id bookkeeping."""
 
-    __slots__ = ("obj", "persisted", "pending")
+    __slots__ = ("obj", "pending", "persisted")
 
     def __init__(self, obj: Any, persisted: frozenset[str]) -> None:
         self.obj = obj
