@@ -17,6 +17,7 @@ pipeline, the step and the user function.
 from __future__ import annotations
 
 import logging
+import pickle
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -59,6 +60,7 @@ class VertexProgram:
         self.codec = codec
         self.states = states
         self.unknown_keys = 0  # messages dropped because their partition key was not declared
+        self.replayed = 0  # redelivered messages answered from the recorded outputs
         self._works = {w.pipeline: w for w in vertex.works}
         self._declared = {
             name: frozenset(str(k) for k in spec.keys)
@@ -104,15 +106,22 @@ class VertexProgram:
             objs = [obj]
         else:
             objs = [self.codec.loads(payload)]
+        if work.steps and p.steps[work.steps[0]].state is not None:
+            # the planner gives a state step a vertex of its own
+            return self._stateful(p, work, p.steps[work.steps[0]], objs[0], msg_id)
         for index in work.steps:
             step = p.steps[index]
             nxt: list[Any] = []
             for obj in objs:
-                nxt.extend(self._step(p, step, obj, msg_id))
+                nxt.extend(self._results(p, step, self._compute(p, step, obj)))
             objs = nxt
             if not objs:
                 return []
-        if not work.emit:
+        return self._finish(p, work, objs)
+
+    def _finish(self, p: Pipeline, work: Work, objs: list[Any]) -> list[Out]:
+        """Key, tag or encode the step outputs."""
+        if not work.emit or not objs:
             return []
         if work.encode is not None:
             return self._encode(p, work.encode, objs)
@@ -122,6 +131,46 @@ class VertexProgram:
         for obj in objs:
             keys = (self._key(p, key_step, obj),) if key_step is not None else ()
             outs.append(Out(self.codec.dumps(obj), keys, tags))
+        return outs
+
+    def _compute(self, p: Pipeline, step: Step, *args: Any) -> Any:
+        comp = step.computation
+        method = "compute_multi" if step.multi else "compute"
+        return self._call(self._where(p, step), comp, method, getattr(comp, method), *args)
+
+    def _stateful(self, p: Pipeline, work: Work, step: Step, obj: Any, msg_id: str) -> list[Out]:
+        """Apply a state step once per message id; a redelivered id gets its recorded outputs."""
+        spec = step.state
+        assert spec is not None
+        where = self._where(p, step)
+        key = self._key(p, step, obj) if spec.partitioned else SINGLE_KEY
+        declared = self._declared.get(spec.name)
+        if declared is not None and key not in declared:
+            self.unknown_keys += 1
+            log.warning(
+                "%s: partition key %r is not among the declared partition_keys; message %s "
+                "dropped (%d so far). Declare the key or leave partition_keys out for keys "
+                "made on demand.", where, key, msg_id or "?", self.unknown_keys,
+            )
+            return []
+        entry = self.states.entry(spec, key)
+        if msg_id:
+            recorded = entry.outputs_for(msg_id)
+            if recorded is not None:
+                self.replayed += 1
+                log.info("%s: message %s is already in the state of key %r: not applied again, "
+                         "its %s re-emitted", where, msg_id, key, "outputs")
+                return [Out(*o) for o in pickle.loads(recorded)] if recorded else []
+        result = self._compute(p, step, obj, entry.obj)
+        if not isinstance(result, tuple) or len(result) != 2:
+            raise UserCodeError(
+                f"{where}: a state computation must return (output, save_state), got "
+                f"{type(result).__name__} from {_fn_of(step.computation, 'compute')}"
+            )
+        output, save = result
+        outs = self._finish(p, work, self._results(p, step, output))
+        recorded = pickle.dumps([attrs.astuple(o) for o in outs], protocol=5) if outs else b""
+        self.states.applied(spec, key, entry, msg_id, save is True, recorded)
         return outs
 
     def _where(self, p: Pipeline, step: Step) -> str:
@@ -138,38 +187,6 @@ class VertexProgram:
                 )
             return [r for r in result if r is not None]
         return [result]
-
-    def _step(self, p: Pipeline, step: Step, obj: Any, msg_id: str) -> list[Any]:
-        comp = step.computation
-        method = "compute_multi" if step.multi else "compute"
-        fn = getattr(comp, method)
-        where = self._where(p, step)
-        if step.state is None:
-            return self._results(p, step, self._call(where, comp, method, fn, obj))
-        key = self._key(p, step, obj) if step.state.partitioned else SINGLE_KEY
-        declared = self._declared.get(step.state.name)
-        if declared is not None and key not in declared:
-            self.unknown_keys += 1
-            log.warning(
-                "%s: partition key %r is not among the declared partition_keys; message %s "
-                "dropped (%d so far). Declare the key or leave partition_keys out for keys "
-                "made on demand.", where, key, msg_id or "?", self.unknown_keys,
-            )
-            return []
-        entry = self.states.entry(step.state, key)
-        if msg_id and entry.already_applied(msg_id):
-            log.info("%s: message %s is already in the state of key %r; not applied again",
-                     where, msg_id, key)
-            return []
-        result = self._call(where, comp, method, fn, obj, entry.obj)
-        if not isinstance(result, tuple) or len(result) != 2:
-            raise UserCodeError(
-                f"{where}: a state computation must return (output, save_state), got "
-                f"{type(result).__name__} from {_fn_of(comp, method)}"
-            )
-        output, save = result
-        self.states.applied(step.state, key, entry, msg_id, save is True)
-        return self._results(p, step, output)
 
     def _key(self, p: Pipeline, step: Step, obj: Any) -> str:
         assert step.state is not None

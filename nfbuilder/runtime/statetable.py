@@ -1,15 +1,16 @@
 """In-memory state objects of one vertex process, backed by a durable ``StateStore``.
 
 One object per (state name, key), built with ``State()`` on first use or loaded from the store's
-last snapshot. Ids of messages applied since the last snapshot are kept and written with the next
-snapshot, in the same atomic write, so a redelivered message already reflected in the snapshot is
-recognised::
+last snapshot. The ids of messages applied since the last snapshot, with the outputs each
+produced, are kept and written with the next snapshot in the same atomic write. A redelivered
+message whose id is already reflected in the state is therefore not applied again; its recorded
+outputs are returned instead, so nothing downstream is lost::
 
     table = StateTable(open_store("sqlite:///s.db", namespace="app"), codec)
     entry = table.entry(spec, "a")
-    if not entry.already_applied("v-1-0"):
-        out, save = step(data, entry.obj)
-        table.applied(spec, "a", entry, "v-1-0", save)
+    outs = entry.outputs_for("v-1-0")          # None: not applied yet
+    ...
+    table.applied(spec, "a", entry, "v-1-0", save=True, outputs=b"...")
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ from nfbuilder.topology import StateSpec
 class Entry:
     """A live state object with its applied-id bookkeeping."""
 
-    __slots__ = ("obj", "pending", "persisted")
+    __slots__ = ("obj", "persisted", "pending")
 
-    def __init__(self, obj: Any, persisted: frozenset[str]) -> None:
+    def __init__(self, obj: Any, persisted: dict[str, bytes]) -> None:
         self.obj = obj
-        self.persisted = persisted  # ids reflected in the stored snapshot
-        self.pending: list[str] = []  # applied in memory since the last snapshot
+        self.persisted = persisted  # id -> outputs, reflected in the stored snapshot
+        self.pending: dict[str, bytes] = {}  # applied in memory since the last snapshot
 
-    def already_applied(self, msg_id: str) -> bool:
-        return msg_id in self.persisted
+    def outputs_for(self, msg_id: str) -> bytes | None:
+        """The recorded outputs of ``msg_id`` if its effect is already in this state."""
+        found = self.pending.get(msg_id)
+        return found if found is not None else self.persisted.get(msg_id)
 
 
 class StateTable:
@@ -48,20 +51,30 @@ class StateTable:
         if found is None:
             snap = self.store.load(spec.name, key) if self.store is not None else None
             if snap is None:
-                found = Entry(spec.state_class(), frozenset())
+                found = Entry(spec.state_class(), {})
             else:
-                found = Entry(self.codec.loads(snap.data), frozenset(snap.applied_ids))
+                outputs = dict(snap.outputs)
+                persisted = {i: outputs.get(i, b"") for i in snap.applied_ids}
+                found = Entry(self.codec.loads(snap.data), persisted)
             self._entries[(spec.name, key)] = found
         return found
 
-    def applied(self, spec: StateSpec, key: str, entry: Entry, msg_id: str, save: bool) -> None:
-        """Record that ``msg_id`` changed ``entry``; persist it (with the pending ids) if ``save``."""
-        if msg_id:
-            entry.pending.append(msg_id)
+    def applied(
+        self, spec: StateSpec, key: str, entry: Entry, msg_id: str, save: bool, outputs: bytes
+    ) -> None:
+        """Record that ``msg_id`` changed ``entry`` (producing ``outputs``); persist the state
+        with every pending id and its outputs when ``save``."""
+        if msg_id and self.store is not None:
+            entry.pending[msg_id] = outputs
         if save and self.store is not None:
-            self.store.save(spec.name, key, self.codec.dumps(entry.obj), entry.pending)
-            entry.persisted = entry.persisted.union(entry.pending)
-            entry.pending = []
+            window = self.store.id_window
+            self.store.save(spec.name, key, self.codec.dumps(entry.obj), list(entry.pending),
+                            entry.pending)
+            entry.persisted.update(entry.pending)
+            entry.pending = {}
+            if len(entry.persisted) > window:  # keep what the store keeps: the newest ids
+                for old in list(entry.persisted)[: len(entry.persisted) - window]:
+                    del entry.persisted[old]
 
     def keys(self, state_name: str) -> list[str]:
         return [k for (name, k) in self._entries if name == state_name]

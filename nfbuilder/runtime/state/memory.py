@@ -13,7 +13,7 @@ Example::
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from nfbuilder.runtime.state.store import (
     DEFAULT_ID_WINDOW,
@@ -41,12 +41,21 @@ class MemoryStore:
             self._check_open()
             return self._snapshots.get((state_name, key))
 
-    def save(self, state_name: str, key: str, data: bytes, applied_ids: Sequence[str]) -> None:
+    def save(
+        self,
+        state_name: str,
+        key: str,
+        data: bytes,
+        applied_ids: Sequence[str],
+        outputs: Mapping[str, bytes] | None = None,
+    ) -> None:
         with self._lock:
             self._check_open()
             old = self._snapshots.get((state_name, key))
             ids = merge_ids(old.applied_ids if old else (), applied_ids, self.id_window)
-            self._snapshots[(state_name, key)] = Snapshot(bytes(data), ids)
+            merged = {**(old.outputs if old else {}), **(outputs or {})}
+            kept = {i: merged[i] for i in ids if i in merged}
+            self._snapshots[(state_name, key)] = Snapshot(bytes(data), ids, kept)
 
     def close(self) -> None:
         with self._lock:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -43,31 +43,48 @@ log = logging.getLogger("nfbuilder.state")
 
 T = TypeVar("T")
 
-# KEYS[1]: the hash; ARGV[1]: data; ARGV[2]: id window; ARGV[3..]: new ids, oldest first.
-# Same rule as store.merge_ids. Everything is computed before the single HSET, because Redis does
+# KEYS[1]: the hash; ARGV[1]: data; ARGV[2]: id window; ARGV[3]: n, the number of new ids;
+# ARGV[4 .. 3+n]: new ids, oldest first; ARGV[4+n ..]: pairs (id, outputs) to keep beside them.
+# Same id rule as store.merge_ids. Everything is computed before the writes, because Redis does
 # not roll back a script that fails halfway: a script error must leave the hash untouched.
+# Outputs live in fields 'o:<id>' of the same hash and leave with their id.
 _SAVE_LUA = """
 local window = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
 local combined = {}
 local stored = redis.call('HGET', KEYS[1], 'ids')
 if stored then
   for _, id in ipairs(cjson.decode(stored)) do combined[#combined + 1] = id end
 end
-for i = 3, #ARGV do combined[#combined + 1] = ARGV[i] end
+for i = 4, 3 + n do combined[#combined + 1] = ARGV[i] end
 local newest_first, seen = {}, {}
 for i = #combined, 1, -1 do
   local id = combined[i]
   if not seen[id] then
     seen[id] = true
-    newest_first[#newest_first + 1] = id
-    if #newest_first == window then break end
+    if #newest_first < window then newest_first[#newest_first + 1] = id end
   end
 end
-local kept = {}
-for i = #newest_first, 1, -1 do kept[#kept + 1] = newest_first[i] end
+local kept, keep = {}, {}
+for i = #newest_first, 1, -1 do
+  kept[#kept + 1] = newest_first[i]
+  keep[newest_first[i]] = true
+end
+local dropped = {}
+for id, _ in pairs(seen) do
+  if not keep[id] then dropped[#dropped + 1] = 'o:' .. id end
+end
 local encoded = '[]'
 if #kept > 0 then encoded = cjson.encode(kept) end
-redis.call('HSET', KEYS[1], 'data', ARGV[1], 'ids', encoded)
+local fields = {'data', ARGV[1], 'ids', encoded}
+for i = 4 + n, #ARGV, 2 do
+  if keep[ARGV[i]] then
+    fields[#fields + 1] = 'o:' .. ARGV[i]
+    fields[#fields + 1] = ARGV[i + 1]
+  end
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+if #dropped > 0 then redis.call('HDEL', KEYS[1], unpack(dropped)) end
 return #kept
 """
 
@@ -163,19 +180,33 @@ class RedisStore:
 
     def load(self, state_name: str, key: str) -> Snapshot | None:
         name = hash_name(self.namespace, state_name, key)
-        data, ids = self._retrying(
+        fields = self._retrying(
             f"load state {state_name!r} key {key!r} from",
-            lambda: self._client.hmget(name, ["data", "ids"]),
+            lambda: self._client.hgetall(name),
         )
+        data = fields.get(b"data")
         if data is None:
             return None
-        # open() refuses decode_responses, so both fields are bytes.
+        # open() refuses decode_responses, so field names and values are bytes.
         assert isinstance(data, bytes)
-        return Snapshot(data, tuple(json.loads(ids or b"[]")))
+        outputs = {
+            k[2:].decode(): v for k, v in fields.items() if k.startswith(b"o:")
+        }
+        return Snapshot(data, tuple(json.loads(fields.get(b"ids") or b"[]")), outputs)
 
-    def save(self, state_name: str, key: str, data: bytes, applied_ids: Sequence[str]) -> None:
+    def save(
+        self,
+        state_name: str,
+        key: str,
+        data: bytes,
+        applied_ids: Sequence[str],
+        outputs: Mapping[str, bytes] | None = None,
+    ) -> None:
         name = hash_name(self.namespace, state_name, key)
-        args: list[bytes | str | int] = [bytes(data), self.id_window, *applied_ids]
+        args: list[bytes | str | int] = [bytes(data), self.id_window, len(applied_ids),
+                                         *applied_ids]
+        for msg_id, blob in (outputs or {}).items():
+            args += [msg_id, bytes(blob)]
         self._retrying(
             f"save state {state_name!r} key {key!r} to",
             lambda: self._save_script(keys=[name], args=args),

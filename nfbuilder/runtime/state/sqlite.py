@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nfbuilder.runtime.state.store import (
@@ -38,11 +38,26 @@ CREATE TABLE IF NOT EXISTS nfbuilder_state (
     data       BLOB NOT NULL,
     ids        TEXT NOT NULL,
     PRIMARY KEY (namespace, state_name, key)
-)
+);
+CREATE TABLE IF NOT EXISTS nfbuilder_outputs (
+    namespace  TEXT NOT NULL,
+    state_name TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    msg_id     TEXT NOT NULL,
+    outputs    BLOB NOT NULL,
+    PRIMARY KEY (namespace, state_name, key, msg_id)
+);
 """
 
 _SELECT = "SELECT data, ids FROM nfbuilder_state WHERE namespace = ? AND state_name = ? AND key = ?"
 _SELECT_IDS = "SELECT ids FROM nfbuilder_state WHERE namespace = ? AND state_name = ? AND key = ?"
+_SELECT_OUTPUTS = (
+    "SELECT msg_id, outputs FROM nfbuilder_outputs WHERE namespace = ? AND state_name = ? AND key = ?"
+)
+_PUT_OUTPUT = "INSERT OR REPLACE INTO nfbuilder_outputs VALUES (?, ?, ?, ?, ?)"
+_DROP_OUTPUT = (
+    "DELETE FROM nfbuilder_outputs WHERE namespace = ? AND state_name = ? AND key = ? AND msg_id = ?"
+)
 _UPSERT = """
 INSERT INTO nfbuilder_state (namespace, state_name, key, data, ids) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (namespace, state_name, key) DO UPDATE SET data = excluded.data, ids = excluded.ids
@@ -113,7 +128,7 @@ class SqliteStore:
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL was refused")
             conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(_SCHEMA)
+            conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             conn.close()
             raise StateStoreError(
@@ -128,11 +143,23 @@ class SqliteStore:
                 row = self._conn.execute(_SELECT, (self.namespace, state_name, key)).fetchone()
             except sqlite3.Error as exc:
                 raise self._error("load", state_name, key, exc) from exc
-        if row is None:
-            return None
-        return Snapshot(bytes(row[0]), tuple(json.loads(row[1])))
+            if row is None:
+                return None
+            try:
+                outs = self._conn.execute(_SELECT_OUTPUTS, (self.namespace, state_name, key))
+                outputs = {msg_id: bytes(blob) for msg_id, blob in outs.fetchall()}
+            except sqlite3.Error as exc:
+                raise self._error("load", state_name, key, exc) from exc
+        return Snapshot(bytes(row[0]), tuple(json.loads(row[1])), outputs)
 
-    def save(self, state_name: str, key: str, data: bytes, applied_ids: Sequence[str]) -> None:
+    def save(
+        self,
+        state_name: str,
+        key: str,
+        data: bytes,
+        applied_ids: Sequence[str],
+        outputs: Mapping[str, bytes] | None = None,
+    ) -> None:
         ident = (self.namespace, state_name, key)
         with self._lock:
             conn = self._conn
@@ -144,6 +171,12 @@ class SqliteStore:
                 old = json.loads(row[0]) if row else []
                 ids = merge_ids(old, applied_ids, self.id_window)
                 conn.execute(_UPSERT, (*ident, bytes(data), json.dumps(ids)))
+                kept = set(ids)
+                for msg_id in set(old).union(applied_ids) - kept:
+                    conn.execute(_DROP_OUTPUT, (*ident, msg_id))
+                for msg_id, blob in (outputs or {}).items():
+                    if msg_id in kept:
+                        conn.execute(_PUT_OUTPUT, (*ident, msg_id, bytes(blob)))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:

@@ -41,7 +41,7 @@ Example::
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -76,6 +76,9 @@ class Snapshot:
 
     data: bytes
     applied_ids: tuple[str, ...] = attrs.field(converter=_to_tuple)
+    #: per applied id still in the window, the outputs its message produced (opaque bytes), so
+    #: a redelivered message can have its outputs re-emitted without being applied again
+    outputs: Mapping[str, bytes] = attrs.field(factory=dict, eq=False, repr=False)
     # A set for O(1) lookups: contains() is called once per incoming message.
     _id_set: frozenset[str] = attrs.field(init=False, repr=False, eq=False)
 
@@ -102,8 +105,16 @@ class StateStore(Protocol):
         """The last saved snapshot of (state_name, key), or None if it was never saved."""
         ...
 
-    def save(self, state_name: str, key: str, data: bytes, applied_ids: Sequence[str]) -> None:
-        """Atomically replace the data and merge `applied_ids` into the id window.
+    def save(
+        self,
+        state_name: str,
+        key: str,
+        data: bytes,
+        applied_ids: Sequence[str],
+        outputs: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Atomically replace the data, merge `applied_ids` into the id window and keep the
+        `outputs` of those ids (dropping the outputs of ids that fall out of the window).
 
         Returns only once the write is durable in the store; raises StateStoreError otherwise.
         Safe to retry with the same arguments.

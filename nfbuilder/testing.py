@@ -1,0 +1,349 @@
+"""Run a whole application in-process, for users' unit tests: no sockets, no processes, no threads.
+
+The app is planned exactly as ``compile`` and ``run`` plan it, every vertex gets the same
+``VertexProgram`` the containers run, and messages are routed along the plan's edges (tag
+conditions with ``or`` semantics, the reserved DROP tag), so what passes here follows the same step
+rules as a deployment::
+
+    from nfbuilder.testing import run, run_app
+
+    outs = run_app("apps/reverse.py", ["--in", "h:7010", "--out", "h:7002"],
+                   {"reverse": [b"\\x00\\x00\\x00\\x03abc"]})
+    outs            # {'sink': [b'cba\\n']}
+
+    result = run(word_count, ["--in", "h:1", "--out", "h:2"], {0: ["a b a"]})
+    result.state("word totals", "a").word_totals    # {'a': 2}
+
+Inputs are fed pipeline by pipeline **in the order of the ``inputs`` keys** (a dict keeps its
+insertion order), every item of a pipeline before the next pipeline; each message goes all the way
+to the sinks before the next one is read. Give the pipelines in the order a test needs (e.g.
+``market_spread`` wants its market data before its orders).
+
+Message ids follow Numaflow's ``<vertex>-<n>-<i>`` (output ``i`` of the ``n``-th message the vertex
+read) and are the same on every run: with a durable ``state_store`` reused across runs, a second
+run's messages are recognised as redeliveries of the first run's: not applied again, their
+recorded outputs re-emitted, exactly as after a crash. Use a fresh store per test (e.g. under ``tmp_path``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+import attrs
+
+from nfbuilder.codec import Codec
+from nfbuilder.loader import AppLoadError, load_app
+from nfbuilder.plan import SINK, SOURCE, PlanOptions, Vertex, plan
+from nfbuilder.plan.names import slug
+from nfbuilder.runtime.core import SINGLE_KEY, VertexProgram
+from nfbuilder.runtime.errors import UserCodeError
+from nfbuilder.runtime.framing import FrameParser, FramingError
+from nfbuilder.runtime.messages import DROP
+from nfbuilder.runtime.statetable import StateTable
+from nfbuilder.topology import Application, from_actions
+
+__all__ = ["RunResult", "run", "run_app"]
+
+AppLike = str | ModuleType | Callable[[list[str]], list]
+_BYTES = (bytes, bytearray, memoryview)
+_BUILT_IN_SINKS = ("kafka", "blackhole")
+
+
+@attrs.frozen
+class RunResult:
+    """What an in-process run produced.
+
+    ``outputs``: per sink vertex, the bytes it would write (a TCP sink's encoder output, a Kafka
+    sink's record values), in order. ``unknown_keys``: per state vertex, how many messages were
+    dropped because their partition key was not among the declared ``partition_keys``.
+
+        result = run("apps/alphabet.py", ["--in", "h:1", "--out", "h:2"], {0: frames})
+        result.outputs["sink"][-1]
+        result.state("letter state").letters["a"]
+    """
+
+    outputs: dict[str, list[bytes]]
+    unknown_keys: dict[str, int]
+    table: StateTable = attrs.field(repr=False)
+
+    def output(self) -> bytes:
+        """Every sink's bytes joined, sinks in plan order: ``parse_output(result.output())``."""
+        return b"".join(b"".join(chunks) for chunks in self.outputs.values())
+
+    def state(self, state_name: str, key: Any = None) -> Any:
+        """The live state object of ``state_name`` for partition ``key`` (omit ``key`` for a
+        ``to_stateful`` state). Keys are compared as ``str(key)``, as the runtime routes them."""
+        k = SINGLE_KEY if key is None else str(key)
+        try:
+            return self.table.get(state_name, k)
+        except KeyError:
+            known = sorted(self.table.keys(state_name))
+            raise KeyError(
+                f"no state object {state_name!r} for key {k!r}: no message reached it. Keys with "
+                f"a state object: {known or 'none'}"
+                + ("" if key is not None else " (pass key= for a partitioned state)")
+            ) from None
+
+
+def run_app(
+    app: AppLike,
+    args: Sequence[str] = (),
+    inputs: Mapping[str | int, Sequence[Any]] | None = None,
+    *,
+    state_store: str | None = None,
+    fuse: bool = False,
+) -> dict[str, list[bytes]]:
+    """Run ``app`` on ``inputs`` and return ``{sink vertex name: [outputs in order]}``.
+
+    ``app`` is a module path or ``.py`` file, a module, or an ``application_setup`` function;
+    ``args`` are the app's arguments without the program name (``["--in", "h:p", ...]``).
+    ``inputs`` maps a pipeline name or index to its items: ``bytes`` are framed messages as a TCP
+    sender sends them (one or several whole frames per item) or, for a Kafka source, record
+    values; anything else is an already-decoded object (the decoder is skipped).
+
+        run_app(word_count, ["--in", "h:1", "--out", "h:2"], {"Split and Count": ["a b a"]})
+        # {'sink': [b'a => 1\\n', b'b => 1\\n', b'a => 2\\n']}
+
+    A user function that raises, or breaks a step rule, raises ``UserCodeError`` naming the
+    pipeline, the step and the function.
+    """
+    return run(app, args, inputs, state_store=state_store, fuse=fuse).outputs
+
+
+def run(
+    app: AppLike,
+    args: Sequence[str] = (),
+    inputs: Mapping[str | int, Sequence[Any]] | None = None,
+    *,
+    state_store: str | None = None,
+    fuse: bool = False,
+) -> RunResult:
+    """Like :func:`run_app` but returns a :class:`RunResult` with the live state objects.
+
+        result = run("apps/word_count.py", ["--in", "h:1", "--out", "h:2"], {0: [frame]})
+        result.state("word totals", "r").word_totals["river"]
+    """
+    application, codec = _load(app, args)
+    order = _feed_order(application, inputs or {})
+    store = None
+    if state_store is not None:
+        from nfbuilder.runtime.state.store import open_store
+
+        store = open_store(state_store, namespace=slug(application.name, "app"))
+    table = StateTable(store, codec)
+    try:
+        graph = _Graph(application, codec, table, fuse)
+        for pipeline, items in order:
+            graph.feed(pipeline, items)
+    finally:
+        if store is not None:
+            store.close()
+    return RunResult(graph.outputs, graph.unknown_keys(), table)
+
+
+# -- loading --------------------------------------------------------------------------------
+def _load(app: AppLike, args: Sequence[str]) -> tuple[Application, Codec]:
+    if isinstance(args, (str, bytes)):
+        raise TypeError(
+            f"args must be a list of strings, got {type(args).__name__} {args!r}; "
+            "write e.g. ['--in', 'h:7010', '--out', 'h:7002']"
+        )
+    if isinstance(app, str):
+        loaded = load_app(app, args)
+        return loaded.app, Codec.for_module(loaded.module)
+    if isinstance(app, ModuleType):
+        module: ModuleType | None = app
+        setup = getattr(app, "application_setup", None)
+        if not callable(setup):
+            raise AppLoadError(
+                f"module {app.__name__!r} defines no application_setup(args) function. Add one "
+                "that returns ApplicationBuilder(...)...build(), or pass the function itself."
+            )
+    elif callable(app):
+        module, setup = inspect.getmodule(app), app
+    else:
+        raise TypeError(
+            f"app must be a module path, a module or an application_setup function, got "
+            f"{type(app).__name__} {app!r}"
+        )
+    name = module.__name__ if module is not None else "app"
+    # Exceptions from the user's own setup (e.g. WallarooParameterError) propagate unchanged:
+    # in a unit test the original traceback is what the user wants to see.
+    actions = setup([name, *args])
+    if not isinstance(actions, list) or not actions or not isinstance(actions[0], tuple):
+        raise AppLoadError(
+            f"{getattr(setup, '__qualname__', setup)!s} returned {type(actions).__name__}, not "
+            "the list from ab.build(). End it with 'return ab.build()'."
+        )
+    return from_actions(actions), Codec.for_module(module)
+
+
+def _feed_order(
+    app: Application, inputs: Mapping[Any, Sequence[Any]]
+) -> list[tuple[int, Sequence[Any]]]:
+    """``[(pipeline index, items)]`` in the order of the ``inputs`` keys, keys checked."""
+    if not isinstance(inputs, Mapping):
+        raise TypeError(
+            f"inputs must be a mapping from pipeline name or index to a list of items, got "
+            f"{type(inputs).__name__}; write e.g. {{0: [b'...']}}"
+        )
+    names = ", ".join(f"{p.index} = {p.name!r}" for p in app.pipelines)
+    order: list[tuple[int, Sequence[Any]]] = []
+    given: dict[int, Any] = {}
+    for key, items in inputs.items():
+        index = None
+        if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < len(app.pipelines):
+            index = key
+        elif isinstance(key, str):
+            index = next((p.index for p in app.pipelines if p.name == key), None)
+        if index is None:
+            raise KeyError(
+                f"inputs key {key!r} names no pipeline of {app.name!r}; use a pipeline name "
+                f"or index: {names}"
+            )
+        if index in given:
+            raise ValueError(
+                f"inputs give pipeline {app.pipelines[index].name!r} twice (as {given[index]!r} "
+                f"and {key!r}); put all its items in one list"
+            )
+        if isinstance(items, (str, *_BYTES)) or not isinstance(items, Sequence):
+            raise TypeError(
+                f"inputs[{key!r}] must be a list of items, got {type(items).__name__}; "
+                f"wrap a single item in a list: {{{key!r}: [item]}}"
+            )
+        given[index] = key
+        order.append((index, items))
+    return order
+
+
+# -- the in-process graph -------------------------------------------------------------------
+@attrs.define
+class _Node:
+    """A vertex of the run: its program, where its outputs go and how many messages it read."""
+
+    name: str
+    vertex: Vertex
+    program: VertexProgram
+    routes: list[tuple[_Node, frozenset[str] | None]] = attrs.Factory(list)  # None: unconditional
+    collect: list[bytes] | None = None  # a sink's output list
+    read: int = 0
+    # Numaflow's own sinks run no code of ours: a Kafka sink writes the encoder vertex's record
+    # values as they are; a blackhole discards.
+    built_in_sink: bool = attrs.field(init=False)
+    stateful: bool = attrs.field(init=False)  # message ids are only read by state steps
+
+    def __attrs_post_init__(self) -> None:
+        self.built_in_sink = self.vertex.kind == SINK and self.vertex.role in _BUILT_IN_SINKS
+        self.stateful = self.vertex.state is not None
+
+
+class _Graph:
+    """Every vertex of the app wired along the plan's edges; ``feed`` pushes one pipeline's
+    items through them, depth first, so outputs come out in input order."""
+
+    def __init__(self, app: Application, codec: Codec, table: StateTable, fuse: bool) -> None:
+        self.app = app
+        self.codec = codec
+        self.outputs: dict[str, list[bytes]] = {}
+        self.nodes: dict[str, _Node] = {}
+        self.sources: dict[int, _Node] = {}
+        graph = plan(app, PlanOptions(fuse=fuse))
+        for doc in graph.docs:
+            for v in doc.vertices:
+                node = _Node(v.name, v, VertexProgram(app, v, codec, table))
+                if v.kind == SINK and v.role != "blackhole":
+                    node.collect = self.outputs.setdefault(v.name, [])
+                if v.kind == SOURCE:
+                    for w in v.works:
+                        self.sources[w.pipeline] = node
+                self.nodes[v.name] = node
+            for e in doc.edges:
+                cond = frozenset(e.tags) if e.tags else None
+                self.nodes[e.src].routes.append((self.nodes[e.dst], cond))
+        # Objects given instead of bytes enter the source's work after its decoder.
+        self._undecoded: dict[int, VertexProgram] = {}
+        for pipeline, node in self.sources.items():
+            works = tuple(attrs.evolve(w, decode=False) for w in node.vertex.works)
+            self._undecoded[pipeline] = VertexProgram(
+                app, attrs.evolve(node.vertex, works=works), codec, table
+            )
+
+    def unknown_keys(self) -> dict[str, int]:
+        return {n.name: n.program.unknown_keys for n in self.nodes.values() if n.vertex.state}
+
+    def feed(self, pipeline: int, items: Sequence[Any]) -> None:
+        p = self.app.pipelines[pipeline]
+        source = self.sources[pipeline]
+        parser = None
+        if p.source.kind == "tcp":
+            decoder = p.source.decoder
+            parser = FrameParser(decoder.header_length(), decoder.payload_length)
+        for i, item in enumerate(items):
+            if not isinstance(item, _BYTES):
+                undecoded = self._undecoded[pipeline]
+                self._read(source, undecoded, pipeline, self.codec.dumps(item), p.name, i)
+                continue
+            payloads = [bytes(item)]
+            if parser is not None:
+                try:
+                    payloads = parser.feed(bytes(item))
+                    parser.at_eof()
+                except FramingError as exc:
+                    raise UserCodeError(
+                        f"pipeline {p.name!r} decoder: input item {i} is not framed as the decoder "
+                        f"expects: {exc}. Give whole frames (header + payload) as a TCP sender "
+                        "sends them, or the decoded object instead of bytes"
+                    ) from exc
+            for payload in payloads:
+                self._read(source, source.program, pipeline, payload, p.name, i)
+
+    def _read(self, source: _Node, program: VertexProgram, pipeline: int, payload: bytes,
+              pipeline_name: str, item: int) -> None:
+        """One message from the source through the graph, to the sinks, depth first.
+
+        A message is ``(node, program, value, producer, n, i)``: output ``i`` of the ``n``-th
+        message ``producer`` read, i.e. Numaflow's id ``<producer>-<n>-<i>``. The id string is
+        only built where it is read (state steps, errors): this loop is the harness's hot path.
+        The pipeline never changes on the way: edges only carry a pipeline to vertices serving it.
+        """
+        stack: list[tuple[_Node, VertexProgram, bytes, str, int, int]] = [
+            (source, program, payload, "", source.read, 0)
+        ]
+        pop, push = stack.pop, stack.append
+        while stack:
+            node, prog, value, producer, n, i = pop()
+            read = node.read
+            node.read = read + 1
+            if node.built_in_sink:
+                if node.collect is not None:
+                    node.collect.append(value)
+                continue
+            msg_id = _msg_id(producer, n, i) if node.stateful else ""
+            try:
+                outs = prog.process(pipeline, value, msg_id)
+            except UserCodeError as exc:
+                raise UserCodeError(
+                    f"{exc.message} (input item {item} of pipeline {pipeline_name!r}, message "
+                    f"{_msg_id(producer, n, i)} at vertex {node.name!r})", exc.traceback_text
+                ) from exc
+            if node.collect is not None:
+                node.collect.extend([o.value for o in outs])
+                continue
+            # pushed last-first so that they are popped in output order, route order
+            routes = node.routes[::-1]
+            for j in range(len(outs) - 1, -1, -1):
+                out = outs[j]
+                tags = out.tags
+                if tags and DROP in tags:
+                    continue
+                for dst, cond in routes:
+                    if cond is None or not cond.isdisjoint(tags):
+                        push((dst, dst.program, out.value, node.name, read, j))
+
+
+def _msg_id(producer: str, n: int, i: int) -> str:
+    """``<vertex>-<n>-<i>``; a source's own read is named by its offset ``n``."""
+    return f"{producer}-{n}-{i}" if producer else str(n)
