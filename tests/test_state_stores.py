@@ -482,3 +482,23 @@ def test_missing_redis_server_fails_under_ci(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI is set: the Redis state store tests"):
         require_redis_server()
+
+
+def test_outputs_are_kept_with_their_ids_and_leave_with_them(open_kind: OpenStore) -> None:
+    """Each applied id's outputs are stored in the same write and dropped when the id leaves
+    the window, so a redelivered message can have its outputs re-emitted."""
+    store = open_kind(id_window=3)
+    store.save("s", "k", b"1", ["a", "b"], {"a": b"out-a", "b": b""})
+    store.save("s", "k", b"2", ["c", "d"], {"c": b"out-c", "d": b"out-d"})
+    snap = store.load("s", "k")
+    assert snap is not None
+    assert snap.applied_ids == ("b", "c", "d")
+    assert dict(snap.outputs) == {"b": b"", "c": b"out-c", "d": b"out-d"}
+
+
+def test_saving_outputs_again_is_idempotent(open_kind: OpenStore) -> None:
+    store = open_kind(id_window=4)
+    for _ in range(2):  # a retried save after a lost reply
+        store.save("s", "k", b"x", ["a"], {"a": b"A"})
+    snap = store.load("s", "k")
+    assert snap is not None and snap.applied_ids == ("a",) and dict(snap.outputs) == {"a": b"A"}
