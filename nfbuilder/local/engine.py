@@ -35,9 +35,27 @@ import attrs
 from nfbuilder.emit.manifest import serve_command
 from nfbuilder.loader import LoadedApp
 from nfbuilder.local.clients import ClientError, SinkDatum
+from nfbuilder.local.kafka import (
+    KafkaConsumer,
+    KafkaRecord,
+    KafkaSinkReplica,
+    KafkaUnavailable,
+    kafka_sink_spec,
+    kafka_source_spec,
+    parse_offset,
+)
 from nfbuilder.local.process import Replica, ReplicaDied, ReplicaSpec
 from nfbuilder.local.status import Status
-from nfbuilder.plan import MAP, SINK, SOURCE, PlanOptions, Vertex, VertexGraph, plan
+from nfbuilder.plan import (
+    MAP,
+    SINK,
+    SOURCE,
+    PipelineDoc,
+    PlanOptions,
+    Vertex,
+    VertexGraph,
+    plan,
+)
 from nfbuilder.plan.names import slug
 from nfbuilder.runtime.messages import DROP
 
@@ -112,6 +130,8 @@ class Engine:
         self.entered = 0
         self.last_move = time.monotonic()
         self.failure: str | None = None
+        #: (replica, seconds from failure to ready again, messages redelivered) per restart
+        self.recoveries: list[tuple[str, float, int]] = []
         self._stop = asyncio.Event()
         self._draining = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -129,6 +149,7 @@ class Engine:
         return env
 
     def _build(self) -> None:
+        self._kafka_consumers: dict[str, tuple[KafkaConsumer, _SourceState]] = {}
         env = self._env()
         args = (self.loaded.module_name, tuple(self.loaded.args))
         for doc in self.graph.docs:
@@ -136,11 +157,9 @@ class Engine:
                 self.edges[e.src].append(e)
             for v in doc.vertices:
                 self.vertices[v.name] = v
-                if v.role == "kafka":
-                    raise EngineError(
-                        f"vertex {v.name!r}: Kafka sources and sinks are not supported by the "
-                        "embedded engine yet; run the app on Numaflow (nfbuilder compile)"
-                    )
+                if v.role == "kafka" and v.kind == SINK:
+                    self._build_kafka_sink(doc, v)
+                    continue
                 if v.container is None:
                     continue  # blackhole: handled in-engine
                 from nfbuilder.emit.manifest import AppRef
@@ -187,30 +206,40 @@ class Engine:
             except asyncio.TimeoutError:
                 continue
 
+    async def _call_map(self, rep: Replica, msg: Msg) -> Any:
+        """The map results of ``msg``, or None when the replica failed (msg is redelivered)."""
+        try:
+            return await rep.client.map(msg.id, msg.keys, msg.value, msg.event_time_ns,
+                                        None, None, msg.meta)
+        except (ClientError, AttributeError) as exc:
+            rep.redeliver.append(msg)
+            self._failed(rep, exc)
+            return None
+
     async def _map_worker(self, rep: Replica) -> None:
-        slots = asyncio.Semaphore(rep.spec.in_flight)
+        """Up to ``in_flight`` requests at once (one for ordered vertices, as numa drives them);
+        results are routed in arrival order, as a serial Wallaroo step would emit them, so an
+        ordered vertex downstream sees each key's messages in order."""
+        calls: asyncio.Queue[tuple[Msg, asyncio.Future[Any]]] = asyncio.Queue(rep.spec.in_flight)
 
-        async def one(msg: Msg) -> None:
-            try:
-                client = rep.client
-                results = await client.map(msg.id, msg.keys, msg.value, msg.event_time_ns,
-                                           None, None, msg.meta)
-            except (ClientError, AttributeError) as exc:
-                rep.redeliver.append(msg)
-                self._failed(rep, exc)
-                return
-            finally:
-                slots.release()
-            rep.processed += 1
-            await self._route(rep.spec.vertex, msg.id, msg.token, results)
+        async def route_in_order() -> None:
+            while True:
+                msg, call = await calls.get()
+                results = await call
+                if results is not None:
+                    rep.processed += 1
+                    await self._route(rep.spec.vertex, msg.id, msg.token, results)
+                calls.task_done()
 
-        while True:
-            msg = await self._next(rep)
-            await slots.acquire()
-            if rep.spec.ordered:
-                await one(msg)
-            else:
-                asyncio.ensure_future(one(msg))
+        router = asyncio.ensure_future(route_in_order())
+        try:
+            while True:
+                msg = await self._next(rep)
+                await calls.put((msg, asyncio.ensure_future(self._call_map(rep, msg))))
+                if rep.spec.ordered:
+                    await calls.join()
+        finally:
+            router.cancel()
 
     async def _sink_worker(self, rep: Replica) -> None:
         backoff = 0.05
@@ -277,6 +306,65 @@ class Engine:
                 except ClientError:
                     pass
 
+    # -- Kafka (Numaflow's built-in source and sink) --------------------------------------------
+    def _build_kafka_sink(self, doc: PipelineDoc, v: Vertex) -> None:
+        spec = ReplicaSpec(doc.name, v.name, "kafka-sink", 0, ())
+        self.replicas[v.name] = [KafkaSinkReplica(spec, kafka_sink_spec(self.graph, doc, v),
+                                                  self.work_dir, len(self.vertices) * 100)]
+
+    async def _open_kafka_sources(self) -> None:
+        for name in self.replicas:
+            doc, v = self.graph.find(name)
+            if v.kind != SOURCE or v.role != "kafka":
+                continue
+            try:
+                consumer = await KafkaConsumer.open(kafka_source_spec(self.graph, doc, v))
+            except KafkaUnavailable as exc:
+                await self.stop_processes()
+                raise EngineError(f"vertex {name} did not start: {exc}") from None
+            self._kafka_consumers[name] = (consumer, _SourceState(self.replicas[name][0]))
+
+    async def _kafka_source_worker(self, consumer: KafkaConsumer, src: _SourceState) -> None:
+        """Consume, transform (concurrently, routed in record order), commit the done prefix."""
+        rep = src.replica
+        while not self._draining:
+            self._kafka_done(src, consumer)
+            await consumer.commit()
+            records = await consumer.poll(self.options.read_batch, self.options.read_timeout_ms)
+            outs = await asyncio.gather(*(self._kafka_transform(rep, r) for r in records))
+            for r, results in zip(records, outs, strict=True):
+                self.entered += 1
+                rep.processed += 1
+                token = Token(src, (r.offset_bytes, r.partition))
+                await self._route(rep.spec.vertex, f"{rep.spec.vertex}-{r.offset_id}", token,
+                                  results)
+
+    async def _kafka_transform(self, rep: Replica, r: KafkaRecord) -> Any:
+        while True:  # numa retries a record until its transformer answers
+            await rep.ready.wait()
+            try:
+                return await rep.client.transform(r.offset_id, r.keys, r.value, r.event_time_ns,
+                                                  headers=r.headers)
+            except (ClientError, AttributeError) as exc:
+                self._failed(rep, exc)
+                await asyncio.sleep(0.05)  # a stopping replica stays "ready": do not spin
+
+    @staticmethod
+    def _kafka_done(src: _SourceState, consumer: KafkaConsumer) -> None:
+        done, src.done = src.done, []
+        for offset, _ in done:
+            _, partition, number = parse_offset(offset)
+            consumer.tracker.done(partition, number)
+
+    async def _close_kafka_sources(self) -> None:
+        """Commit what is done (after a drain: everything) and leave the consumer groups."""
+        for name, (consumer, src) in getattr(self, "_kafka_consumers", {}).items():
+            self._kafka_done(src, consumer)
+            try:
+                await consumer.close()
+            except Exception as exc:  # noqa: BLE001 - a broker gone at shutdown is not fatal
+                log.warning("Kafka source %s: close failed: %s", name, exc)
+
     # -- supervision -------------------------------------------------------------------------
     def _failed(self, rep: Replica, exc: BaseException) -> None:
         if rep.ready.is_set() and not rep.stopping:
@@ -284,6 +372,7 @@ class Engine:
             self._tasks.append(asyncio.ensure_future(self._restart(rep, exc)))
 
     async def _restart(self, rep: Replica, exc: BaseException | None) -> None:
+        failed_at = time.monotonic()
         report = None
         if rep.proc is not None:
             try:
@@ -294,7 +383,11 @@ class Engine:
         await rep.stop(grace_s=2)
         why = report or (str(exc) if exc else f"exited with status {rep.proc and rep.proc.returncode}")
         self.status.event(f"vertex {rep.spec.label} failed: {why}")
-        failures = 0
+        # A crash loop is a run of failures with no message processed in between (the same
+        # message failing again, a store that stays down...): give up after MAX_RESTARTS.
+        rep.streak = rep.streak + 1 if rep.processed == rep.processed_at_failure else 1
+        rep.processed_at_failure = rep.processed
+        failures = rep.streak - 1
         while not self._stop.is_set():
             rep.restarts += 1
             failures += 1
@@ -305,6 +398,8 @@ class Engine:
             await asyncio.sleep(min(0.2 * 2 ** (failures - 1), 5))
             try:
                 await rep.start()
+                self.recoveries.append(
+                    (rep.spec.label, time.monotonic() - failed_at, len(rep.redeliver)))
                 self.status.event(f"vertex {rep.spec.label} restarted (restart #{rep.restarts}); "
                                   f"redelivering {len(rep.redeliver)} message(s)")
                 return
@@ -333,11 +428,18 @@ class Engine:
                 detail = rep.error_report() or rep.log_tail()
                 await self.stop_processes()
                 raise EngineError(f"vertex {rep.spec.label} did not start: {res}\n{detail}")
+        await self._open_kafka_sources()
         for name, reps in self.replicas.items():
             v = self.vertices[name]
             for rep in reps:
+                if v.role == "kafka" and v.kind == SINK:
+                    self._tasks.append(asyncio.ensure_future(self._sink_worker(rep)))
+                    continue  # no process to watch
                 self._tasks.append(asyncio.ensure_future(self._watch(rep)))
-                if v.kind == SOURCE:
+                if v.kind == SOURCE and v.role == "kafka":
+                    self._tasks.append(asyncio.ensure_future(
+                        self._kafka_source_worker(*self._kafka_consumers[name])))
+                elif v.kind == SOURCE:
                     src = _SourceState(rep)
                     self.sources.append(src)
                     self._tasks.append(asyncio.ensure_future(self._source_worker(src)))
@@ -376,6 +478,7 @@ class Engine:
     async def stop_processes(self) -> None:
         for t in self._tasks:
             t.cancel()
+        await self._close_kafka_sources()
         reps = [r for reps in self.replicas.values() for r in reps]
         for r in reps:
             r.stopping = True

@@ -20,7 +20,14 @@ from typing import Any
 
 import attrs
 
-from nfbuilder.local.clients import MapClient, SinkClient, SourceClient, connect, wait_ready
+from nfbuilder.local.clients import (
+    MapClient,
+    SinkClient,
+    SourceClient,
+    TransformClient,
+    connect,
+    wait_ready,
+)
 from nfbuilder.local.serverinfo import wait_server_info
 
 # container kind -> (socket, server-info file, NUMAFLOW_UD_CONTAINER_TYPE)
@@ -37,7 +44,7 @@ START_DEADLINE_S = 60.0
 class ReplicaSpec:
     doc: str
     vertex: str
-    kind: str  # map | sink | source
+    kind: str  # map | sink | source | sourcetransformer
     replica: int
     command: tuple[str, ...]
     ordered: bool = False
@@ -65,6 +72,8 @@ class Replica:
         self.redeliver: deque[Any] = deque()
         self.restarts = 0
         self.processed = 0
+        self.streak = 0  # consecutive failures without a processed message in between
+        self.processed_at_failure = -1
         self.stopping = False
 
     async def start(self) -> None:
@@ -116,6 +125,13 @@ class Replica:
 
             await wait_ready(sink_pb2_grpc.SinkStub(self.channel), retry_s=0.05, deadline_s=30)
             self.client = await SinkClient.open(self.channel, name=self.spec.label)
+        elif self.spec.kind == "sourcetransformer":
+            from nfbuilder._proto import sourcetransform_pb2_grpc
+
+            stub = sourcetransform_pb2_grpc.SourceTransformStub(self.channel)
+            await wait_ready(stub, retry_s=0.05, deadline_s=30)
+            self.client = await TransformClient.open(
+                self.channel, max_in_flight=self.spec.in_flight, name=self.spec.label)
         else:
             from nfbuilder._proto import source_pb2_grpc
 

@@ -21,6 +21,7 @@ from nfbuilder.plan.names import slug
 from nfbuilder.runtime.core import Out, VertexProgram
 from nfbuilder.runtime.messages import Datum, Result, SinkResult, SourceMessage
 from nfbuilder.runtime.settings import Settings
+from nfbuilder.runtime.state.store import StateStoreError
 from nfbuilder.runtime.statetable import StateTable
 
 log = logging.getLogger("nfbuilder.vertex")
@@ -178,6 +179,9 @@ def serve_vertex(app_spec: str, vertex_name: str, app_args: Sequence[str], *, fu
     except (AppLoadError, KeyError) as exc:
         print(f"nfbuilder serve: {exc}", file=sys.stderr)
         return 2
+    except StateStoreError as exc:  # unreachable store: say which (password masked) and stop
+        print(f"nfbuilder serve: vertex {vertex_name!r}: {exc}", file=sys.stderr)
+        return 1
     vertex: Vertex = program.vertex
     kind = vertex.container
     if kind == "map":
