@@ -75,3 +75,44 @@ def test_back_pressure_paused_receiver_bounds_memory(tmp_path) -> None:
     assert max(seen_max) <= bound + 1000
     lines = [x for x in out.decode().split("\n") if x]
     assert len(lines) == n and len(set(lines)) == n
+
+
+@pytest.mark.parametrize("name", ["reverse", "word_count", "market_spread", "sequence_window"])
+def test_engine_and_in_process_harness_give_the_same_outputs(name: str, tmp_path) -> None:
+    """The same inputs through nfbuilder.testing give the same outputs as the engine (as a
+    multiset: partitions may interleave differently)."""
+    from nfbuilder.testing import run
+
+    data = importlib.import_module(f"apps.data.{name}")
+    inputs = data.inputs()
+    out, _, _ = asyncio.run(run_app_on_engine(
+        name, inputs, work_dir=str(tmp_path / "run"), state_store=f"sqlite:///{tmp_path}/e.db"))
+    args = data.app_args([("127.0.0.1", 1)] * data.SOURCES, [("127.0.0.1", 2)])[1:]
+    local = run(os.path.join(os.path.dirname(__file__), "..", "apps", f"{name}.py"), args,
+                {i: inputs[i] for i in data.SEND_ORDER})
+    def comparable(records: list) -> list:  # market_spread stamps each rejection with the time
+        return sorted(r._replace(timestamp=0) if hasattr(r, "timestamp") else r for r in records)
+
+    assert comparable(data.parse_output(out)) == comparable(data.parse_output(local.output()))
+
+
+def test_memory_store_is_announced(tmp_path, capsys) -> None:
+    from engine_harness import ROOT
+    from nfbuilder.loader import load_app
+    from nfbuilder.local.engine import Engine, EngineOptions
+    from nfbuilder.plan import PlanOptions
+
+    loaded = load_app(os.path.join(ROOT, "apps", "alphabet.py"),
+                      ["--in", "127.0.0.1:1", "--out", "127.0.0.1:2"])
+    engine = Engine(loaded, EngineOptions(plan=PlanOptions(state_store="memory://"), quiet=True,
+                                          work_dir=str(tmp_path / "run")))
+
+    async def go() -> None:
+        try:
+            await engine.start()
+        finally:
+            await engine.stop_processes()
+
+    asyncio.run(go())
+    assert "state store memory:// keeps state inside the vertex processes only" in \
+        capsys.readouterr().err

@@ -130,6 +130,7 @@ class Engine:
         self.entered = 0
         self.last_move = time.monotonic()
         self.failure: str | None = None
+        self._store_url = ""
         #: (replica, seconds from failure to ready again, messages redelivered) per restart
         self.recoveries: list[tuple[str, float, int]] = []
         self._stop = asyncio.Event()
@@ -145,7 +146,7 @@ class Engine:
             state_dir = Path(".nfbuilder") / slug(self.loaded.app.name, "app")
             state_dir.mkdir(parents=True, exist_ok=True)
             store = f"sqlite:///{state_dir / 'state.db'}"
-        env["NFBUILDER_STATE_STORE"] = store
+        env["NFBUILDER_STATE_STORE"] = self._store_url = store
         return env
 
     def _build(self) -> None:
@@ -421,6 +422,12 @@ class Engine:
     # -- run ---------------------------------------------------------------------------------
     async def start(self) -> None:
         self._build()
+        store = self._store_url
+        if store.startswith("memory://") and any(v.state for v in self.vertices.values()):
+            self.status.event(
+                "warning: state store memory:// keeps state inside the vertex processes only; it "
+                "is lost when one restarts (use --state-store sqlite:///... or redis://...)",
+                always=True)
         all_reps = [r for reps in self.replicas.values() for r in reps]
         results = await asyncio.gather(*(r.start() for r in all_reps), return_exceptions=True)
         for rep, res in zip(all_reps, results):

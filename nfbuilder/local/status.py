@@ -20,8 +20,9 @@ class Status:
         self._prev: dict[str, tuple[float, int]] = {}
         self._drawn = 0
 
-    def event(self, text: str) -> None:
-        if self.quiet and "failed" not in text:
+    def event(self, text: str, *, always: bool = False) -> None:
+        """One line; ``--quiet`` hides all but failures and ``always`` lines (warnings)."""
+        if self.quiet and not always and "failed" not in text:
             return
         self._clear()
         print(f"[nfbuilder] {text}", file=self.stream, flush=True)
