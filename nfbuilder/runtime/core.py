@@ -83,14 +83,18 @@ class VertexProgram:
             )
         return self._works[pipeline]
 
-    def _call(self, where: str, obj: Any, method: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def _call(
+        self, where: str | Callable[[], str], obj: Any, method: str, fn: Callable[..., Any],
+        *args: Any,
+    ) -> Any:
         try:
             return fn(*args)
         except UserCodeError:
             raise
         except Exception as exc:
+            place = where if isinstance(where, str) else where()
             raise UserCodeError(
-                f"{where}: {_fn_of(obj, method)} raised {exc!r}", traceback.format_exc()
+                f"{place}: {_fn_of(obj, method)} raised {exc!r}", traceback.format_exc()
             ) from exc
 
     # -- the pipeline of operations ---------------------------------------------------------
@@ -100,7 +104,9 @@ class VertexProgram:
         p = self.app.pipelines[work.pipeline]
         if work.decode:
             decoder = p.source.decoder
-            obj = self._call(f"pipeline {p.name!r} decoder", decoder, "decode", decoder.decode, payload)
+            obj = self._call(
+                lambda: f"pipeline {p.name!r} decoder", decoder, "decode", decoder.decode, payload
+            )
             if obj is None:
                 return []
             objs = [obj]
@@ -136,7 +142,8 @@ class VertexProgram:
     def _compute(self, p: Pipeline, step: Step, *args: Any) -> Any:
         comp = step.computation
         method = "compute_multi" if step.multi else "compute"
-        return self._call(self._where(p, step), comp, method, getattr(comp, method), *args)
+        # The location text is built only on failure: this line runs for every message.
+        return self._call(lambda: self._where(p, step), comp, method, getattr(comp, method), *args)
 
     def _stateful(self, p: Pipeline, work: Work, step: Step, obj: Any, msg_id: str) -> list[Out]:
         """Apply a state step once per message id; a redelivered id gets its recorded outputs."""
@@ -209,9 +216,8 @@ class VertexProgram:
             if data is None:
                 continue
             key: Any = None
-            if sink.kind == "kafka":
-                if isinstance(data, tuple):
-                    data, key = (data + (None,))[:2] if len(data) < 2 else data[:2]
+            if sink.kind == "kafka" and isinstance(data, tuple):  # (value, key[, partition])
+                data, key = (data + (None,))[:2]
             if isinstance(data, str):
                 data = data.encode("utf-8")
             if not isinstance(data, (bytes, bytearray, memoryview)):

@@ -12,7 +12,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Protocol
 
@@ -28,6 +28,53 @@ UserMetadata = Mapping[str, Mapping[str, bytes]]
 # Immutable shared defaults: cheaper than a factory call per message, and safe to share.
 NO_METADATA: UserMetadata = MappingProxyType({})
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class FrozenMetadata(Mapping[str, Mapping[str, bytes]]):
+    """User metadata that cannot change after construction, and is hashable.
+
+    Use it for metadata that many results share (a vertex's pipeline marker): because it cannot
+    change, the servicers build its wire form once and reuse it for every result. It compares
+    equal to plain dicts with the same content.
+
+    Example::
+
+        meta = FrozenMetadata({"nfbuilder": {"pipeline": b"0"}})
+        meta["nfbuilder"]["pipeline"]    # b'0'
+        Result(b"x", user_metadata=meta)
+    """
+
+    __slots__ = ("_groups", "_hash")
+
+    def __init__(self, groups: Mapping[str, Mapping[str, bytes]]) -> None:
+        # Copies all the way down, so whoever built ``groups`` cannot change us afterwards.
+        self._groups: dict[str, Mapping[str, bytes]] = {
+            str(name): MappingProxyType({str(k): bytes(v) for k, v in values.items()})
+            for name, values in groups.items()
+        }
+        self._hash = hash(frozenset((n, frozenset(v.items())) for n, v in self._groups.items()))
+
+    def __getitem__(self, name: str) -> Mapping[str, bytes]:
+        return self._groups[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._groups)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if isinstance(other, Mapping):
+            return {n: dict(v) for n, v in self._groups.items()} == dict(other.items())
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenMetadata({ {n: dict(v) for n, v in self._groups.items()} !r})"
 
 
 @attrs.frozen

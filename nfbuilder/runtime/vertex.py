@@ -19,7 +19,13 @@ from nfbuilder.loader import AppLoadError, LoadedApp, load_app
 from nfbuilder.plan import META_GROUP, META_PIPELINE, PlanOptions, Vertex, plan
 from nfbuilder.plan.names import slug
 from nfbuilder.runtime.core import Out, VertexProgram
-from nfbuilder.runtime.messages import Datum, Result, SinkResult, SourceMessage
+from nfbuilder.runtime.messages import (
+    Datum,
+    FrozenMetadata,
+    Result,
+    SinkResult,
+    SourceMessage,
+)
 from nfbuilder.runtime.settings import Settings
 from nfbuilder.runtime.state.store import StateStoreError
 from nfbuilder.runtime.statetable import StateTable
@@ -27,13 +33,18 @@ from nfbuilder.runtime.statetable import StateTable
 log = logging.getLogger("nfbuilder.vertex")
 
 #: user metadata carrying each pipeline's index, built once per pipeline
-_META_CACHE: dict[int, dict[str, dict[str, bytes]]] = {}
+_META_CACHE: dict[int, FrozenMetadata] = {}
 
 
-def pipeline_metadata(index: int) -> dict[str, dict[str, bytes]]:
+def pipeline_metadata(index: int) -> FrozenMetadata:
+    """The user metadata that marks a message as pipeline ``index``'s.
+
+    Frozen and shared, so the servicers encode it once per pipeline, not once per message.
+    """
     meta = _META_CACHE.get(index)
     if meta is None:
-        meta = _META_CACHE[index] = {META_GROUP: {META_PIPELINE: str(index).encode()}}
+        meta = FrozenMetadata({META_GROUP: {META_PIPELINE: str(index).encode()}})
+        _META_CACHE[index] = meta
     return meta
 
 
@@ -64,11 +75,21 @@ def build_program(
 
 def map_handler(program: VertexProgram) -> Any:
     """A sync map/transformer handler running ``program`` on each datum."""
-    single = program.pipelines[0] if len(program.pipelines) == 1 else None
+    process = program.process
+    if len(program.pipelines) == 1:
+        single = program.pipelines[0]
+        meta = pipeline_metadata(program.work(single).pipeline)
+
+        def handle_one(datum: Datum) -> list[Result]:
+            # The per-message path of most vertices: no pipeline lookup, metadata prebuilt.
+            outs = process(single, datum.value, datum.id)
+            return [Result(o.value, o.keys, o.tags, meta) for o in outs]
+
+        return handle_one
 
     def handle(datum: Datum) -> list[Result]:
-        pipeline = single if single is not None else pipeline_of(datum.user_metadata)
-        outs = program.process(pipeline, datum.value, datum.id)
+        pipeline = pipeline_of(datum.user_metadata)
+        outs = process(pipeline, datum.value, datum.id)
         meta = pipeline_metadata(program.work(pipeline).pipeline)
         return [Result(o.value, o.keys, o.tags, meta) for o in outs]
 
@@ -161,17 +182,22 @@ def sink_handler(program: VertexProgram, writer: Any) -> Any:
         results = []
         for msg_id, a, b in spans:
             ok = all(written[a:b])
-            results.append(SinkResult(msg_id, ok, "" if ok else f"could not write to {writer.peer}"))
+            why = "" if ok else f"could not write to {writer.peer}"
+            results.append(SinkResult(msg_id, ok, why))
         return results
 
     return handle
 
 
-def serve_vertex(app_spec: str, vertex_name: str, app_args: Sequence[str], *, fuse: bool = False) -> int:
+def serve_vertex(
+    app_spec: str, vertex_name: str, app_args: Sequence[str], *, fuse: bool = False
+) -> int:
     """Serve one vertex until SIGTERM; returns the process exit code."""
     from nfbuilder.runtime.server import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = Settings.from_env()
     try:
         loaded = load_app(app_spec, app_args)

@@ -25,6 +25,7 @@ from google.protobuf import empty_pb2
 from nfbuilder._proto import map_pb2, map_pb2_grpc, sourcetransform_pb2, sourcetransform_pb2_grpc
 from nfbuilder.runtime.messages import DROP, MapHandler
 from nfbuilder.runtime.servicers.convert import (
+    add_map_results,
     map_datum,
     to_timestamp,
     transform_datum,
@@ -35,7 +36,6 @@ from nfbuilder.runtime.stream import BidiStream, ErrorContract, StreamSpec
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
-_MapResult = map_pb2.MapResponse.Result
 _TransformResult = sourcetransform_pb2.SourceTransformResponse.Result
 
 
@@ -45,19 +45,20 @@ class _EndOfInput:
     error: Exception | None
 
 
-def _process(
+def _stream(
+    spec: StreamSpec[Resp], answer: Callable[[Req], Resp], errors: ErrorContract, workers: int
+) -> BidiStream[Req, Resp]:
+    """Inline when ``workers == 1`` (no task per message, strictly in arrival order), else
+    through a thread pool with responses in completion order."""
+    if workers <= 1:
+        return BidiStream.one_to_one(spec, answer, errors)
+    return BidiStream(spec, _pooled(answer, workers), errors)
+
+
+def _pooled(
     answer: Callable[[Req], Resp], workers: int
 ) -> Callable[[AsyncIterator[Req]], AsyncIterator[Resp]]:
-    """The stream body: inline when ``workers == 1``, else through a thread pool."""
-    if workers <= 1:
-
-        async def inline(requests: AsyncIterator[Req]) -> AsyncIterator[Resp]:
-            # No task per message: the handler runs right here, strictly in arrival order.
-            async for request in requests:
-                yield answer(request)
-
-        return inline
-
+    """The stream body that runs ``answer`` in a pool of ``workers`` threads."""
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nfbuilder-map")
 
     async def pooled(requests: AsyncIterator[Req]) -> AsyncIterator[Resp]:
@@ -109,23 +110,14 @@ class MapServicer(map_pb2_grpc.MapServicer):
     """
 
     def __init__(self, handler: MapHandler, errors: ErrorContract, *, workers: int = 1) -> None:
-        def answer(request: map_pb2.MapRequest) -> map_pb2.MapResponse:
-            return map_pb2.MapResponse(
-                id=request.id,
-                results=[
-                    _MapResult(
-                        keys=result.keys,
-                        value=result.value,
-                        tags=result.tags,
-                        metadata=write_metadata(result.user_metadata),
-                    )
-                    for result in handler(map_datum(request))
-                ],
-            )
+        Response = map_pb2.MapResponse
 
-        stream: BidiStream[map_pb2.MapRequest, map_pb2.MapResponse] = BidiStream(
-            StreamSpec("MapFn", _handshake_map()), _process(answer, workers), errors
-        )
+        def answer(request: map_pb2.MapRequest) -> map_pb2.MapResponse:
+            response = Response(id=request.id)
+            add_map_results(response.results, handler(map_datum(request)))
+            return response
+
+        stream = _stream(StreamSpec("MapFn", _handshake_map()), answer, errors, workers)
         self.MapFn = stream.handle  # type: ignore[method-assign]
 
     async def IsReady(
@@ -175,10 +167,7 @@ class TransformerServicer(sourcetransform_pb2_grpc.SourceTransformServicer):
         handshake = sourcetransform_pb2.SourceTransformResponse(
             handshake=sourcetransform_pb2.Handshake(sot=True)
         )
-        stream: BidiStream[
-            sourcetransform_pb2.SourceTransformRequest,
-            sourcetransform_pb2.SourceTransformResponse,
-        ] = BidiStream(StreamSpec("SourceTransformFn", handshake), _process(answer, workers), errors)
+        stream = _stream(StreamSpec("SourceTransformFn", handshake), answer, errors, workers)
         self.SourceTransformFn = stream.handle  # type: ignore[method-assign]
 
     async def IsReady(
