@@ -167,7 +167,9 @@ def cpu_seconds(proc: psutil.Process) -> float:
 
 
 @contextlib.contextmanager
-def running(name: str, sock_dir: Path, args: argparse.Namespace) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    name: str, sock_dir: Path, args: argparse.Namespace
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start one server process with its socket in ``sock_dir``; stop it afterwards."""
     env = {**os.environ, "NFBUILDER_SOCKET_DIR": str(sock_dir), "NUMAFLOW_UD_CONTAINER_TYPE": "udf",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

@@ -15,7 +15,7 @@
 """
 
 from nfbuilder.codec import deserialize, serialize
-from nfbuilder.dsl import *
+from nfbuilder.dsl import *  # noqa: F403 - re-exports the Wallaroo API (names in dsl.__all__)
 from nfbuilder.dsl import __all__ as _dsl_all
 
 __version__ = "0.1.0"

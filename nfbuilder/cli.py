@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="write Numaflow manifests, entrypoints and a Dockerfile")
     c.add_argument("app", help="application: path/to/app.py or an importable module name")
     c.add_argument("-o", "--output", default="build", help="output directory (default build/)")
-    c.add_argument("--image", default="nfbuilder-app:latest", help="container image of every vertex")
+    c.add_argument(
+        "--image", default="nfbuilder-app:latest", help="container image of every vertex"
+    )
     c.add_argument("--namespace", help="Kubernetes namespace to put in metadata")
     c.add_argument("--state-store-secret", metavar="NAME[:KEY]",
                    help="take the state store URL from this Secret (key 'url' by default)")
@@ -51,10 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
     _plan_args(g)
 
-    v = sub.add_parser("validate", help="check manifests against the CRD schema and controller rules")
+    v = sub.add_parser(
+        "validate", help="check manifests against the CRD schema and controller rules"
+    )
     v.add_argument("files", nargs="+")
 
-    s = sub.add_parser("serve", help="serve one vertex over the Numaflow gRPC contract (in a container)")
+    s = sub.add_parser(
+        "serve", help="serve one vertex over the Numaflow gRPC contract (in a container)"
+    )
     s.add_argument("--app", required=True)
     s.add_argument("--vertex", required=True)
     s.add_argument("--fuse", action="store_true")

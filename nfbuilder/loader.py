@@ -59,7 +59,9 @@ def import_app_module(spec: str) -> tuple[str, ModuleType, str | None, str | Non
     if spec.endswith(".py") or os.sep in spec:
         path = os.path.abspath(spec)
         if not os.path.isfile(path):
-            raise AppLoadError(f"{spec}: no such file. Give a .py file or an importable module name.")
+            raise AppLoadError(
+                f"{spec}: no such file. Give a .py file or an importable module name."
+            )
         search_dir = os.path.dirname(path)
         name = os.path.splitext(os.path.basename(path))[0]
         if search_dir not in sys.path:

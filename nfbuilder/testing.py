@@ -22,7 +22,8 @@ to the sinks before the next one is read. Give the pipelines in the order a test
 Message ids follow Numaflow's ``<vertex>-<n>-<i>`` (output ``i`` of the ``n``-th message the vertex
 read) and are the same on every run: with a durable ``state_store`` reused across runs, a second
 run's messages are recognised as redeliveries of the first run's: not applied again, their
-recorded outputs re-emitted, exactly as after a crash. Use a fresh store per test (e.g. under ``tmp_path``).
+recorded outputs re-emitted, exactly as after a crash. Use a fresh store per test (e.g. under
+``tmp_path``).
 """
 
 from __future__ import annotations

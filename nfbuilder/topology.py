@@ -13,7 +13,7 @@ typing (Wallaroo's method names).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import attrs
 
@@ -73,8 +73,8 @@ class KafkaSink:
     kind = "kafka"
 
 
-Source = Union[TcpSource, KafkaSource]
-Sink = Union[TcpSink, KafkaSink]
+Source = TcpSource | KafkaSource
+Sink = TcpSink | KafkaSink
 
 
 @attrs.frozen
@@ -188,7 +188,9 @@ def from_actions(actions: Sequence[Sequence[Any]]) -> Application:
         nonlocal open_
         if open_ is not None:
             pipelines.append(
-                Pipeline(len(pipelines), open_["name"], open_["source"], tuple(open_["steps"]), sinks)
+                Pipeline(
+                    len(pipelines), open_["name"], open_["source"], tuple(open_["steps"]), sinks
+                )
             )
         open_ = None
 

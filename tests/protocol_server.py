@@ -47,7 +47,8 @@ def map_handler(marks: Path | None):  # type: ignore[no-untyped-def]
         if datum.value == b"et":
             return [Result(b"et", event_time_ns=1_700_000_000_123_456_789)]
         meta = dict(datum.user_metadata)
-        meta["seen"] = {"wm": str(datum.watermark_ns).encode(), "et": str(datum.event_time_ns).encode(),
+        meta["seen"] = {"wm": str(datum.watermark_ns).encode(),
+                        "et": str(datum.event_time_ns).encode(),
                         "hdr": datum.headers.get("h", "").encode()}
         return [Result(datum.value, keys=datum.keys, tags=("echo",), user_metadata=meta)]
 

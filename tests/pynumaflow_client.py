@@ -100,14 +100,18 @@ def scenario_source(channel: grpc.Channel) -> dict[str, Any]:
     a = Duplex(stub.AckFn)
     a.send(source_pb2.AckRequest(handshake=source_pb2.Handshake(sot=True)))
     ack_hs = a.recv()
-    r.send(source_pb2.ReadRequest(request=source_pb2.ReadRequest.Request(num_records=3, timeout_in_ms=50)))
+    r.send(source_pb2.ReadRequest(
+        request=source_pb2.ReadRequest.Request(num_records=3, timeout_in_ms=50)
+    ))
     results = []
     while True:
         resp = r.recv()
         if resp.status.eot:
             break
         results.append(resp.result)
-    a.send(source_pb2.AckRequest(request=source_pb2.AckRequest.Request(offsets=[x.offset for x in results])))
+    a.send(source_pb2.AckRequest(
+        request=source_pb2.AckRequest.Request(offsets=[x.offset for x in results])
+    ))
     ack = a.recv()
     # pynumaflow's (<= 1.8.1) NackRequest has a single Request: the same bytes as one entry.
     nack = stub.NackFn(source_pb2.NackRequest(request=source_pb2.NackRequest.Request(

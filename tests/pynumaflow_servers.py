@@ -4,7 +4,8 @@ Numaflow contract) with a tiny handler, so tests can drive it with nfbuilder's n
 It runs in its own process because pynumaflow's generated code and ``nfbuilder._proto`` both
 register ``map.v1.*`` (etc.) in protobuf's default pool and cannot be imported together.
 
-    python tests/pynumaflow_servers.py --kind map --sock /tmp/x/map.sock --info /tmp/x/mapper-server-info
+    python tests/pynumaflow_servers.py --kind map --sock /tmp/x/map.sock \\
+        --info /tmp/x/mapper-server-info
 
 Handlers (values steer behaviour so one server covers several tests):
 - map: echo the value and keys (and user metadata); ``slow:<n>`` answers after n ms so replies

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # apps/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
-from apps.data import APPS, frame, load, split_frames, split_lines
+from apps.data import APPS, frame, load, split_frames, split_lines  # noqa: E402 - importable only after ROOT is on sys.path
 
 TCP_APPS = [a for a in APPS if a != "celsius_kafka"]
 
@@ -217,7 +217,8 @@ def test_app_args(app: str) -> None:
     ins = [("127.0.0.1", 7010 + i) for i in range(data.SOURCES)]
     args = data.app_args(ins, [("127.0.0.1", 7002)])
     assert args[0] == "prog"
-    assert args[args.index("--in") + 1] == ",".join(f"127.0.0.1:{7010 + i}" for i in range(len(ins)))
+    want_in = ",".join(f"127.0.0.1:{7010 + i}" for i in range(len(ins)))
+    assert args[args.index("--in") + 1] == want_in
     assert args[args.index("--out") + 1] == "127.0.0.1:7002"
 
 
@@ -315,7 +316,8 @@ def test_alphabet_validators_reject_corruption(app: str) -> None:
         data.validate(records[:-1], msgs)
     with pytest.raises(AssertionError, match=rf"^{app}: outputs were lost: '.' has \d+ distinct"):
         data.validate(records[:5] + records[6:], msgs)
-    with pytest.raises(AssertionError, match=rf"^{app}: output record 3 is \('#', 1\) but no input"):
+    with pytest.raises(AssertionError,
+                       match=rf"^{app}: output record 3 is \('#', 1\) but no input"):
         data.validate(_changed(records, 3, ("#", 1)), msgs)
     with pytest.raises(AssertionError, match=rf"^{app}: output record 3 says '{letter}' has "
                        rf"{total + 1} votes, more than the {total} votes"):
@@ -381,7 +383,8 @@ def test_sequence_window_validator_rejects_corruption() -> None:
                        r"window after \d+ must be \[.*\].*lost, repeated or reordered"):
         data.validate(_changed(records, 40, (records[40][0] + 2,) + records[40][1:]), msgs)
     with pytest.raises(AssertionError, match=r"^sequence_window: the last even window received is "
-                       r"\[992, 994, 996, 998\], expected the final window \[994, 996, 998, 1000\]"):
+                       r"\[992, 994, 996, 998\], expected the final window "
+                       r"\[994, 996, 998, 1000\]"):
         data.validate(records[:-1], msgs)
     with pytest.raises(AssertionError, match=r"^sequence_window: the last odd window received is "
                        r"none at all, expected the final window \[993, 995, 997, 999\]; 500 "):
@@ -538,7 +541,10 @@ def test_app_pickle_hooks_round_trip_state_and_messages() -> None:
 def test_market_spread_rejects_wrong_message_type() -> None:
     module = _app("market_spread")
     nbbo = struct.pack(">B4s21sdd", 2, b"ACME", b"x" * 21, 1.0, 1.01)
-    with pytest.raises(module.MarketSpreadError, match=r"^Wrong Fix message on the orders source: type 2, 42 bytes; orders must be type 1"):
+    with pytest.raises(module.MarketSpreadError,
+                       match=r"^Wrong Fix message on the orders source: type 2, 42 bytes; "
+                             r"orders must be type 1"):
         module.order_decoder.decode(nbbo)
-    with pytest.raises(module.MarketSpreadError, match=r"on the market data source: type 2, 5 bytes; NBBO"):
+    with pytest.raises(module.MarketSpreadError,
+                       match=r"on the market data source: type 2, 5 bytes; NBBO"):
         module.market_data_decoder.decode(nbbo[:5])

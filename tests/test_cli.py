@@ -23,7 +23,9 @@ def nfbuilder(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def build(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """market_spread compiled once into <tmp>/build (shared: each subprocess costs ~0.5 s)."""
     cwd = tmp_path_factory.mktemp("compile")
     done = nfbuilder("compile", MARKET_SPREAD, "-o", "build", *MARKET_ARGS, cwd=cwd)

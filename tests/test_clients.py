@@ -131,7 +131,7 @@ def test_marker_written_late_is_picked_up(tmp_path: Path) -> None:
         path.write_bytes(body[:-13])  # a non-atomic writer, caught half-way
 
         async def finish() -> None:
-            while not path.exists():
+            while not path.exists():  # noqa: ASYNC110 - polls the file system, no event exists
                 await asyncio.sleep(0.01)
             path.write_bytes(body)
 

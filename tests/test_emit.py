@@ -23,7 +23,7 @@ from nfbuilder.topology import from_actions
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the example apps live in the repository, not in the package
     sys.path.insert(0, str(ROOT))
-from apps import goldens
+from apps import goldens  # noqa: E402 - importable only after ROOT is on sys.path
 
 OPTIONS: dict[str, dict[str, Any]] = {
     "default": {},

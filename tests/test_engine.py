@@ -36,7 +36,7 @@ def test_kill_9_stateless_map_loses_nothing(tmp_path) -> None:
 
     async def kill_midway(engine, rx) -> None:
         rep = engine.replicas["reverse"][0]
-        while rep.processed < 300:
+        while rep.processed < 300:  # noqa: ASYNC110 - polls a counter, no event exists
             await asyncio.sleep(0.01)
         assert rep.proc is not None
         killed.append(rep.proc.pid)
@@ -98,6 +98,7 @@ def test_engine_and_in_process_harness_give_the_same_outputs(name: str, tmp_path
 
 def test_memory_store_is_announced(tmp_path, capsys) -> None:
     from engine_harness import ROOT
+
     from nfbuilder.loader import load_app
     from nfbuilder.local.engine import Engine, EngineOptions
     from nfbuilder.plan import PlanOptions

@@ -15,8 +15,8 @@ from nfbuilder.emit.validate import check_file
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the example apps live in the repository, not in the package
     sys.path.insert(0, str(ROOT))
-from apps import goldens
-from apps.data import APPS
+from apps import goldens  # noqa: E402 - importable only after ROOT is on sys.path
+from apps.data import APPS  # noqa: E402 - importable only after ROOT is on sys.path
 
 REGEN = ROOT / "scripts" / "regen_golden.py"
 
@@ -55,8 +55,8 @@ def test_render_unknown_app_says_which_apps_exist() -> None:
 def test_regen_refuses_under_ci() -> None:
     before = {n: goldens.golden_path(n).read_bytes() for n in APPS}
     env = {**os.environ, "CI": "true"}
-    done = subprocess.run([sys.executable, str(REGEN)], check=False, env=env, capture_output=True, text=True,
-                          timeout=30)
+    done = subprocess.run([sys.executable, str(REGEN)], check=False, env=env, capture_output=True,
+                          text=True, timeout=30)
     assert done.returncode == 1
     assert "refusing to rewrite the golden files because CI is set (CI='true')" in done.stderr
     assert done.stdout == ""

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from engine_harness import ROOT, free_port
+
 from nfbuilder.emit.artifacts import render_artifacts
 from nfbuilder.emit.manifest import AppRef
 from nfbuilder.loader import load_app
@@ -105,11 +105,11 @@ async def start_and_handshake(vertex: str, kind: str, container: dict[str, Any],
             await client.close()
         finally:
             await channel.close()
-    except BaseException:
+    except BaseException as exc:
         proc.kill()
         err = await proc.stderr.read() if proc.stderr else b""
         await proc.wait()
-        raise AssertionError(f"{vertex} ({kind}) failed:\n{err.decode(errors='replace')}")
+        raise AssertionError(f"{vertex} ({kind}) failed:\n{err.decode(errors='replace')}") from exc
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 30) == 0
 

@@ -227,4 +227,6 @@ def test_transformer_first_request_must_be_a_handshake(
     with pytest.raises(grpc.RpcError) as err:
         stream.recv()
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details().startswith("SourceTransformFn: the first request must be a handshake")
+    assert err.value.details().startswith(
+        "SourceTransformFn: the first request must be a handshake"
+    )

@@ -54,7 +54,9 @@ def test_source_read_ack_nack_pending_partitions(tmp_path: Path) -> None:
 
         # Exactly one AckResponse per AckRequest, even for several requests in a row.
         acker.send(
-            Ack(request=Ack.Request(offsets=[source_pb2.Offset(offset=b"0"), source_pb2.Offset(offset=b"1")])),
+            Ack(request=Ack.Request(
+                offsets=[source_pb2.Offset(offset=b"0"), source_pb2.Offset(offset=b"1")]
+            )),
             Ack(request=Ack.Request(offsets=[source_pb2.Offset(offset=b"2")])),
         )
         assert [r.result.HasField("success") for r in acker.recv_n(2)] == [True, True]

@@ -30,7 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_settings_defaults_without_environment() -> None:
     s = Settings.from_env({})
     assert (s.socket_dir, s.runtime_dir) == ("/var/run/numaflow", "/var/numaflow/runtime")
-    assert (s.container_type, s.replica, s.read_batch_size, s.read_timeout_ms) == (None, 0, 500, 1000)
+    assert (s.container_type, s.replica, s.read_batch_size, s.read_timeout_ms) == (
+        None, 0, 500, 1000
+    )
     assert (s.shutdown_grace_s, s.state_store, s.map_workers) == (5.0, None, 1)
 
 
@@ -68,7 +70,10 @@ def test_settings_reject_bad_values_with_the_variable_name() -> None:
 
 
 def test_error_message_follows_the_contract() -> None:
-    assert udf_error_message("udf", "ValueError('boom')") == "UDF_EXECUTION_ERROR(udf): ValueError('boom')"
+    assert (
+        udf_error_message("udf", "ValueError('boom')")
+        == "UDF_EXECUTION_ERROR(udf): ValueError('boom')"
+    )
     assert udf_error_message(None, "x") == "UDF_EXECUTION_ERROR(unknown-container): x"
     assert (
         udf_error_message("fb-udsink", "x", prefix="UDSinkError, ")
@@ -137,7 +142,9 @@ def test_error_report_file(tmp_path: Path) -> None:
     assert path.name.endswith("-udf.json") and not (path.parent / "current-udf.json").exists()
     report = json.loads(path.read_text())
     assert set(report) == {"container", "timestamp", "code", "message", "details"}
-    assert (report["container"], report["code"], report["details"]) == ("udf", "Internal error", "TB")
+    assert (report["container"], report["code"], report["details"]) == (
+        "udf", "Internal error", "TB"
+    )
     assert isinstance(report["timestamp"], int)
 
 

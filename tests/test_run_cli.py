@@ -9,8 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from apps.data import frame
 from engine_harness import ROOT, free_port
+
+from apps.data import frame
 from nfbuilder.local.tcptools import TcpReceiver, send_frames
 
 
@@ -26,7 +27,8 @@ def reverse_run(tmp_path: Path, *opts: str, n: int = 20) -> tuple[int, str, byte
         rx = await TcpReceiver.start()
         src = ("127.0.0.1", free_port())
         proc = await start_run(os.path.join(ROOT, "apps", "reverse.py"),
-                               ["--in", f"{src[0]}:{src[1]}", "--out", f"127.0.0.1:{rx.address[1]}"],
+                               ["--in", f"{src[0]}:{src[1]}",
+                                "--out", f"127.0.0.1:{rx.address[1]}"],
                                *opts, cwd=tmp_path)
         await send_frames(src, [frame(f"w{i}".encode()) for i in range(n)], connect_timeout_s=60)
         _, err = await asyncio.wait_for(proc.communicate(), 120)
@@ -54,7 +56,8 @@ def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
         rx = await TcpReceiver.start()
         src = ("127.0.0.1", free_port())
         proc = await start_run(os.path.join(ROOT, "apps", "reverse.py"),
-                               ["--in", f"{src[0]}:{src[1]}", "--out", f"127.0.0.1:{rx.address[1]}"],
+                               ["--in", f"{src[0]}:{src[1]}",
+                                "--out", f"127.0.0.1:{rx.address[1]}"],
                                "--quiet", cwd=tmp_path)
         await send_frames(src, [frame(f"w{i}".encode()) for i in range(50)], connect_timeout_s=60)
         assert await rx.wait_for(lambda d: d.count(b"\n") >= 50, 60)

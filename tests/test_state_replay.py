@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wallaroo_objects import Counter, count, tcp_sink, tcp_source
+
 from nfbuilder import ApplicationBuilder
 from nfbuilder.codec import Codec
 from nfbuilder.plan import plan
@@ -12,11 +14,15 @@ from nfbuilder.runtime.core import VertexProgram
 from nfbuilder.runtime.state import open_store
 from nfbuilder.runtime.statetable import StateTable
 from nfbuilder.topology import from_actions
-from wallaroo_objects import Counter, count, tcp_sink, tcp_source
 
 
 def program(url: str) -> VertexProgram:
-    ab = ApplicationBuilder("App").new_pipeline("p", tcp_source()).to_stateful(count, Counter, "tally").to_sink(tcp_sink())
+    ab = (
+        ApplicationBuilder("App")
+        .new_pipeline("p", tcp_source())
+        .to_stateful(count, Counter, "tally")
+        .to_sink(tcp_sink())
+    )
     app = from_actions(ab.build())
     vertex = next(v for v in plan(app).vertices() if v.state == "tally")
     codec = Codec.for_module(None)

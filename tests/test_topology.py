@@ -30,8 +30,8 @@ from nfbuilder.topology import (
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the example apps live in the repository, not in the package
     sys.path.insert(0, str(ROOT))
-from apps import goldens
-from apps.data import APPS
+from apps import goldens  # noqa: E402 - importable only after ROOT is on sys.path
+from apps.data import APPS  # noqa: E402 - importable only after ROOT is on sys.path
 
 
 def app_module(name: str) -> ModuleType:

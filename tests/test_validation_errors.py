@@ -274,7 +274,9 @@ def test_partition_keys_not_a_list(keys: object, type_name: str) -> None:
     )
 
 
-@pytest.mark.parametrize("keys", [[0, 0], ["a", "b", "a"], [[0], [1]]], ids=["int", "str", "unhashable"])
+@pytest.mark.parametrize(
+    "keys", [[0, 0], ["a", "b", "a"], [[0], [1]]], ids=["int", "str", "unhashable"]
+)
 def test_partition_keys_duplicate_or_unhashable(keys: list) -> None:  # type: ignore[type-arg]
     assert partitioned(keys) == (
         "Partition labels should be uniquely identified via equality and support hashing. "

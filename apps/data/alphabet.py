@@ -30,7 +30,11 @@ def inputs(n: int | None = None, seed: int = 0) -> list[list[bytes]]:
     count = 1000 if n is None else n
     return [
         [
-            frame(struct.pack(">sI", rng.choice(string.ascii_lowercase).encode(), rng.randint(1, 9999)))
+            frame(
+                struct.pack(
+                    ">sI", rng.choice(string.ascii_lowercase).encode(), rng.randint(1, 9999)
+                )
+            )
             for _ in range(count)
         ]
     ]

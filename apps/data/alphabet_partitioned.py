@@ -19,5 +19,7 @@ def parse_output(data: bytes) -> list[tuple[str, int]]:
 
 
 def validate(records: list, inputs: list[list[bytes]]) -> None:
-    """Last total per letter == sum of its votes (duplicates allowed); see ``apps.data.alphabet``."""
+    """Last total per letter == sum of its votes (duplicates allowed).
+
+    See ``apps.data.alphabet``."""
     _alphabet.check(records, inputs, "alphabet_partitioned")

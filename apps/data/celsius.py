@@ -51,7 +51,7 @@ def validate(records: list, inputs: list[list[bytes]]) -> None:
     """Exactly the expected float32 values, in order (Wallaroo compared the files byte for byte)."""
     want = expected(inputs)
     sources = [struct.unpack(">f", p[:4])[0] for p in split_frames(b"".join(inputs[0]))]
-    for i, (got, exp) in enumerate(zip(records, want)):
+    for i, (got, exp) in enumerate(zip(records, want, strict=False)):  # length checked below
         assert got == exp, (
             f"celsius: record {i} is {got!r}, expected {exp!r} (= float32({sources[i]!r} * 1.8 "
             "+ 32)); outputs must be the converted inputs in input order"

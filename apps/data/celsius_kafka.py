@@ -6,7 +6,7 @@ record values (unframed, one per Kafka record) in, exactly ``float32(x * 1.8 + 3
 
     msgs = inputs(seed=0)                        # [[value, value, ...]]
     argv = kafka_args("127.0.0.1:9092", "test-in", "test-out")
-    validate(parse_output(values), msgs)         # values: list of record values, or their concatenation
+    validate(parse_output(values), msgs)         # values: record values, or their concatenation
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def parse_output(data: bytes | list[bytes]) -> list[float]:
 def validate(records: list, inputs: list[list[bytes]]) -> None:
     """Exactly the expected float32 values, in order."""
     want = expected(inputs)
-    for i, (got, exp) in enumerate(zip(records, want)):
+    for i, (got, exp) in enumerate(zip(records, want, strict=False)):  # length checked below
         assert got == exp, (
             f"celsius_kafka: record {i} is {got!r}, expected {exp!r} (= float32("
             f"{_decode(inputs[0][i])!r} * 1.8 + 32)); outputs must be the converted inputs in order"

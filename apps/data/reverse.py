@@ -42,7 +42,7 @@ def parse_output(data: bytes) -> list[str]:
 def validate(records: list, inputs: list[list[bytes]]) -> None:
     """Exactly the reversed words, in order (as Wallaroo's ``--validation-cmp``)."""
     want = expected(inputs)
-    for i, (got, exp) in enumerate(zip(records, want)):
+    for i, (got, exp) in enumerate(zip(records, want, strict=False)):  # length checked below
         assert got == exp, (
             f"reverse: record {i} is {got!r}, expected {exp!r} (the reverse of input "
             f"{exp[::-1]!r}); outputs must be the reversed inputs in input order"

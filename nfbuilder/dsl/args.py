@@ -74,7 +74,8 @@ def kafka_parse_sink_options(
     args: Sequence[str],
 ) -> tuple[str, list[tuple[str, str]], str, int, int]:
     """``--kafka_sink_topic``, ``_brokers``, ``_log_level``, ``_max_produce_buffer_ms``,
-    ``_max_message_size`` -> ``(topic, brokers, log_level, max_produce_buffer_ms, max_message_size)``."""
+    ``_max_message_size`` ->
+    ``(topic, brokers, log_level, max_produce_buffer_ms, max_message_size)``."""
     parser = _parser()
     parser.add_argument("--kafka_sink_topic", default="")
     parser.add_argument("--kafka_sink_brokers", default="")

@@ -36,7 +36,9 @@ class ApplicationBuilder:
         self._actions.append(("to_parallel", computation))
         return self
 
-    def to_stateful(self, computation: Any, state_class: Any, state_name: str) -> ApplicationBuilder:
+    def to_stateful(
+        self, computation: Any, state_class: Any, state_name: str
+    ) -> ApplicationBuilder:
         self._actions.append(
             ("to_stateful", computation, StateBuilder(state_name, state_class), state_name)
         )

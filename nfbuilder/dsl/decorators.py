@@ -45,7 +45,7 @@ __all__ = [
 
 
 def _check_arity(func: Any, n: int) -> None:
-    """Raise Wallaroo 0.5's errors when ``func`` cannot be called with ``n`` positional arguments."""
+    """Raise Wallaroo 0.5's errors when ``func`` cannot take ``n`` positional arguments."""
     if not callable(func):
         raise WallarooParameterError(
             f"Expected a callable object but got a {type(func).__name__}: {func!r}"
@@ -234,6 +234,8 @@ def encoder(func: Callable[..., Any]) -> Encoder:
     return Encoder(func)
 
 
-def decoder(header_length: int = 4, length_fmt: str = ">I") -> Callable[[Callable[..., Any]], Decoder]:
+def decoder(
+    header_length: int = 4, length_fmt: str = ">I"
+) -> Callable[[Callable[..., Any]], Decoder]:
     """``@decoder(header_length=4, length_fmt=">I")`` — turns source frames into objects."""
     return lambda func: Decoder(func, header_length, length_fmt)

@@ -32,7 +32,9 @@ class _Pipeline:
 def validate_actions(actions: Sequence[tuple[Any, ...]]) -> None:
     """Raise ``WallarooParameterError`` for the first problem in ``actions``."""
     if not actions or actions[0][0] != "name" or not isinstance(actions[0][1], str):
-        raise WallarooParameterError("The action list must start with ('name', <application name>).")
+        raise WallarooParameterError(
+            "The action list must start with ('name', <application name>)."
+        )
     pipelines: dict[str, _Pipeline] = {}
     states: dict[str, tuple[Any, Any]] = {}
     current: _Pipeline | None = None
@@ -157,7 +159,9 @@ def _check_step(
     builder, state_name = action[2], action[3]
     state_cls = getattr(builder, "state_cls", None)
     if not isinstance(state_name, str) or not state_name:
-        raise WallarooParameterError(f"{where}: the state name must be a non-empty string, got {state_name!r}.")
+        raise WallarooParameterError(
+            f"{where}: the state name must be a non-empty string, got {state_name!r}."
+        )
     _check_state_class(where, state_cls)
     if state_name in pipeline.states:
         raise WallarooParameterError(
@@ -218,7 +222,8 @@ def _check_state_class(where: str, state_cls: Any) -> None:
 def _check_keys(where: str, kind: str, keys: Any) -> None:
     if type(keys) is not list:
         raise WallarooParameterError(
-            f"Partitions lists should be of type list. Got a {type(keys).__name__} instead. ({where})"
+            f"Partitions lists should be of type list. Got a {type(keys).__name__} instead. "
+            f"({where})"
         )
     try:
         unique = len(set(keys)) == len(keys)

@@ -20,7 +20,9 @@ def _label(graph: VertexGraph, v: Vertex) -> list[str]:
         lines += [p.steps[i].name for i in w.steps]
         if w.encode is not None:
             sink = p.sinks[w.encode]
-            where = f"{sink.host}:{sink.port}" if isinstance(sink, TcpSink) else f"topic {sink.topic}"
+            where = (
+                f"{sink.host}:{sink.port}" if isinstance(sink, TcpSink) else f"topic {sink.topic}"
+            )
             lines.append(f"{sink.kind} sink {where}" if v.kind == SINK else f"encode for {where}")
     if v.kind == SINK and v.role in ("kafka", "blackhole"):
         lines.append(f"built-in {v.role} sink")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -139,7 +140,8 @@ class Engine:
 
     # -- set-up ------------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
-        paths = [p for p in (self.loaded.search_dir, os.getcwd(), os.environ.get("PYTHONPATH")) if p]
+        candidates = (self.loaded.search_dir, os.getcwd(), os.environ.get("PYTHONPATH"))
+        paths = [p for p in candidates if p]
         env = {"PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
         store = self.options.plan.state_store
         if not store:
@@ -302,10 +304,8 @@ class Engine:
         for src in self.sources:
             if src.done and src.replica.client is not None:
                 done, src.done = src.done, []
-                try:
+                with contextlib.suppress(ClientError):
                     await src.replica.client.ack(done)
-                except ClientError:
-                    pass
 
     # -- Kafka (Numaflow's built-in source and sink) --------------------------------------------
     def _build_kafka_sink(self, doc: PipelineDoc, v: Vertex) -> None:
@@ -376,13 +376,13 @@ class Engine:
         failed_at = time.monotonic()
         report = None
         if rep.proc is not None:
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(rep.proc.wait(), 5)
-            except asyncio.TimeoutError:
-                pass
             report = rep.error_report()
         await rep.stop(grace_s=2)
-        why = report or (str(exc) if exc else f"exited with status {rep.proc and rep.proc.returncode}")
+        why = report or (
+            str(exc) if exc else f"exited with status {rep.proc and rep.proc.returncode}"
+        )
         self.status.event(f"vertex {rep.spec.label} failed: {why}")
         # A crash loop is a run of failures with no message processed in between (the same
         # message failing again, a store that stays down...): give up after MAX_RESTARTS.
@@ -430,7 +430,7 @@ class Engine:
                 always=True)
         all_reps = [r for reps in self.replicas.values() for r in reps]
         results = await asyncio.gather(*(r.start() for r in all_reps), return_exceptions=True)
-        for rep, res in zip(all_reps, results):
+        for rep, res in zip(all_reps, results, strict=True):
             if isinstance(res, BaseException):
                 detail = rep.error_report() or rep.log_tail()
                 await self.stop_processes()
@@ -458,16 +458,16 @@ class Engine:
                           f"work dir {self.work_dir}")
 
     def in_flight(self) -> int:
-        return sum(r.queue.qsize() + len(r.redeliver) for reps in self.replicas.values() for r in reps)
+        return sum(
+            r.queue.qsize() + len(r.redeliver) for reps in self.replicas.values() for r in reps
+        )
 
     async def wait(self) -> None:
         """Until Ctrl-C/SIGTERM, idleness, the message limit or a fatal failure."""
         opts = self.options
         while not self._stop.is_set():
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.1)
-            except asyncio.TimeoutError:
-                pass
             self.status.update(self)
             if opts.max_messages is not None and self.delivered >= opts.max_messages:
                 break
@@ -478,7 +478,8 @@ class Engine:
     async def drain(self, timeout_s: float = 10.0) -> None:
         self._draining = True
         deadline = time.monotonic() + timeout_s
-        while self.in_flight() and time.monotonic() < deadline and not self.failure:
+        # Polled: in_flight() is derived from several queues, with no single event to wait on.
+        while self.in_flight() and time.monotonic() < deadline and not self.failure:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         await self._ack_leftovers()
 
@@ -498,10 +499,8 @@ class Engine:
         """Start, run until an end condition, drain, stop; 0 when nothing failed."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
-            except (NotImplementedError, RuntimeError):
-                pass
         try:
             await self.start()
             await self.wait()

@@ -11,6 +11,7 @@ numa-like client to its socket, restart it when it dies (as Kubernetes would).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -95,7 +96,9 @@ class Replica:
         cmd = list(self.spec.command)
         if cmd and cmd[0] == "python":
             cmd[0] = sys.executable
-        log = open(self.log_path, "ab")
+        # Handed to the child as stdout/stderr and closed in ``finally`` once it has been spawned;
+        # opening a local log file does not block the loop for any meaningful time.
+        log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *cmd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
@@ -168,20 +171,16 @@ class Replica:
                 self.proc.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(self.proc.wait(), grace_s)
             except (ProcessLookupError, asyncio.TimeoutError):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
-                except ProcessLookupError:
-                    pass
                 await self.proc.wait()
 
     async def _close_client(self) -> None:
         client, channel = self.client, self.channel
         self.client = self.channel = None
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):  # the stream may already be broken
                 await asyncio.wait_for(client.close(), 2)
-            except Exception:  # noqa: BLE001 - the stream may already be broken
-                pass
         if channel is not None:
             await channel.close()
 

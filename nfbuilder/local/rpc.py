@@ -39,7 +39,7 @@ class ClientError(Exception):
 
 
 class ConnectTimeout(ClientError):
-    """The UDF socket did not accept a connection, or IsReady never succeeded, before the deadline."""
+    """The UDF socket did not accept a connection, or IsReady never succeeded, in time."""
 
 
 class UdfProtocolError(ClientError):

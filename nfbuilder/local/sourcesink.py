@@ -16,6 +16,7 @@ Partitions never overlap (numa runs them in a single actor). Import them from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -136,10 +137,8 @@ class _SerialStream:
 
     async def close(self) -> None:
         if self._call is not None:
-            try:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 await self._call.done_writing()
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                pass
             self._call.cancel()
         if self._failure is None:
             self._failure = UdfStreamError(self.what, None, "closed by the engine")
@@ -179,7 +178,9 @@ class SinkClient:
         async with self._lock:
             return await self._stream.exchange(lambda: self._write(batch, set(ids)))
 
-    async def _write(self, batch: Sequence[SinkDatum], ids: set[str]) -> dict[str, tuple[bool, str]]:
+    async def _write(
+        self, batch: Sequence[SinkDatum], ids: set[str]
+    ) -> dict[str, tuple[bool, str]]:
         stream = self._stream
         for datum in batch:
             await stream.write(sink_pb2.SinkRequest(request=_sink_request(datum)))

@@ -18,7 +18,7 @@ class TcpReceiver:
 
     def __init__(self) -> None:
         self.chunks: list[bytearray] = []
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.Server | None = None
         self.paused = asyncio.Event()
 
     @classmethod
@@ -38,7 +38,9 @@ class TcpReceiver:
         self.chunks.append(buf)
         try:
             while True:
-                while self.paused.is_set():  # a paused receiver stops reading: TCP pushes back
+                # A paused receiver stops reading: TCP pushes back. Polled because callers
+                # toggle ``paused`` and there is no "resumed" event to await.
+                while self.paused.is_set():  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
                 data = await reader.read(65536)
                 if not data:

@@ -153,7 +153,7 @@ def _summary(app: Application, v: Vertex) -> str:
     if v.state:
         extra = f"; state {v.state!r}, {v.partitions} partition(s), ordered"
     elif v.kind == MAP:
-        extra = "; autoscaled to %d" % v.max_replicas if v.max_replicas > 1 else "; 1 replica"
+        extra = f"; autoscaled to {v.max_replicas:d}" if v.max_replicas > 1 else "; 1 replica"
     return f"{v.kind}/{v.role} " + "; ".join(parts) + extra
 
 

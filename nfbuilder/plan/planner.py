@@ -51,7 +51,7 @@ def plan(app: Application, options: PlanOptions | None = None) -> VertexGraph:
     multi = len(app.pipelines) > 1
     docs = [
         _plan_doc(app, [app.pipelines[i] for i in group], name, options, names, multi)
-        for group, name in zip(groups, doc_names)
+        for group, name in zip(groups, doc_names, strict=True)
     ]
     return VertexGraph(app, options, tuple(docs))
 
@@ -130,7 +130,9 @@ def _plan_doc(
                 if name is None:
                     name = state_nodes[first.state.name] = names.take(first.state.name, prefix)
                     parts = options.partitions if first.state.partitioned else 1
-                    nodes[name] = _Node(name, MAP, "udf", [], state=first.state.name, partitions=parts)
+                    nodes[name] = _Node(
+                        name, MAP, "udf", [], state=first.state.name, partitions=parts
+                    )
                 nodes[name].works.append(Work(p.index, steps=run))
             else:
                 label = first.name if len(run) == 1 else f"{first.name}-to-{p.steps[run[-1]].name}"
@@ -167,7 +169,7 @@ def _plan_doc(
     ended: set[int] = set()
     for p in pipelines:
         chain = chains[p.index]
-        for a, b in zip(chain, chain[1:]):
+        for a, b in zip(chain, chain[1:], strict=False):  # consecutive pairs
             hop(a, b, p.index)
         for s in sink_names[p.index]:
             hop(chain[-1], s, p.index)

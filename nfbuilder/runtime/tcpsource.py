@@ -154,10 +154,7 @@ class TcpFrameSource:
             await asyncio.sleep(0)
         out: list[Frame] = []
         while len(out) < num_records and (self._redeliver or self._fresh):
-            if self._redeliver:
-                entry = heapq.heappop(self._redeliver)
-            else:
-                entry = self._fresh.popleft()
+            entry = heapq.heappop(self._redeliver) if self._redeliver else self._fresh.popleft()
             self._unacked[entry[1].offset] = entry
             out.append(entry[1])
         return out

@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -180,14 +180,18 @@ class RedisStore:
 
     def load(self, state_name: str, key: str) -> Snapshot | None:
         name = hash_name(self.namespace, state_name, key)
-        fields = self._retrying(
-            f"load state {state_name!r} key {key!r} from",
-            lambda: self._client.hgetall(name),
+        # open() refuses decode_responses, so field names and values are bytes (redis-py types
+        # them as ``bytes | str`` because it cannot know).
+        fields = cast(
+            "dict[bytes, bytes]",
+            self._retrying(
+                f"load state {state_name!r} key {key!r} from",
+                lambda: self._client.hgetall(name),
+            ),
         )
         data = fields.get(b"data")
         if data is None:
             return None
-        # open() refuses decode_responses, so field names and values are bytes.
         assert isinstance(data, bytes)
         outputs = {
             k[2:].decode(): v for k, v in fields.items() if k.startswith(b"o:")

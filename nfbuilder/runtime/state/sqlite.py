@@ -52,11 +52,13 @@ CREATE TABLE IF NOT EXISTS nfbuilder_outputs (
 _SELECT = "SELECT data, ids FROM nfbuilder_state WHERE namespace = ? AND state_name = ? AND key = ?"
 _SELECT_IDS = "SELECT ids FROM nfbuilder_state WHERE namespace = ? AND state_name = ? AND key = ?"
 _SELECT_OUTPUTS = (
-    "SELECT msg_id, outputs FROM nfbuilder_outputs WHERE namespace = ? AND state_name = ? AND key = ?"
+    "SELECT msg_id, outputs FROM nfbuilder_outputs"
+    " WHERE namespace = ? AND state_name = ? AND key = ?"
 )
 _PUT_OUTPUT = "INSERT OR REPLACE INTO nfbuilder_outputs VALUES (?, ?, ?, ?, ?)"
 _DROP_OUTPUT = (
-    "DELETE FROM nfbuilder_outputs WHERE namespace = ? AND state_name = ? AND key = ? AND msg_id = ?"
+    "DELETE FROM nfbuilder_outputs"
+    " WHERE namespace = ? AND state_name = ? AND key = ? AND msg_id = ?"
 )
 _UPSERT = """
 INSERT INTO nfbuilder_state (namespace, state_name, key, data, ids) VALUES (?, ?, ?, ?, ?)
