@@ -3,7 +3,9 @@ engine and Bytewax, on the same generated corpus.
 
   (a) plain      a Python loop doing the same decode + split + count + format (the floor)
   (b) harness    ``nfbuilder.testing.run_app`` on ``apps/word_count.py`` (default plan; also
-                 ``--fuse``), in-process, every step through the real ``VertexProgram``
+                 ``--fuse``), in-process, every step through the real ``VertexProgram``:
+                 objects passed between vertices (the default), and ``serialize=True``
+                 (payload bytes between vertices, as deployed)
   (c) engine     ``nfbuilder run apps/word_count.py`` (every vertex a process, real gRPC and TCP);
                  a smaller corpus by default (``--engine-lines``): each gRPC hop costs CPU
   (d) bytewax    ``bytewax==0.21.1`` ``run_main``: input -> flat_map split -> key_on word ->
@@ -106,16 +108,17 @@ def plain(frames: list[bytes]) -> list[bytes]:
 
 
 # -- (b) nfbuilder.testing ------------------------------------------------------------------
-def harness(frames: list[bytes], fuse: bool) -> list[bytes]:
+def harness(frames: list[bytes], fuse: bool, serialize: bool = False) -> list[bytes]:
     from nfbuilder.testing import run_app
 
-    return run_app(APP, ARGS, {0: frames}, fuse=fuse)["sink"]
+    return run_app(APP, ARGS, {0: frames}, fuse=fuse, serialize=serialize)["sink"]
 
 
-def profile_harness(frames: list[bytes], fuse: bool, top: int = 18) -> str:
+def profile_harness(frames: list[bytes], fuse: bool, serialize: bool = False,
+                    top: int = 18) -> str:
     prof = cProfile.Profile()
     prof.enable()
-    harness(frames, fuse)
+    harness(frames, fuse, serialize)
     prof.disable()
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
@@ -315,15 +318,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine-lines", type=int, default=2_000,
                     help="corpus lines for the embedded engine (c)")
     ap.add_argument("--engine-timeout", type=float, default=120.0)
-    ap.add_argument("--skip", default="", help="comma-separated: harness,fused,engine,bytewax")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated: harness,serialized,fused,engine,bytewax")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of (b) and exit")
+    ap.add_argument("--profile-serialized", action="store_true",
+                    help="print a cProfile of (b) with serialize=True and exit")
     ns = ap.parse_args(argv)
     skip = set(filter(None, ns.skip.split(",")))
     repeat = max(1, ns.repeat)
 
     frames = framed(corpus(ns.lines))
-    if ns.profile:
-        print(profile_harness(frames, fuse=False))
+    if ns.profile or ns.profile_serialized:
+        print(profile_harness(frames, fuse=False, serialize=ns.profile_serialized))
         return 0
     floor = _timed(lambda: plain(frames), repeat)
     assert not isinstance(floor, str)
@@ -331,7 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Result | Skipped] = [Result("(a) plain loop", words, floor[0], floor[1])]
     if "harness" not in skip:
         got = _timed(lambda: harness(frames, False), repeat)
-        rows.append(_check("(b) testing.run_app", got, want, words))
+        rows.append(_check("(b) testing.run_app", got, want, words, "objects between vertices"))
+    if "serialized" not in skip:
+        got = _timed(lambda: harness(frames, False, serialize=True), repeat)
+        rows.append(_check("(bs) serialize=True", got, want, words,
+                           "payload bytes between vertices"))
     if "fused" not in skip:
         got = _timed(lambda: harness(frames, True), repeat)
         rows.append(_check("(b') run_app fuse=True", got, want, words))
@@ -365,12 +375,14 @@ def _report(rows: list[Result | Skipped], lines: int, words: int) -> None:
         note = f"  ({r.note})" if r.note else ""
         print(f"  {r.name:<24} {r.rate:>12,.0f} words/s  {r.seconds:8.3f} s  (wall {r.wall:.3f} s)"
               f"  {slower:6.1f}x the floor{note}")
-    found = {r.name[:3]: r for r in rows if isinstance(r, Result)}
-    b, d = found.get("(b)"), found.get("(d)")
+    found = {r.name.split()[0]: r for r in rows if isinstance(r, Result)}
+    b, bs, d = found.get("(b)"), found.get("(bs)"), found.get("(d)")
     if b and d:
         ratio = b.rate / d.rate
         verdict = "meets" if ratio >= GOAL_VS_BYTEWAX else "MISSES"
         print(f"  (b)/(d) = {ratio:.2f}  ({verdict} the goal of >= {GOAL_VS_BYTEWAX:.0f}x Bytewax)")
+    if bs and d:
+        print(f"  (bs)/(d) = {bs.rate / d.rate:.2f}  (serializing between vertices)")
 
 
 if __name__ == "__main__":

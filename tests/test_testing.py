@@ -26,13 +26,26 @@ def _app_args(data: Any) -> list[str]:
 
 
 # -- every example app, validated by its independent data module ---------------------------
+@pytest.mark.parametrize("serialize", [False, True], ids=["objects", "serialized"])
 @pytest.mark.parametrize("name", APPS)
-def test_example_app_outputs_validate(name: str) -> None:
+def test_example_app_outputs_validate(name: str, serialize: bool) -> None:
     data = load(name)
     msgs = data.inputs()
-    result = run(f"apps/{name}.py", _app_args(data), {i: msgs[i] for i in data.SEND_ORDER})
+    result = run(f"apps/{name}.py", _app_args(data), {i: msgs[i] for i in data.SEND_ORDER},
+                 serialize=serialize)
     assert result.outputs, f"{name}: no sink in the result"
     data.validate(data.parse_output(result.output()), msgs)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("name", ["word_count", "alphabet_partitioned", "sequence_window"])
+def test_passing_objects_and_serializing_give_the_same_outputs(name: str, fuse: bool) -> None:
+    data = load(name)
+    msgs = data.inputs()
+    feed = {i: msgs[i] for i in data.SEND_ORDER}
+    objects = run(f"apps/{name}.py", _app_args(data), feed, fuse=fuse)
+    serialized = run(f"apps/{name}.py", _app_args(data), feed, fuse=fuse, serialize=True)
+    assert objects.outputs == serialized.outputs and objects.output()
 
 
 def test_reverse_exact_order_and_sink_name() -> None:
@@ -333,3 +346,89 @@ def test_build_errors_propagate_unchanged() -> None:
 
     with pytest.raises(wallaroo.WallarooParameterError):
         run_app(setup)
+
+
+# -- passing objects vs serializing between vertices ----------------------------------------
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("cannot pickle 'Unpicklable' object")
+
+    def __str__(self) -> str:
+        return "U"
+
+
+@wallaroo.computation(name="make unpicklable")
+def make_unpicklable(data: Any) -> Any:
+    return Unpicklable()
+
+
+def test_serialize_catches_outputs_a_deployment_could_not_send() -> None:
+    app = _linear(("to", make_unpicklable))
+    assert run_app(app, inputs={0: ["x"]}) == {"sink": [b"U\n"]}  # objects: not noticed
+    with pytest.raises(TypeError, match="cannot pickle 'Unpicklable' object"):
+        run_app(app, inputs={0: ["x"]}, serialize=True)
+
+
+class Log:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+
+@wallaroo.state_computation(name="log and share")
+def log_and_share(data: str, state: Log) -> tuple[list[str], bool]:
+    state.seen.append(data)
+    return (state.seen, False)  # the state's own list, not a copy
+
+
+@wallaroo.computation(name="mark")
+def mark(data: list[str]) -> str:
+    data.append("!")  # changes what it was given
+    return ",".join(data)
+
+
+def test_objects_are_shared_between_vertices_serialized_ones_are_not() -> None:
+    # The documented trade-off of the default: a step that changes an object it received
+    # changes the sender's object too (here a state), which a deployment never does.
+    app = _linear(("to_stateful", log_and_share, Log, "log"), ("to", mark))
+    faithful = run(app, inputs={0: ["a", "b"]}, serialize=True)
+    assert faithful.outputs == {"sink": [b"a,!\n", b"a,b,!\n"]}
+    assert faithful.state("log").seen == ["a", "b"]
+    shared = run(app, inputs={0: ["a", "b"]})
+    assert shared.outputs == {"sink": [b"a,!\n", b"a,!,b,!\n"]}
+    assert shared.state("log").seen == ["a", "!", "b", "!"]
+
+
+calls: list[str] = []
+
+
+@wallaroo.partition
+def counted_first_letter(data: str) -> str:
+    calls.append(data)
+    return data[0]
+
+
+@pytest.mark.parametrize("serialize", [False, True])
+def test_partition_function_runs_once_per_message(serialize: bool) -> None:
+    # The upstream vertex keys each message for the state vertex; the state vertex uses that
+    # key instead of computing it a second time.
+    calls.clear()
+    app = _linear(("to", drop_odd),
+                  ("to_state_partition", count_and_save, Tally, "tally", counted_first_letter,
+                   None))
+    result = run(app, inputs={0: ["ab", "ac", "bc"]}, serialize=serialize)
+    assert result.outputs == {"sink": [b"1\n", b"2\n", b"1\n"]}
+    assert calls == ["ab", "ac", "bc"]
+    assert result.state("tally", "a").n == 2
+
+
+@pytest.mark.parametrize("first", [False, True])
+def test_a_store_replays_the_same_in_both_modes(tmp_path: Any, first: bool) -> None:
+    # outputs are recorded in their serialized form whatever the mode, so a second run in the
+    # other mode still recognises the redelivery and re-emits the same outputs.
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    app = _linear(("to_stateful", count_and_save, Tally, "tally"))
+    assert run_app(app, inputs={0: ["a", "b"]}, state_store=url, serialize=first) == {
+        "sink": [b"1\n", b"2\n"]}
+    again = run(app, inputs={0: ["a", "b", "c"]}, state_store=url, serialize=not first)
+    assert again.outputs == {"sink": [b"1\n", b"2\n", b"3\n"]}
+    assert again.state("tally").n == 3

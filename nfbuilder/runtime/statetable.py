@@ -11,6 +11,9 @@ outputs are returned instead, so nothing downstream is lost::
     outs = entry.outputs_for("v-1-0")          # None: not applied yet
     ...
     table.applied(spec, "a", entry, "v-1-0", save=True, outputs=b"...")
+
+With ``store=None`` nothing is durable: no id is ever redelivered into a later process, so
+``applied`` records nothing and callers may skip it (and ``outputs_for``) altogether.
 """
 
 from __future__ import annotations
@@ -44,10 +47,22 @@ class StateTable:
     def __init__(self, store: StateStore | None, codec: Codec) -> None:
         self.store = store
         self.codec = codec
-        self._entries: dict[tuple[str, str], Entry] = {}
+        self._by_name: dict[str, dict[str, Entry]] = {}  # state name -> key -> entry
+
+    @property
+    def durable(self) -> bool:
+        """Whether applied ids and outputs are recorded (a store was given)."""
+        return self.store is not None
+
+    def entries(self, state_name: str) -> dict[str, Entry]:
+        """The live ``{key: Entry}`` of one state, for lookups on the per-message path:
+        ``table.entries("s").get(key) or table.entry(spec, key)``."""
+        return self._by_name.setdefault(state_name, {})
 
     def entry(self, spec: StateSpec, key: str) -> Entry:
-        found = self._entries.get((spec.name, key))
+        """The entry of ``key``, made (or loaded from the store) on first use."""
+        entries = self.entries(spec.name)
+        found = entries.get(key)
         if found is None:
             snap = self.store.load(spec.name, key) if self.store is not None else None
             if snap is None:
@@ -56,17 +71,19 @@ class StateTable:
                 outputs = dict(snap.outputs)
                 persisted = {i: outputs.get(i, b"") for i in snap.applied_ids}
                 found = Entry(self.codec.loads(snap.data), persisted)
-            self._entries[(spec.name, key)] = found
+            entries[key] = found
         return found
 
     def applied(
         self, spec: StateSpec, key: str, entry: Entry, msg_id: str, save: bool, outputs: bytes
     ) -> None:
         """Record that ``msg_id`` changed ``entry`` (producing ``outputs``); persist the state
-        with every pending id and its outputs when ``save``."""
-        if msg_id and self.store is not None:
+        with every pending id and its outputs when ``save``. No effect without a store."""
+        if self.store is None:
+            return
+        if msg_id:
             entry.pending[msg_id] = outputs
-        if save and self.store is not None:
+        if save:
             window = self.store.id_window
             self.store.save(spec.name, key, self.codec.dumps(entry.obj), list(entry.pending),
                             entry.pending)
@@ -77,8 +94,8 @@ class StateTable:
                     del entry.persisted[old]
 
     def keys(self, state_name: str) -> list[str]:
-        return [k for (name, k) in self._entries if name == state_name]
+        return list(self._by_name.get(state_name, ()))
 
     def get(self, state_name: str, key: str) -> Any:
         """The live object (for tests and the in-process harness)."""
-        return self._entries[(state_name, key)].obj
+        return self._by_name[state_name][key].obj

@@ -1,0 +1,182 @@
+"""The step core's object stage (``process_object`` / ``stage``) and its shortcuts: each says
+and returns exactly what ``process`` says and returns, minus the work that has no effect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nfbuilder as wallaroo
+from nfbuilder.codec import Codec
+from nfbuilder.plan import Vertex, plan
+from nfbuilder.runtime.core import Out, VertexProgram
+from nfbuilder.runtime.errors import UserCodeError
+from nfbuilder.runtime.state import open_store
+from nfbuilder.runtime.statetable import StateTable
+from nfbuilder.topology import Application, from_actions
+
+CODEC = Codec.for_module(None)
+calls: list[str] = []
+
+
+@wallaroo.decoder(header_length=4, length_fmt=">I")
+def text(bs: bytes) -> str:
+    return bs.decode()
+
+
+@wallaroo.computation_multi(name="split")
+def split(data: str) -> list[str | None]:
+    return [w or None for w in data.split(" ")]  # empty words become None: skipped
+
+
+@wallaroo.partition
+def first(data: str) -> str:
+    calls.append(data)
+    return data[0]
+
+
+class Words:
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+
+
+@wallaroo.state_computation(name="count")
+def count(data: str, state: Words) -> tuple[tuple[str, int], bool]:
+    state.seen[data] = state.seen.get(data, 0) + 1
+    return ((data, state.seen[data]), True)
+
+
+@wallaroo.encoder
+def line(data: tuple[str, int]) -> bytes:
+    return f"{data[0]}={data[1]}\n".encode()
+
+
+@wallaroo.encoder
+def number(data: Any) -> Any:
+    return 7
+
+
+def _app(encoder: Any = line) -> Application:
+    ab = wallaroo.ApplicationBuilder("fast")
+    ab.new_pipeline("p", wallaroo.TCPSourceConfig("127.0.0.1", "7010", text))
+    ab.to_parallel(split)
+    ab.to_state_partition(count, Words, "words", first, None)
+    ab.to_sink(wallaroo.TCPSinkConfig("127.0.0.1", "7002", encoder))
+    return from_actions(ab.build())
+
+
+def _programs(app: Application, store: Any = None) -> dict[str, VertexProgram]:
+    table = StateTable(store, CODEC)
+    vertices: list[Vertex] = list(plan(app).vertices())
+    by_role = {("state" if v.state else v.kind): v for v in vertices if v.kind != "source"}
+    return {role: VertexProgram(app, v, CODEC, table) for role, v in by_role.items()}
+
+
+def test_out_is_a_plain_triple() -> None:
+    out = Out(b"v", ("k",))
+    assert out == (b"v", ("k",), ()) and out.value == b"v" and out.tags == ()
+    value, keys, tags = out
+    assert (value, keys, tags) == (b"v", ("k",), ())
+
+
+def test_object_stage_says_what_process_says() -> None:
+    calls.clear()
+    progs = _programs(_app())
+    split_v = next(v for k, v in progs.items() if k not in ("state", "sink"))
+    as_bytes = split_v.process(0, CODEC.dumps("a  bb a"))
+    as_objects = split_v.process_object(0, "a  bb a", serialize=False)
+    assert [o.value for o in as_bytes] == [CODEC.dumps(w) for w in ("a", "bb", "a")]
+    assert as_objects == [Out("a", ("a",)), Out("bb", ("b",)), Out("a", ("a",))]
+    assert [o.keys for o in as_bytes] == [o.keys for o in as_objects]
+    assert split_v.stage(0)("a  bb a", "", None, False) == as_objects
+    # the sink encodes: its outputs are bytes in both modes
+    assert progs["sink"].process_object(0, ("a", 2), serialize=False) == [Out(b"a=2\n")]
+    assert progs["sink"].process(0, CODEC.dumps(("a", 2))) == [Out(b"a=2\n")]
+
+
+def test_a_given_key_is_used_instead_of_calling_the_partition_function() -> None:
+    state = _programs(_app())["state"]
+    calls.clear()
+    assert state.process_object(0, "apple", "", "a", serialize=False) == [Out(("apple", 1))]
+    assert calls == []
+    assert state.process(0, CODEC.dumps("avocado")) == [Out(CODEC.dumps(("avocado", 1)))]
+    assert calls == ["avocado"]
+    assert state.states.get("words", "a").seen == {"apple": 1, "avocado": 1}
+
+
+def test_without_a_store_no_ids_or_outputs_are_recorded() -> None:
+    state = _programs(_app())["state"]
+    for n in range(3):
+        state.process_object(0, "apple", f"v-{n}-0", "a")
+    entry = state.states.entry(state.app.states()["words"], "a")
+    assert entry.pending == {} and entry.persisted == {}
+    assert not state.states.durable
+    # the same id again is applied again: nothing could have been redelivered
+    state.process_object(0, "apple", "v-0-0", "a")
+    assert entry.obj.seen == {"apple": 4} and state.replayed == 0
+
+
+def test_object_mode_records_serialized_outputs_and_replays_objects(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    store = open_store(url, namespace="t")
+    try:
+        state = _programs(_app(), store)["state"]
+        assert state.process_object(0, "apple", "v-1-0", serialize=False) == [Out(("apple", 1))]
+    finally:
+        store.close()
+    again_store = open_store(url, namespace="t")
+    try:
+        again = _programs(_app(), again_store)["state"]
+        assert again.process_object(0, "apple", "v-1-0", serialize=False) == [Out(("apple", 1))]
+        assert again.process(0, CODEC.dumps("apple"), "v-1-0") == [
+            Out(CODEC.dumps(("apple", 1)))]
+        assert again.replayed == 2
+        assert again.states.get("words", "a").seen == {"apple": 1}
+    finally:
+        again_store.close()
+
+
+def test_dsl_wrappers_are_called_through_but_overrides_are_honoured() -> None:
+    class Loud(type(split)):  # type: ignore[misc]
+        def compute_multi(self, data: Any) -> Any:
+            return [data.upper()]
+
+    loud = Loud(lambda data: [data], "split")
+    ab = wallaroo.ApplicationBuilder("loud")
+    ab.new_pipeline("p", wallaroo.TCPSourceConfig("127.0.0.1", "7010", text))
+    ab.to(loud)
+    ab.to_sink(wallaroo.TCPSinkConfig("127.0.0.1", "7002", number))
+    app = from_actions(ab.build())
+    vertex = next(v for v in plan(app).vertices() if v.kind == "map")
+    prog = VertexProgram(app, vertex, CODEC, StateTable(None, CODEC))
+    assert prog.process_object(0, "hi", serialize=False) == [Out("HI")]
+
+
+def test_errors_read_the_same_from_the_object_stage() -> None:
+    progs = _programs(_app(number))
+    with pytest.raises(UserCodeError, match=r"pipeline 'p' encoder: .*number.* must return bytes "
+                       r"or str, got int"):
+        progs["sink"].process_object(0, ("a", 1), serialize=False)
+    with pytest.raises(UserCodeError, match=r"pipeline 'p', step 'count': .*count.* raised "
+                       r"TypeError"):
+        progs["state"].process_object(0, ["unhashable"], "", "a", serialize=False)
+    with pytest.raises(UserCodeError, match=r"pipeline 'p', step 'count': .*first.* raised "
+                       r"TypeError"):
+        progs["state"].process_object(0, 5)
+
+
+def test_a_vertex_of_several_pipelines_needs_the_pipeline() -> None:
+    ab = wallaroo.ApplicationBuilder("two")
+    for i in range(2):
+        ab.new_pipeline(f"p{i}", wallaroo.TCPSourceConfig("127.0.0.1", str(7010 + i), text))
+        ab.to_state_partition(count, Words, "words", first, None)
+        ab.to_sink(wallaroo.TCPSinkConfig("127.0.0.1", str(7002 + i), line))
+    app = from_actions(ab.build())
+    vertex = next(v for v in plan(app).vertices() if v.state)
+    prog = VertexProgram(app, vertex, CODEC, StateTable(None, CODEC))
+    assert prog.process_object(1, "x", serialize=False)[0].value == ("x", 1)
+    with pytest.raises(UserCodeError, match=r"serves pipelines \[0, 1\] and got a message for "
+                       r"pipeline None; the message lost its pipeline metadata"):
+        prog.process_object(None, "x")
