@@ -136,6 +136,13 @@ def _compile(ns: argparse.Namespace, app_args: list[str]) -> int:
     from nfbuilder.emit.artifacts import render_artifacts, write_artifacts
     from nfbuilder.emit.manifest import AppRef
 
+    store = ns.state_store or ""
+    if store.split(":", 1)[0].lower() in ("redis", "rediss"):
+        raise _UserError(
+            "a Redis URL would be written into the manifest as plain text; keep it in a Secret "
+            "instead: kubectl create secret generic NAME --from-literal=url=<redis URL>, then "
+            "compile with --state-store-secret NAME[:KEY]"
+        )
     loaded, graph = _load(ns.app, app_args, ns)
     files = render_artifacts(
         graph, AppRef(loaded.module_name, tuple(app_args)), app_file=loaded.path,
