@@ -47,7 +47,6 @@ vertex (as Numaflow routes it), and handed to the state step with the message.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
@@ -55,22 +54,17 @@ from typing import Any
 
 import attrs
 
+from nfbuilder._harness import BYTES, Graph
 from nfbuilder.codec import Codec
 from nfbuilder.loader import AppLoadError, load_app
-from nfbuilder.plan import SINK, SOURCE, PlanOptions, Vertex, plan
 from nfbuilder.plan.names import slug
-from nfbuilder.runtime.core import SINGLE_KEY, Out, VertexProgram
-from nfbuilder.runtime.errors import UserCodeError
-from nfbuilder.runtime.framing import FrameParser, FramingError
-from nfbuilder.runtime.messages import DROP
+from nfbuilder.runtime.core import SINGLE_KEY
 from nfbuilder.runtime.statetable import StateTable
 from nfbuilder.topology import Application, from_actions
 
 __all__ = ["RunResult", "run", "run_app"]
 
 AppLike = str | ModuleType | Callable[[list[str]], list]
-_BYTES = (bytes, bytearray, memoryview)
-_BUILT_IN_SINKS = ("kafka", "blackhole")
 
 
 @attrs.frozen
@@ -162,7 +156,7 @@ def run(
         store = open_store(state_store, namespace=slug(application.name, "app"))
     table = StateTable(store, codec)
     try:
-        graph = _Graph(application, codec, table, fuse, serialize)
+        graph = Graph(application, codec, table, fuse, serialize)
         for pipeline, items in order:
             graph.feed(pipeline, items)
     finally:
@@ -236,7 +230,7 @@ def _feed_order(
                 f"inputs give pipeline {app.pipelines[index].name!r} twice (as {given[index]!r} "
                 f"and {key!r}); put all its items in one list"
             )
-        if isinstance(items, (str, *_BYTES)) or not isinstance(items, Sequence):
+        if isinstance(items, (str, *BYTES)) or not isinstance(items, Sequence):
             raise TypeError(
                 f"inputs[{key!r}] must be a list of items, got {type(items).__name__}; "
                 f"wrap a single item in a list: {{{key!r}: [item]}}"
@@ -244,200 +238,3 @@ def _feed_order(
         given[index] = key
         order.append((index, items))
     return order
-
-
-# -- the in-process graph -------------------------------------------------------------------
-#: ``call(value, msg_id, key, serialize) -> outputs``: one vertex's work for one pipeline
-_Call = Callable[[Any, str, "str | None", bool], "list[Out]"]
-#: ``deliver(value, key, producer, n, i)``: a message into a vertex, and on to the sinks
-_Deliver = Callable[[Any, "str | None", str, int, int], None]
-
-
-@attrs.define
-class _Node:
-    """A vertex of the run: its program, where its outputs go and how many messages it read."""
-
-    name: str
-    vertex: Vertex
-    program: VertexProgram
-    # (destination, tag condition or None for unconditional)
-    routes: list[tuple[_Node, frozenset[str] | None]] = attrs.Factory(list)
-    collect: list[bytes] | None = None  # a sink's output list
-    read: int = 0
-    delivers: dict[int, _Deliver] = attrs.Factory(dict)  # per pipeline, made by the graph
-    # Numaflow's own sinks run no code of ours: a Kafka sink writes the encoder vertex's record
-    # values as they are; a blackhole discards.
-    built_in_sink: bool = attrs.field(init=False)
-    stateful: bool = attrs.field(init=False)  # message ids are only read by state steps
-    keyed: bool = attrs.field(init=False)  # a partitioned state vertex: takes the message's key
-
-    def __attrs_post_init__(self) -> None:
-        self.built_in_sink = self.vertex.kind == SINK and self.vertex.role in _BUILT_IN_SINKS
-        self.stateful = self.vertex.state is not None
-        spec = self.program.app.states().get(self.vertex.state or "")
-        self.keyed = spec is not None and spec.partitioned
-
-
-class _Graph:
-    """Every vertex of the app wired along the plan's edges; ``feed`` pushes one pipeline's
-    items through them, depth first, so outputs come out in input order.
-
-    Each (vertex, pipeline) gets a ``deliver`` function that runs the vertex's work on a message
-    and calls its destinations' ``deliver`` for each output, in output order then route order:
-    a message reaches the sinks before the next one is read, with one Python call per hop."""
-
-    def __init__(self, app: Application, codec: Codec, table: StateTable, fuse: bool,
-                 serialize: bool) -> None:
-        self.app = app
-        self.codec = codec
-        self.serialize = serialize
-        self.ids = table.store is not None  # without a durable store no step reads an id
-        self.outputs: dict[str, list[bytes]] = {}
-        self.nodes: dict[str, _Node] = {}
-        self.sources: dict[int, _Node] = {}
-        self._item = (0, "")  # (input item, pipeline name) being fed, for error texts
-        graph = plan(app, PlanOptions(fuse=fuse))
-        for doc in graph.docs:
-            for v in doc.vertices:
-                node = _Node(v.name, v, VertexProgram(app, v, codec, table))
-                if v.kind == SINK and v.role != "blackhole":
-                    node.collect = self.outputs.setdefault(v.name, [])
-                if v.kind == SOURCE:
-                    for w in v.works:
-                        self.sources[w.pipeline] = node
-                self.nodes[v.name] = node
-            for e in doc.edges:
-                cond = frozenset(e.tags) if e.tags else None
-                self.nodes[e.src].routes.append((self.nodes[e.dst], cond))
-
-    def unknown_keys(self) -> dict[str, int]:
-        return {n.name: n.program.unknown_keys for n in self.nodes.values() if n.vertex.state}
-
-    def feed(self, pipeline: int, items: Sequence[Any]) -> None:
-        p = self.app.pipelines[pipeline]
-        source = self.sources[pipeline]
-        program = source.program
-        # Bytes are decoded by the source; an object enters the source's work after its decoder.
-        from_bytes = self._deliver(source, pipeline, functools.partial(program.process, pipeline))
-        from_object = self._deliver(source, pipeline, program.stage(pipeline))
-        parser = None
-        if p.source.kind == "tcp":
-            decoder = p.source.decoder
-            parser = FrameParser(decoder.header_length(), decoder.payload_length)
-        for i, item in enumerate(items):
-            self._item = (i, p.name)
-            if not isinstance(item, _BYTES):
-                # Faithfully, the object crossed a hop as a payload (which catches objects a
-                # deployment could not send).
-                if self.serialize:
-                    item = self.codec.loads(self.codec.dumps(item))
-                from_object(item, None, "", source.read, 0)
-                continue
-            payloads = [bytes(item)]
-            if parser is not None:
-                try:
-                    payloads = parser.feed(bytes(item))
-                    parser.at_eof()
-                except FramingError as exc:
-                    raise UserCodeError(
-                        f"pipeline {p.name!r} decoder: input item {i} is not framed as the decoder "
-                        f"expects: {exc}. Give whole frames (header + payload) as a TCP sender "
-                        "sends them, or the decoded object instead of bytes"
-                    ) from exc
-            for payload in payloads:
-                from_bytes(payload, None, "", source.read, 0)
-
-    def _deliver(self, node: _Node, pipeline: int, call: _Call | None = None) -> _Deliver:
-        """``deliver(value, key, producer, n, i)`` for ``node``'s work on ``pipeline``.
-
-        The message is output ``i`` of the ``n``-th message ``producer`` read, i.e. Numaflow's
-        id ``<producer>-<n>-<i>`` (built only where it is read: state steps with a durable store,
-        errors); ``key`` is the partition key its producer computed, passed on to a partitioned
-        state vertex. ``value`` is payload bytes when serializing between vertices (each vertex
-        decodes it, as in a deployment), else the object itself. ``call`` replaces the vertex's
-        own entry (the source's: from bytes or from an object)."""
-        own = call is None  # the vertex's own entry: made once, shared by its producers
-        if own and pipeline in node.delivers:
-            return node.delivers[pipeline]
-        serialize, collect, name = self.serialize, node.collect, node.name
-        if node.built_in_sink:
-
-            def written(value: Any, key: str | None, producer: str, n: int, i: int) -> None:
-                node.read += 1
-                if collect is not None:
-                    collect.append(value)
-
-            node.delivers[pipeline] = written
-            return written
-        if call is None:
-            program = node.program
-            call = (functools.partial(program.process, pipeline) if serialize
-                    else program.stage(pipeline))
-        run = call
-        ids = self.ids and node.stateful
-        routes = [(self._deliver(dst, pipeline), cond, dst.keyed) for dst, cond in node.routes]
-        located = self._located
-        if len(routes) == 1 and routes[0][1] is None and collect is None:
-            return self._keep(node, pipeline, own, _chain(node, run, ids, routes[0], serialize,
-                                                          located))
-
-        def deliver(value: Any, key: str | None, producer: str, n: int, i: int) -> None:
-            read = node.read
-            node.read = read + 1
-            try:
-                outs = run(value, _msg_id(producer, n, i) if ids else "", key, serialize)
-            except UserCodeError as exc:
-                raise located(exc, node, producer, n, i) from exc
-            if collect is not None:
-                for out in outs:
-                    collect.append(out[0])
-                return
-            for j, out in enumerate(outs):
-                tags = out[2]
-                if not (tags and DROP in tags):
-                    for nxt, cond, keyed in routes:
-                        if cond is None or not cond.isdisjoint(tags):
-                            nxt(out[0], out[1][0] if keyed and out[1] else None, name, read, j)
-
-        return self._keep(node, pipeline, own, deliver)
-
-    @staticmethod
-    def _keep(node: _Node, pipeline: int, own: bool, deliver: _Deliver) -> _Deliver:
-        if own:
-            node.delivers[pipeline] = deliver
-        return deliver
-
-    def _located(self, exc: UserCodeError, node: _Node, producer: str, n: int,
-                 i: int) -> UserCodeError:
-        """``exc`` with the input item, pipeline, message id and vertex it happened at."""
-        item, pipeline_name = self._item
-        return UserCodeError(
-            f"{exc.message} (input item {item} of pipeline {pipeline_name!r}, message "
-            f"{_msg_id(producer, n, i)} at vertex {node.name!r})", exc.traceback_text
-        )
-
-
-def _chain(node: _Node, run: _Call, ids: bool, route: tuple[_Deliver, Any, bool],
-           serialize: bool, located: Callable[..., UserCodeError]) -> _Deliver:
-    """``deliver`` for a vertex with one unconditional destination: the common chain link,
-    without the route loop (the per-hop cost of the harness is mostly this function)."""
-    nxt, _, keyed = route
-    name = node.name
-
-    def deliver(value: Any, key: str | None, producer: str, n: int, i: int) -> None:
-        read = node.read
-        node.read = read + 1
-        try:
-            outs = run(value, _msg_id(producer, n, i) if ids else "", key, serialize)
-        except UserCodeError as exc:
-            raise located(exc, node, producer, n, i) from exc
-        for j, (out, keys, tags) in enumerate(outs):
-            if not (tags and DROP in tags):
-                nxt(out, keys[0] if keyed and keys else None, name, read, j)
-
-    return deliver
-
-
-def _msg_id(producer: str, n: int, i: int) -> str:
-    """``<vertex>-<n>-<i>``; a source's own read is named by its offset ``n``."""
-    return f"{producer}-{n}-{i}" if producer else str(n)

@@ -28,6 +28,9 @@ ONLY = {
 NEVER = {
     "runtime": {"dsl", ROOT_API, "emit", "local", "cli"},
     "local": {"dsl", ROOT_API, "cli"},
+    # the in-process harness runs the runtime's core; it must not need the servers' neighbours
+    "testing": {"dsl", ROOT_API, "emit", "local", "cli"},
+    "_harness": {"dsl", ROOT_API, "emit", "local", "cli"},
 }
 
 

@@ -21,316 +21,18 @@ pipeline, the step and the user function.
 
 from __future__ import annotations
 
-import logging
 import pickle
-import traceback
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from nfbuilder.codec import Codec
 from nfbuilder.plan import Vertex, Work
 from nfbuilder.runtime.errors import UserCodeError
+from nfbuilder.runtime.stages import SINGLE_KEY, Compiled, Out, Stage, user_error
 from nfbuilder.runtime.statetable import StateTable
-from nfbuilder.topology import Application, Pipeline, Step
+from nfbuilder.topology import Application
 
-log = logging.getLogger("nfbuilder.core")
-
-SINGLE_KEY = "_"  # the one key of a to_stateful state
-_BYTES = (bytes, bytearray, memoryview)
-
-
-class Out(NamedTuple):
-    """One output message: payload bytes (the object itself when asked for with
-    ``process_object(..., serialize=False)``), routing keys and tags.
-
-        Out(b"...", ("a",))
-    """
-
-    value: Any
-    keys: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-
-
-def _fn_of(obj: Any, method: str) -> str:
-    describe = getattr(obj, "describe", None)
-    if callable(describe):
-        return str(describe())
-    return f"{type(obj).__qualname__}.{method}"
-
-
-def _direct(obj: Any, method: str) -> Callable[..., Any]:
-    """What to call for ``obj.method``: the user's function itself when ``obj`` is one of the
-    dsl's decorator wrappers whose method only forwards to it (one Python frame less per call,
-    on every message), else the bound method."""
-    bound = getattr(obj, method)
-    # The runtime may not import the dsl (layering), so the forwarders are recognised by module.
-    declared = getattr(type(obj), method, None)
-    func = getattr(obj, "function", None)
-    if getattr(declared, "__module__", None) == "nfbuilder.dsl.decorators" and callable(func):
-        return func  # type: ignore[no-any-return]
-    return bound  # type: ignore[no-any-return]
-
-
-def _user_error(place: str, obj: Any, method: str, exc: Exception) -> UserCodeError:
-    """The ``UserCodeError`` for ``exc`` raised by user code; call inside the ``except``."""
-    return UserCodeError(f"{place}: {_fn_of(obj, method)} raised {exc!r}", traceback.format_exc())
-
-
-def _keyer(where: str, step: Step) -> Callable[[Any], str]:
-    """A state step's partition function, ready to call: ``keyer(obj) -> str``."""
-    assert step.state is not None
-    part = step.state.partition_function
-    fn = _direct(part, "partition")
-    u64 = step.state.u64
-
-    def keyer(obj: Any) -> str:
-        try:
-            key = fn(obj)
-        except UserCodeError:
-            raise
-        except Exception as exc:
-            raise _user_error(where, part, "partition", exc) from exc
-        if u64 and (not isinstance(key, int) or isinstance(key, bool) or key < 0):
-            raise UserCodeError(
-                f"{where}: to_state_partition_u64 needs a non-negative int key, "
-                f"got {key!r} from {_fn_of(part, 'partition')}"
-            )
-        return key if type(key) is str else str(key)
-
-    return keyer
-
-
-#: ``stage(obj, msg_id, key, serialize) -> outputs``: a vertex's work for one pipeline from the
-#: decoded object on (see ``VertexProgram.process_object`` for the arguments).
-Stage = Callable[[Any, str, "str | None", bool], list[Out]]
-_Finish = Callable[[list[Any], bool], list[Out]]
-_new = tuple.__new__  # builds an Out without a Python-level __new__ frame (hot path)
-
-
-class _Compiled:
-    """A ``Work`` resolved once into closures (``stage``, ``finish``) that hold what each
-    message needs: the step functions, the state step, the keyer, the tags of the outputs.
-    Every rule of the module docstring is applied here, and only here."""
-
-    __slots__ = ("decode", "p", "stage", "work")
-
-    def __init__(self, program: VertexProgram, work: Work) -> None:
-        p = program.app.pipelines[work.pipeline]
-        self.p = p
-        self.work = work
-        self.decode = work.decode
-        finish, one = _finishers(program, p, work)
-        first = p.steps[work.steps[0]] if work.steps else None
-        if first is not None and first.state is not None:
-            # the planner gives a state step a vertex of its own
-            self.stage: Stage = _state_stage(program, p, first, finish, one)
-        else:
-            self.stage = _steps_stage(p, [p.steps[i] for i in work.steps], finish, one)
-
-
-def _method(step: Step) -> str:
-    return "compute_multi" if step.multi else "compute"
-
-
-def _where(p: Pipeline, step: Step) -> str:
-    return f"pipeline {p.name!r}, step {step.name!r}"
-
-
-def _finishers(program: VertexProgram, p: Pipeline, work: Work) -> tuple[_Finish, Stage]:
-    """Key, tag or encode the step outputs: ``finish(objs, serialize)`` for a list of them and,
-    for the common single output, ``one(obj, msg_id, key, serialize)`` (a stage by itself for
-    a vertex without steps: a sink)."""
-    if not work.emit:
-        return (lambda objs, serialize: []), (lambda obj, msg_id, key, serialize: [])
-    if work.encode is not None:
-        return _encoders(p, work.encode)
-    tags: tuple[str, ...] = (work.tag,) if work.tag else ()
-    keyer = (_keyer(_where(p, p.steps[work.key_by]), p.steps[work.key_by])
-             if work.key_by is not None else None)
-    dumps = program.codec.dumps
-
-    def finish(objs: list[Any], serialize: bool) -> list[Out]:
-        if serialize:
-            if keyer is None:
-                return [_new(Out, (dumps(o), (), tags)) for o in objs]
-            return [_new(Out, (dumps(o), (keyer(o),), tags)) for o in objs]
-        if keyer is None:
-            return [_new(Out, (o, (), tags)) for o in objs]
-        return [_new(Out, (o, (keyer(o),), tags)) for o in objs]
-
-    def one(obj: Any, msg_id: str, key: str | None, serialize: bool) -> list[Out]:
-        keys = () if keyer is None else (keyer(obj),)
-        return [_new(Out, (dumps(obj) if serialize else obj, keys, tags))]
-
-    return finish, one
-
-
-def _steps_stage(p: Pipeline, steps: list[Step], finish: _Finish, one: Stage) -> Stage:
-    """The stage of a vertex running stateless steps (or none: a sink's encoding only)."""
-    resolved = [(s.computation, _direct(s.computation, _method(s)), s.multi, _method(s),
-                 _where(p, s)) for s in steps]
-    if not resolved:
-        return one
-
-    def stage(obj: Any, msg_id: str, key: str | None, serialize: bool) -> list[Out]:
-        objs = [obj]
-        for comp, fn, multi, method, where in resolved:
-            nxt: list[Any] = []
-            for o in objs:
-                try:
-                    result = fn(o)
-                except UserCodeError:
-                    raise
-                except Exception as exc:
-                    raise _user_error(where, comp, method, exc) from exc
-                if result is None:
-                    continue
-                if not multi:
-                    nxt.append(result)
-                elif isinstance(result, list):
-                    nxt.extend([r for r in result if r is not None])
-                else:
-                    raise _not_a_list(where, comp, result)
-            if not nxt:
-                return []
-            objs = nxt
-        return finish(objs, serialize)
-
-    return stage
-
-
-def _state_stage(
-    program: VertexProgram, p: Pipeline, step: Step, finish: _Finish, one: Stage
-) -> Stage:
-    """Apply a state step once per message id; a redelivered id gets its recorded outputs.
-
-    Ids and outputs are only recorded with a durable store: without one nothing survives the
-    process that could be redelivered, so there is nothing to look up or record."""
-    spec = step.state
-    assert spec is not None
-    where = _where(p, step)
-    comp, method, multi = step.computation, _method(step), step.multi
-    fn = _direct(comp, method)
-    keyer = _keyer(where, step) if spec.partitioned else None
-    declared = program._declared.get(spec.name)
-    states = program.states
-    entries = states.entries(spec.name)
-    durable = states.durable
-
-    def stage(obj: Any, msg_id: str, key: str | None, serialize: bool) -> list[Out]:
-        if keyer is None:
-            key = SINGLE_KEY
-        elif key is None:
-            key = keyer(obj)
-        if declared is not None and key not in declared:
-            program.unknown_keys += 1
-            log.warning(
-                "%s: partition key %r is not among the declared partition_keys; message %s "
-                "dropped (%d so far). Declare the key or leave partition_keys out for keys "
-                "made on demand.", where, key, msg_id or "?", program.unknown_keys,
-            )
-            return []
-        entry = entries.get(key)
-        if entry is None:
-            entry = states.entry(spec, key)
-        if durable and msg_id:
-            recorded = entry.outputs_for(msg_id)
-            if recorded is not None:
-                program.replayed += 1
-                log.info("%s: message %s is already in the state of key %r: not applied again, "
-                         "its %s re-emitted", where, msg_id, key, "outputs")
-                return program._replay(recorded, serialize)
-        try:
-            result = fn(obj, entry.obj)
-        except UserCodeError:
-            raise
-        except Exception as exc:
-            raise _user_error(where, comp, method, exc) from exc
-        if not isinstance(result, tuple) or len(result) != 2:
-            raise UserCodeError(
-                f"{where}: a state computation must return (output, save_state), got "
-                f"{type(result).__name__} from {_fn_of(comp, 'compute')}"
-            )
-        output, save = result
-        if output is None:
-            outs: list[Out] = []
-        elif not multi:
-            outs = one(output, msg_id, None, serialize)
-        elif isinstance(output, list):
-            outs = finish([r for r in output if r is not None], serialize)
-        else:
-            raise _not_a_list(where, comp, output)
-        if durable:
-            states.applied(spec, key, entry, msg_id, save is True,
-                           program._record(outs, serialize))
-        return outs
-
-    return stage
-
-
-def _encoders(p: Pipeline, index: int) -> tuple[_Finish, Stage]:
-    """A sink's encoder applied to each output (``encode(objs, serialize)``) or to one
-    (``one(obj, msg_id, key, serialize)``): bytes (str is UTF-8 encoded), and for a Kafka sink
-    ``(value, key[, partition])`` too; None writes nothing. Encoded outputs are always bytes."""
-    sink = p.sinks[index]
-    enc = sink.encoder
-    fn = _direct(enc, "encode")
-    where = f"pipeline {p.name!r} encoder"
-    kafka = sink.kind == "kafka"
-
-    def call(obj: Any) -> Any:
-        try:
-            return fn(obj)
-        except UserCodeError:
-            raise
-        except Exception as exc:
-            raise _user_error(where, enc, "encode", exc) from exc
-
-    def convert(data: Any) -> Out:
-        """What the encoder returned, other than None and plain bytes for a TCP sink."""
-        key: Any = None
-        if kafka and isinstance(data, tuple):  # (value, key[, partition])
-            data, key = (data + (None,))[:2]
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        if not isinstance(data, _BYTES):
-            raise UserCodeError(
-                f"{where}: {_fn_of(enc, 'encode')} must return bytes or str, got "
-                f"{type(data).__name__}"
-            )
-        if isinstance(key, str):
-            key_s: tuple[str, ...] = (key,)
-        elif isinstance(key, (bytes, bytearray)):
-            key_s = (bytes(key).decode("utf-8", "replace"),)
-        else:
-            key_s = ()
-        return Out(bytes(data), key_s)
-
-    def encode(objs: list[Any], serialize: bool) -> list[Out]:
-        outs = []
-        for obj in objs:
-            data = call(obj)
-            if data is None:
-                continue
-            # plain bytes for a TCP sink is the common case, checked first
-            outs.append(_new(Out, (data, (), ())) if type(data) is bytes and not kafka
-                        else convert(data))
-        return outs
-
-    def one(obj: Any, msg_id: str, key: str | None, serialize: bool) -> list[Out]:
-        try:
-            data = fn(obj)  # inline (not ``call``): one frame less for every sink message
-        except UserCodeError:
-            raise
-        except Exception as exc:
-            raise _user_error(where, enc, "encode", exc) from exc
-        if data is None:
-            return []
-        if type(data) is bytes and not kafka:
-            return [_new(Out, (data, (), ()))]
-        return [convert(data)]
-
-    return encode, one
+# Out, SINGLE_KEY and Stage live with the stages that make them and are part of this module's API.
+__all__ = ["SINGLE_KEY", "Out", "Stage", "VertexProgram"]
 
 
 class VertexProgram:
@@ -349,7 +51,7 @@ class VertexProgram:
             for name, spec in app.states().items()
             if spec.keys
         }
-        self._compiled = {w.pipeline: _Compiled(self, w) for w in vertex.works}
+        self._compiled = {w.pipeline: Compiled(self, w) for w in vertex.works}
         self._only = next(iter(self._compiled.values())) if len(self._compiled) == 1 else None
 
     @property
@@ -370,7 +72,7 @@ class VertexProgram:
         """
         return self._compile(pipeline).stage
 
-    def _compile(self, pipeline: int | None) -> _Compiled:
+    def _compile(self, pipeline: int | None) -> Compiled:
         found = self._compiled.get(pipeline) if pipeline is not None else None
         if found is not None:
             return found
@@ -397,7 +99,7 @@ class VertexProgram:
             except UserCodeError:
                 raise
             except Exception as exc:
-                raise _user_error(f"pipeline {c.p.name!r} decoder", decoder, "decode", exc) from exc
+                raise user_error(f"pipeline {c.p.name!r} decoder", decoder, "decode", exc) from exc
             if obj is None:
                 return []
         else:
@@ -439,10 +141,3 @@ class VertexProgram:
         # (An encoded sink output is never recorded: state vertices do not encode.)
         loads = self.codec.loads
         return [Out(loads(o.value), o.keys, o.tags) for o in outs]
-
-
-def _not_a_list(where: str, comp: Any, result: Any) -> UserCodeError:
-    return UserCodeError(
-        f"{where}: compute_multi must return a list, got "
-        f"{type(result).__name__} from {_fn_of(comp, 'compute_multi')}"
-    )

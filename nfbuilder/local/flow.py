@@ -1,0 +1,261 @@
+"""How the engine moves messages: routing between vertices and the source, map and sink workers.
+
+A source message gets a :class:`Token`; every message derived from it shares that token, and the
+source offset is acked once the count drops to zero (all written by a sink or dropped). Routing
+follows the plan's edges: tag conditions, DROP, and a key hash into the partitions of an ordered
+vertex. A replica that fails a call keeps the message for redelivery and reports the failure to the
+supervisor through ``on_failure``.
+
+::
+
+    flow = Flow(vertices, replicas, read_batch=500, read_timeout_ms=100,
+                on_failure=supervisor.failed)
+    task = asyncio.ensure_future(flow.map_worker(replicas["double"][0]))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from nfbuilder.local.clients import ClientError, SinkDatum
+from nfbuilder.local.process import Replica
+from nfbuilder.plan import Vertex
+from nfbuilder.runtime.messages import DROP
+
+log = logging.getLogger("nfbuilder.engine")
+
+
+class Token:
+    """Counts the live messages derived from one source message; acks it at zero."""
+
+    __slots__ = ("count", "offset", "src")
+
+    def __init__(self, src: SourceState, offset: tuple[bytes, int]) -> None:
+        self.src, self.offset, self.count = src, offset, 1
+
+    def add(self, n: int) -> None:
+        self.count += n
+        if self.count <= 0:
+            self.src.done.append(self.offset)
+
+
+@attrs.define(slots=True)
+class Msg:
+    """One message in flight between two vertices."""
+
+    id: str
+    value: bytes
+    keys: tuple[str, ...]
+    event_time_ns: int
+    meta: Any
+    token: Token
+
+
+@attrs.define
+class SourceState:
+    """A source replica and the offsets whose messages are all done (to ack on the next read)."""
+
+    replica: Replica
+    done: list[tuple[bytes, int]] = attrs.Factory(list)
+
+
+@attrs.frozen
+class SourceResult:
+    """A source record seen as a map result, so routing treats both alike."""
+
+    record: Any
+
+    @property
+    def value(self) -> bytes:
+        return self.record.payload  # type: ignore[no-any-return]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.record.keys)
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def user_metadata(self) -> Any:
+        return self.record.user_metadata
+
+
+def child_id(vertex: str, parent: str, index: int) -> str:
+    """The id of the ``index``-th result of ``parent`` sent to ``vertex``: the same on a retry."""
+    digest = hashlib.blake2b(parent.encode(), digest_size=8).hexdigest()
+    return f"{vertex}-{digest}-{index}"
+
+
+class Flow:
+    """Routes results along the plan's edges and runs the workers that drive each replica.
+
+    ``vertices`` and ``replicas`` are the engine's own dicts (filled while it builds); ``edges``
+    is filled by the engine too. ``on_failure(replica, exc)`` is called when a call fails.
+    """
+
+    def __init__(self, vertices: dict[str, Vertex], replicas: dict[str, list[Replica]], *,
+                 read_batch: int, read_timeout_ms: int,
+                 on_failure: Callable[[Replica, BaseException], None]) -> None:
+        self.vertices = vertices
+        self.replicas = replicas
+        self.edges: dict[str, list[Any]] = defaultdict(list)
+        self.sources: list[SourceState] = []
+        self.read_batch = read_batch
+        self.read_timeout_ms = read_timeout_ms
+        self.on_failure = on_failure
+        self.delivered = 0
+        self.entered = 0
+        self.last_move = time.monotonic()
+        #: set by the engine's drain: sources stop reading
+        self.draining = False
+
+    def in_flight(self) -> int:
+        """Messages queued or waiting for redelivery, over all replicas."""
+        return sum(
+            r.queue.qsize() + len(r.redeliver) for reps in self.replicas.values() for r in reps
+        )
+
+    async def route(self, vertex: str, parent_id: str, token: Token, results: Any) -> None:
+        """Send each of ``results`` (of ``vertex``) along the edges its tags select."""
+        outs: list[tuple[Replica, Msg]] = []
+        for i, r in enumerate(results):
+            if DROP in r.tags:
+                continue
+            for edge in self.edges[vertex]:
+                if edge.tags and not set(edge.tags).intersection(r.tags):
+                    continue
+                dst = self.vertices[edge.dst]
+                msg = Msg(child_id(edge.dst, parent_id, i), r.value, tuple(r.keys),
+                          time.time_ns(), r.user_metadata, token)
+                reps = self.replicas.get(edge.dst)
+                if reps is None:  # blackhole
+                    continue
+                idx = zlib.crc32(":".join(msg.keys).encode()) % len(reps) if dst.ordered else 0
+                outs.append((reps[idx], msg))
+        token.add(len(outs) - 1)
+        for rep, msg in outs:
+            await rep.queue.put(msg)
+        self.last_move = time.monotonic()
+
+    async def _next(self, rep: Replica) -> Msg:
+        while True:
+            await rep.ready.wait()
+            if rep.redeliver:
+                return rep.redeliver.popleft()  # type: ignore[no-any-return]
+            try:
+                return await asyncio.wait_for(rep.queue.get(), 0.2)
+            except asyncio.TimeoutError:
+                continue
+
+    async def _call_map(self, rep: Replica, msg: Msg) -> Any:
+        """The map results of ``msg``, or None when the replica failed (msg is redelivered)."""
+        try:
+            return await rep.client.map(msg.id, msg.keys, msg.value, msg.event_time_ns,
+                                        None, None, msg.meta)
+        except (ClientError, AttributeError) as exc:
+            rep.redeliver.append(msg)
+            self.on_failure(rep, exc)
+            return None
+
+    async def map_worker(self, rep: Replica) -> None:
+        """Up to ``in_flight`` requests at once (one for ordered vertices, as numa drives them);
+        results are routed in arrival order, as a serial Wallaroo step would emit them, so an
+        ordered vertex downstream sees each key's messages in order."""
+        calls: asyncio.Queue[tuple[Msg, asyncio.Future[Any]]] = asyncio.Queue(rep.spec.in_flight)
+
+        async def route_in_order() -> None:
+            while True:
+                msg, call = await calls.get()
+                results = await call
+                if results is not None:
+                    rep.processed += 1
+                    await self.route(rep.spec.vertex, msg.id, msg.token, results)
+                calls.task_done()
+
+        router = asyncio.ensure_future(route_in_order())
+        try:
+            while True:
+                msg = await self._next(rep)
+                await calls.put((msg, asyncio.ensure_future(self._call_map(rep, msg))))
+                if rep.spec.ordered:
+                    await calls.join()
+        finally:
+            router.cancel()
+
+    async def sink_worker(self, rep: Replica) -> None:
+        """Write batches of up to ``read_batch`` messages; retry failed writes with backoff."""
+        backoff = 0.05
+        while True:
+            batch = [await self._next(rep)]
+            while len(batch) < self.read_batch:
+                if rep.redeliver:
+                    batch.append(rep.redeliver.popleft())
+                elif not rep.queue.empty():
+                    batch.append(rep.queue.get_nowait())
+                else:
+                    break
+            while batch:
+                data = [SinkDatum(m.id, m.value, m.keys, m.event_time_ns,
+                                  user_metadata=m.meta or {}) for m in batch]
+                try:
+                    outcome = await rep.client.write(data)
+                except (ClientError, AttributeError) as exc:
+                    rep.redeliver.extendleft(reversed(batch))
+                    self.on_failure(rep, exc)
+                    break
+                failed = [m for m in batch if not outcome[m.id][0]]
+                for m in batch:
+                    if outcome[m.id][0]:
+                        rep.processed += 1
+                        self.delivered += 1
+                        m.token.add(-1)
+                self.last_move = time.monotonic()
+                if failed:
+                    log.debug("%s: %d writes failed (%s); retrying", rep.spec.label, len(failed),
+                              outcome[failed[0].id][1])
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                else:
+                    backoff = 0.05
+                batch = failed
+
+    async def source_worker(self, src: SourceState) -> None:
+        """Ack what is done, read a batch, route it; until the engine drains."""
+        rep = src.replica
+        while not self.draining:
+            await rep.ready.wait()
+            try:
+                if src.done:
+                    done, src.done = src.done, []
+                    await rep.client.ack(done)
+                records = await rep.client.read(self.read_batch, self.read_timeout_ms)
+            except (ClientError, AttributeError) as exc:
+                self.on_failure(rep, exc)
+                continue
+            for r in records:
+                token = Token(src, (r.offset, r.partition_id))
+                msg_id = f"{rep.spec.vertex}-{base64.b64encode(r.offset).decode()}-0"
+                self.entered += 1
+                rep.processed += 1
+                await self.route(rep.spec.vertex, msg_id, token, [SourceResult(r)])
+
+    async def ack_leftovers(self) -> None:
+        """Ack the offsets done since the sources' last read (after a drain: all of them)."""
+        for src in self.sources:
+            if src.done and src.replica.client is not None:
+                done, src.done = src.done, []
+                with contextlib.suppress(ClientError):
+                    await src.replica.client.ack(done)

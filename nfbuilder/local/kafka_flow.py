@@ -1,0 +1,101 @@
+"""The engine's side of Numaflow's built-in Kafka source and sink.
+
+A Kafka source vertex has no source process: the engine consumes the topic itself, sends each
+record through the vertex's transformer process (concurrently, retried until it answers, routed in
+record order) and commits the prefix of offsets whose messages are all done. A Kafka sink vertex is
+a :class:`~nfbuilder.local.kafka.KafkaSinkReplica` driven by the ordinary sink worker.
+
+::
+
+    sources = KafkaSources(flow)
+    await sources.open("in", kafka_source_spec(graph, doc, v), replicas["in"][0])
+    task = asyncio.ensure_future(sources.worker("in"))
+    ...
+    await sources.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from nfbuilder.local.clients import ClientError
+from nfbuilder.local.flow import Flow, SourceState, Token
+from nfbuilder.local.kafka import (
+    KafkaConsumer,
+    KafkaRecord,
+    KafkaSinkReplica,
+    KafkaSourceSpec,
+    kafka_sink_spec,
+    parse_offset,
+)
+from nfbuilder.local.process import Replica, ReplicaSpec
+from nfbuilder.plan import PipelineDoc, Vertex, VertexGraph
+
+log = logging.getLogger("nfbuilder.engine")
+
+
+def kafka_sink_replica(graph: VertexGraph, doc: PipelineDoc, v: Vertex, work_dir: Path,
+                       index: int) -> KafkaSinkReplica:
+    """The in-engine replica that writes the Kafka sink vertex ``v`` to its topic."""
+    spec = ReplicaSpec(doc.name, v.name, "kafka-sink", 0, ())
+    return KafkaSinkReplica(spec, kafka_sink_spec(graph, doc, v), work_dir, index)
+
+
+class KafkaSources:
+    """The consumers of the Kafka source vertices, each with its transformer replica."""
+
+    def __init__(self, flow: Flow) -> None:
+        self.flow = flow
+        self.consumers: dict[str, tuple[KafkaConsumer, SourceState]] = {}
+
+    async def open(self, name: str, spec: KafkaSourceSpec, transformer: Replica) -> None:
+        """Join the consumer group of vertex ``name``; raises KafkaUnavailable."""
+        consumer = await KafkaConsumer.open(spec)
+        self.consumers[name] = (consumer, SourceState(transformer))
+
+    async def worker(self, name: str) -> None:
+        """Consume, transform (concurrently, routed in record order), commit the done prefix."""
+        consumer, src = self.consumers[name]
+        flow = self.flow
+        rep = src.replica
+        while not flow.draining:
+            _mark_done(src, consumer)
+            await consumer.commit()
+            records = await consumer.poll(flow.read_batch, flow.read_timeout_ms)
+            outs = await asyncio.gather(*(self._transform(rep, r) for r in records))
+            for r, results in zip(records, outs, strict=True):
+                flow.entered += 1
+                rep.processed += 1
+                token = Token(src, (r.offset_bytes, r.partition))
+                await flow.route(rep.spec.vertex, f"{rep.spec.vertex}-{r.offset_id}", token,
+                                 results)
+
+    async def _transform(self, rep: Replica, r: KafkaRecord) -> Any:
+        while True:  # numa retries a record until its transformer answers
+            await rep.ready.wait()
+            try:
+                return await rep.client.transform(r.offset_id, r.keys, r.value, r.event_time_ns,
+                                                  headers=r.headers)
+            except (ClientError, AttributeError) as exc:
+                self.flow.on_failure(rep, exc)
+                await asyncio.sleep(0.05)  # a stopping replica stays "ready": do not spin
+
+    async def close(self) -> None:
+        """Commit what is done (after a drain: everything) and leave the consumer groups."""
+        for name, (consumer, src) in self.consumers.items():
+            _mark_done(src, consumer)
+            try:
+                await consumer.close()
+            except Exception as exc:  # noqa: BLE001 - a broker gone at shutdown is not fatal
+                log.warning("Kafka source %s: close failed: %s", name, exc)
+
+
+def _mark_done(src: SourceState, consumer: KafkaConsumer) -> None:
+    """Hand the offsets done since last time to the consumer's commit tracker."""
+    done, src.done = src.done, []
+    for offset, _ in done:
+        _, partition, number = parse_offset(offset)
+        consumer.tracker.done(partition, number)
