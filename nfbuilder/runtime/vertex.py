@@ -166,7 +166,7 @@ class TcpSourceHandler:
         return [self.partition]
 
 
-def sink_handler(program: VertexProgram, writer: Any) -> Any:
+def sink_handler(program: VertexProgram, writer: Any, peer: str) -> Any:
     """An async sink handler: encode each datum, write the bytes, SUCCESS/FAILURE per id."""
     single = program.pipelines[0] if len(program.pipelines) == 1 else None
 
@@ -182,7 +182,7 @@ def sink_handler(program: VertexProgram, writer: Any) -> Any:
         results = []
         for msg_id, a, b in spans:
             ok = all(written[a:b])
-            why = "" if ok else f"could not write to {writer.peer}"
+            why = "" if ok else f"could not write to {peer}"
             results.append(SinkResult(msg_id, ok, why))
         return results
 
@@ -228,8 +228,7 @@ def serve_vertex(
 
         sink: Any = p.sinks[vertex.works[0].encode or 0]
         writer = TcpSinkWriter(sink.host, int(sink.port))
-        writer.peer = f"{sink.host}:{sink.port}"  # type: ignore[attr-defined]
-        return serve("sink", sink_handler(program, writer), settings)
+        return serve("sink", sink_handler(program, writer, f"{sink.host}:{sink.port}"), settings)
     print(f"nfbuilder serve: vertex {vertex_name!r} is a Numaflow built-in ({vertex.role}); "
           "it has no container to serve", file=sys.stderr)
     return 2
