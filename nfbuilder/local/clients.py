@@ -34,9 +34,8 @@ from nfbuilder.local.rpc import (
     UdfStreamError,
     UserMetadata,
     connect,
-    metadata_pb,
+    request_fields,
     stream_error,
-    timestamp_pb,
     to_ns,
     user_metadata_of,
     wait_ready,
@@ -212,14 +211,7 @@ class MapClient:
         user_metadata: UserMetadata | None = None,
     ) -> list[Result]:
         """Map one message; returns its results (an empty list means "consumed, no output")."""
-        fields: dict[str, Any] = {"keys": keys, "value": value,
-                                  "event_time": timestamp_pb(event_time_ns)}
-        if watermark_ns is not None:
-            fields["watermark"] = timestamp_pb(watermark_ns)
-        if headers:
-            fields["headers"] = headers
-        if user_metadata:
-            fields["metadata"] = metadata_pb(user_metadata)
+        fields = request_fields(keys, value, event_time_ns, watermark_ns, headers, user_metadata)
         request = map_pb2.MapRequest(id=id, request=map_pb2.MapRequest.Request(**fields))
         response = await self._stream.call(id, request)
         return [
@@ -272,14 +264,8 @@ class TransformClient:
         user_metadata: UserMetadata | None = None,
     ) -> list[TransformResult]:
         """Transform one source message; returns at least one result, each with an event time."""
-        fields: dict[str, Any] = {"id": id, "keys": keys, "value": value,
-                                  "event_time": timestamp_pb(event_time_ns)}
-        if watermark_ns is not None:
-            fields["watermark"] = timestamp_pb(watermark_ns)
-        if headers:
-            fields["headers"] = headers
-        if user_metadata:
-            fields["metadata"] = metadata_pb(user_metadata)
+        fields = request_fields(keys, value, event_time_ns, watermark_ns, headers, user_metadata,
+                                id=id)
         request = sourcetransform_pb2.SourceTransformRequest(
             request=sourcetransform_pb2.SourceTransformRequest.Request(**fields))
         response = await self._stream.call(id, request)

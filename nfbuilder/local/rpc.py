@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -211,3 +211,27 @@ def metadata_pb(user_metadata: UserMetadata) -> metadata_pb2.Metadata:
 def user_metadata_of(message: Any) -> dict[str, dict[str, bytes]]:
     """The user metadata of a result/record message with a ``metadata`` field, as plain dicts."""
     return {group: dict(kv.key_value) for group, kv in message.metadata.user_metadata.items()}
+
+
+def request_fields(
+    keys: Sequence[str],
+    value: bytes,
+    event_time_ns: int,
+    watermark_ns: int | None = None,
+    headers: Mapping[str, str] | None = None,
+    user_metadata: UserMetadata | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The fields numa puts in a map/transformer/sink request body; absent ones are left unset.
+
+        map_pb2.MapRequest.Request(**request_fields(("k",), b"x", event_time_ns=0))
+    """
+    fields: dict[str, Any] = {"keys": keys, "value": value,
+                              "event_time": timestamp_pb(event_time_ns), **extra}
+    if watermark_ns is not None:
+        fields["watermark"] = timestamp_pb(watermark_ns)
+    if headers:
+        fields["headers"] = headers
+    if user_metadata:
+        fields["metadata"] = metadata_pb(user_metadata)
+    return fields

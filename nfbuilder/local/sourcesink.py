@@ -32,9 +32,8 @@ from nfbuilder.local.rpc import (
     UdfProtocolError,
     UdfStreamError,
     UserMetadata,
-    metadata_pb,
+    request_fields,
     stream_error,
-    timestamp_pb,
     to_ns,
     user_metadata_of,
 )
@@ -314,15 +313,9 @@ class SourceClient:
 
 
 def _sink_request(datum: SinkDatum) -> sink_pb2.SinkRequest.Request:
-    fields: dict[str, Any] = {"id": datum.id, "keys": datum.keys, "value": datum.value,
-                              "event_time": timestamp_pb(datum.event_time_ns)}
-    if datum.watermark_ns is not None:
-        fields["watermark"] = timestamp_pb(datum.watermark_ns)
-    if datum.headers:
-        fields["headers"] = datum.headers
-    if datum.user_metadata:
-        fields["metadata"] = metadata_pb(datum.user_metadata)
-    return sink_pb2.SinkRequest.Request(**fields)
+    return sink_pb2.SinkRequest.Request(**request_fields(
+        datum.keys, datum.value, datum.event_time_ns, datum.watermark_ns, datum.headers,
+        datum.user_metadata, id=datum.id))
 
 
 def _sink_outcome(stream: _SerialStream, result: Any) -> tuple[bool, str]:
