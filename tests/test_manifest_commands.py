@@ -31,7 +31,9 @@ from nfbuilder.plan import PlanOptions, plan
 APPS = ["reverse", "celsius", "celsius_kafka", "alphabet", "alphabet_partitioned", "word_count",
         "market_spread", "sequence_window"]
 
-# spec key of the container -> (socket, server-info file, NUMAFLOW_UD_CONTAINER_TYPE, client)
+# spec key of the container -> (socket, server-info file, NUMAFLOW_UD_CONTAINER_TYPE, client).
+# Written out from the contract's table on purpose, not taken from runtime.server: this test is
+# the independent check that the paths the servers use are the ones numa looks for.
 KINDS: dict[str, tuple[str, str, str, Any]] = {
     "udsource": ("source.sock", "sourcer-server-info", "udsource", SourceClient),
     "transformer": ("sourcetransform.sock", "sourcetransformer-server-info", "transformer",

@@ -17,7 +17,7 @@ import signal
 import sys
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -30,14 +30,9 @@ from nfbuilder.local.clients import (
     wait_ready,
 )
 from nfbuilder.local.serverinfo import wait_server_info
+from nfbuilder.runtime.server import UD_CONTAINER_TYPES, Kind, endpoint_for
+from nfbuilder.runtime.settings import Settings
 
-# container kind -> (socket, server-info file, NUMAFLOW_UD_CONTAINER_TYPE)
-ENDPOINTS = {
-    "map": ("map.sock", "mapper-server-info", "udf"),
-    "sink": ("sink.sock", "sinker-server-info", "udsink"),
-    "source": ("source.sock", "sourcer-server-info", "udsource"),
-    "sourcetransformer": ("sourcetransform.sock", "sourcetransformer-server-info", "transformer"),
-}
 START_DEADLINE_S = 60.0
 
 
@@ -45,7 +40,7 @@ START_DEADLINE_S = 60.0
 class ReplicaSpec:
     doc: str
     vertex: str
-    kind: str  # map | sink | source | sourcetransformer
+    kind: str  # map | sink | source | sourcetransformer (kafka-sink: no process, see kafka_flow)
     replica: int
     command: tuple[str, ...]
     ordered: bool = False
@@ -78,11 +73,14 @@ class Replica:
         self.stopping = False
 
     async def start(self) -> None:
-        sock, info, ud_type = ENDPOINTS[self.spec.kind]
+        # the same socket and server-info paths the server derives from its environment
+        kind = cast(Kind, self.spec.kind)
+        ud_type = UD_CONTAINER_TYPES[kind]
+        endpoint = endpoint_for(kind, Settings(str(self.dir), container_type=ud_type))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in (self.dir / info,):
-            stale.unlink(missing_ok=True)
+        # A restarted replica must not find its predecessor's file before the server replaces it.
+        Path(endpoint.info_path).unlink(missing_ok=True)  # noqa: ASYNC240 - a local unlink
         env = {
             **os.environ,
             **self.env,
@@ -107,7 +105,7 @@ class Replica:
         finally:
             log.close()
         info_task = asyncio.ensure_future(
-            wait_server_info(self.dir / info, poll_s=0.05, deadline_s=START_DEADLINE_S)
+            wait_server_info(endpoint.info_path, poll_s=0.05, deadline_s=START_DEADLINE_S)
         )
         died = asyncio.ensure_future(self.proc.wait())
         done, _ = await asyncio.wait({info_task, died}, return_when=asyncio.FIRST_COMPLETED)
@@ -116,7 +114,8 @@ class Replica:
             raise ReplicaDied(self, self.proc.returncode)
         died.cancel()
         server_info = info_task.result()
-        self.channel = await connect(self.dir / sock, retry_s=0.05, deadline_s=START_DEADLINE_S)
+        self.channel = await connect(endpoint.socket_path, retry_s=0.05,
+                                     deadline_s=START_DEADLINE_S)
         if self.spec.kind == "map":
             from nfbuilder._proto import map_pb2_grpc
 

@@ -40,6 +40,10 @@ log = logging.getLogger("nfbuilder.runtime")
 
 Kind = Literal["map", "sourcetransformer", "source", "sink"]
 KINDS: tuple[Kind, ...] = ("map", "sourcetransformer", "source", "sink")
+#: NUMAFLOW_UD_CONTAINER_TYPE the controller gives the (primary) container of each kind
+UD_CONTAINER_TYPES: dict[Kind, str] = {
+    "map": "udf", "sourcetransformer": "transformer", "source": "udsource", "sink": "udsink",
+}
 
 #: The end marker numa requires right after the JSON: these 13 ASCII characters, literally
 #: "U+005C" then "__END__" (not a backslash: numa and pynumaflow compare this exact string).
