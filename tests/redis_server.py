@@ -7,9 +7,7 @@ which a SIGTERM shutdown flushes, so data survives :meth:`RedisServer.restart`.
 Without `redis-server` on PATH the tests using it are skipped, unless the environment variable
 ``CI`` is set (to anything but ``0``/``false``): then they fail, so CI cannot skip them silently.
 
-Example (in a test module or conftest)::
-
-    from redis_server import redis_server  # noqa: F401  (the fixture)
+Example (tests/conftest.py registers this module as a plugin, so every test can ask for it)::
 
     def test_x(redis_server):
         client = redis.Redis.from_url(redis_server.url)

@@ -26,9 +26,6 @@ def test_app_end_to_end(name: str, tmp_path) -> None:
 
 def test_kill_9_stateless_map_loses_nothing(tmp_path) -> None:
     """kill -9 the map process mid-run: it is restarted and every message still arrives."""
-    data = importlib.import_module("apps.data.reverse")
-    inputs = [[data.frame(f"w{i:05d}".encode()) for i in range(3000)]] if hasattr(data, "frame") \
-        else None
     from apps.data import frame
 
     inputs = [[frame(f"w{i:05d}".encode()) for i in range(3000)]]

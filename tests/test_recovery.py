@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from engine_harness import run_app_on_engine
-from redis_server import RedisServer, start_redis_server
+from redis_server import RedisServer
 
 KILLS = 3
 
@@ -22,11 +22,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/state.db"
         return
-    server: RedisServer = start_redis_server(tmp_path / "redis")
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    server: RedisServer = request.getfixturevalue("redis_server")
+    yield server.url
 
 
 def killer(vertex: str, total: int):  # type: ignore[no-untyped-def]

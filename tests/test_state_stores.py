@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis_server import RedisServer, require_redis_server, start_redis_server
+from redis_server import RedisServer, require_redis_server
 
 from nfbuilder.runtime.state import (
     Snapshot,
@@ -31,15 +31,6 @@ from nfbuilder.runtime.state import (
 from nfbuilder.runtime.state.redis_store import hash_name
 
 OpenStore = Callable[..., StateStore]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = start_redis_server(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "redis", "memory"])

@@ -7,8 +7,6 @@ process does.
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
 from nfbuilder.topology import Application
@@ -155,7 +153,3 @@ def _summary(app: Application, v: Vertex) -> str:
     elif v.kind == MAP:
         extra = f"; autoscaled to {v.max_replicas:d}" if v.max_replicas > 1 else "; 1 replica"
     return f"{v.kind}/{v.role} " + "; ".join(parts) + extra
-
-
-def describe_value(value: Any) -> str:
-    return getattr(value, "__qualname__", repr(value))
