@@ -89,9 +89,11 @@ class StateTable:
                             entry.pending)
             entry.persisted.update(entry.pending)
             entry.pending = {}
-            if len(entry.persisted) > window:  # keep what the store keeps: the newest ids
-                for old in list(entry.persisted)[: len(entry.persisted) - window]:
-                    del entry.persisted[old]
+            # keep what the store keeps, the newest ids: drop the oldest (dicts keep insertion
+            # order), only as many as this save added beyond the window
+            persisted = entry.persisted
+            while len(persisted) > window:
+                del persisted[next(iter(persisted))]
 
     def keys(self, state_name: str) -> list[str]:
         return list(self._by_name.get(state_name, ()))
