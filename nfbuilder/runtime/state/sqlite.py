@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -126,7 +127,7 @@ class SqliteStore:
             ) from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _enable_wal(conn, timeout)
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL was refused")
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -203,3 +204,21 @@ class SqliteStore:
             f"cannot {action} state {state_name!r} key {key!r} in SQLite state store "
             f"{self.url_for_display} (file {self.path}): {exc}; {hint}"
         )
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> str:
+    """Switch ``conn``'s database to WAL; returns the journal mode SQLite reports.
+
+    SQLite can answer "database is locked" to the switch at once, without waiting for the busy
+    timeout, while another process opens the same file (two partitions of a vertex starting
+    together): retry until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
