@@ -2,9 +2,10 @@
 
 One object per (state name, key), built with ``State()`` on first use or loaded from the store's
 last snapshot. The ids of messages applied since the last snapshot, with the outputs each
-produced, are kept and written with the next snapshot in the same atomic write. A redelivered
-message whose id is already reflected in the state is therefore not applied again; its recorded
-outputs are returned instead, so nothing downstream is lost::
+produced, are kept (the newest ``store.id_window`` of them, as many as the store keeps) and
+written with the next snapshot in the same atomic write. A redelivered message whose id is
+already reflected in the state is therefore not applied again; its recorded outputs are returned
+instead, so nothing downstream is lost::
 
     table = StateTable(open_store("sqlite:///s.db", namespace="app"), codec)
     entry = table.entry(spec, "a")
@@ -81,10 +82,15 @@ class StateTable:
         with every pending id and its outputs when ``save``. No effect without a store."""
         if self.store is None:
             return
+        window = self.store.id_window
         if msg_id:
-            entry.pending[msg_id] = outputs
+            pending = entry.pending
+            pending[msg_id] = outputs
+            # a step that never saves must not grow without bound: keep the newest ``window``
+            # ids (what the store would keep of them), dropping the oldest (insertion order)
+            if len(pending) > window:
+                del pending[next(iter(pending))]
         if save:
-            window = self.store.id_window
             self.store.save(spec.name, key, self.codec.dumps(entry.obj), list(entry.pending),
                             entry.pending)
             entry.persisted.update(entry.pending)
