@@ -56,11 +56,11 @@ import attrs
 
 from nfbuilder._harness import BYTES, Graph
 from nfbuilder.codec import Codec
-from nfbuilder.loader import AppLoadError, load_app
+from nfbuilder.loader import AppLoadError, app_from_actions, load_app
 from nfbuilder.plan.names import slug
 from nfbuilder.runtime.core import SINGLE_KEY
 from nfbuilder.runtime.statetable import StateTable
-from nfbuilder.topology import Application, from_actions
+from nfbuilder.topology import Application
 
 __all__ = ["RunResult", "run", "run_app"]
 
@@ -194,12 +194,8 @@ def _load(app: AppLike, args: Sequence[str]) -> tuple[Application, Codec]:
     # Exceptions from the user's own setup (e.g. WallarooParameterError) propagate unchanged:
     # in a unit test the original traceback is what the user wants to see.
     actions = setup([name, *args])
-    if not isinstance(actions, list) or not actions or not isinstance(actions[0], tuple):
-        raise AppLoadError(
-            f"{getattr(setup, '__qualname__', setup)!s} returned {type(actions).__name__}, not "
-            "the list from ab.build(). End it with 'return ab.build()'."
-        )
-    return from_actions(actions), Codec.for_module(module)
+    who = str(getattr(setup, "__qualname__", setup))
+    return app_from_actions(actions, returned_by=who, where=who), Codec.for_module(module)
 
 
 def _feed_order(
