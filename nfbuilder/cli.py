@@ -169,12 +169,15 @@ def _graph(ns: argparse.Namespace, app_args: list[str]) -> int:
 
 
 def _validate(ns: argparse.Namespace) -> int:
+    from nfbuilder.emit.manifest_schema import MissingDependencyError
     from nfbuilder.emit.validate import check_file
 
     bad = 0
     for path in ns.files:
         try:
             findings = check_file(path)
+        except MissingDependencyError as exc:
+            raise _UserError(str(exc)) from None
         except OSError as exc:
             raise _UserError(f"{path}: {exc.strerror}") from None
         for finding in findings:

@@ -19,15 +19,22 @@ import functools
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
+if TYPE_CHECKING:  # imported on first use: the 'validate' extra is optional
+    import jsonschema
 
 SCHEMA_FILE = Path(__file__).parent / "data" / "pipeline-crd-v1.8.3.schema.json"
 SCHEMA_NAME = "Numaflow v1.8.3 Pipeline CRD schema"
 
 Issue = tuple[str, str]
 """A finding before it is tied to a document: (path, message)."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional package needed for this check is not installed; ``str()`` says what to
+    install, e.g. ``pip install 'nfbuilder[validate]'``."""
+
 
 _INT_RANGES = {
     "int32": (-(2**31), 2**31 - 1),
@@ -66,6 +73,13 @@ def load_schema() -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1)
 def _validator() -> jsonschema.Draft4Validator:
+    try:
+        import jsonschema
+    except ImportError:
+        raise MissingDependencyError(
+            "checking a manifest against the Numaflow CRD schema needs the jsonschema package, "
+            "which is not installed: pip install 'nfbuilder[validate]'"
+        ) from None
     # No check_schema(): the file is a fixed, known-good structural schema; checking costs time.
     return jsonschema.Draft4Validator(load_schema())
 

@@ -20,16 +20,14 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar, cast
+from types import ModuleType
+from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
 from urllib.parse import urlsplit
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from nfbuilder.runtime.state.store import (
     DEFAULT_ID_WINDOW,
@@ -38,6 +36,9 @@ from nfbuilder.runtime.state.store import (
     StateStoreError,
     mask_url,
 )
+
+if TYPE_CHECKING:  # imported on first use (RedisStore.open): the 'redis' extra is optional
+    import redis
 
 log = logging.getLogger("nfbuilder.state")
 
@@ -88,16 +89,47 @@ if #dropped > 0 then redis.call('HDEL', KEYS[1], unpack(dropped)) end
 return #kept
 """
 
-# Errors after which the same command may succeed: the server is restarting, loading its AOF,
-# failing over, or the network dropped. Authentication problems are not transient.
-_TRANSIENT = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,
-)
-_PERMANENT = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
+class _Errors(NamedTuple):
+    """redis-py's exception classes, sorted by what a failed call should do next."""
+
+    transient: tuple[type[Exception], ...]  # retry: the same command may succeed later
+    permanent: tuple[type[Exception], ...]  # give up now, with a hint about credentials
+    any: type[Exception]  # every other redis-py error: give up now
+
+
+def _import_redis(shown: str) -> ModuleType:
+    """The redis-py package, or StateStoreError saying how to install it."""
+    try:
+        import redis
+        import redis.backoff
+        import redis.retry
+    except ImportError:
+        raise StateStoreError(
+            f"Redis state store {shown} needs the redis package, which is not installed: "
+            "pip install 'nfbuilder[redis]' (or use a sqlite:/// store)"
+        ) from None
+    return redis
+
+
+@functools.cache
+def _errors() -> _Errors:
+    """redis-py's errors by kind, looked up once redis is known to be installed."""
+    import redis
+
+    return _Errors(
+        # the server is restarting, loading its AOF, failing over, or the network dropped
+        transient=(
+            redis.ConnectionError,
+            redis.TimeoutError,
+            redis.exceptions.ReadOnlyError,
+            redis.exceptions.TryAgainError,
+            redis.exceptions.ClusterDownError,
+        ),
+        # authentication problems are not transient
+        permanent=(redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError),
+        any=redis.RedisError,
+    )
+
 
 _OPEN_PING_TIMEOUT_S = 2.0
 _MAX_BACKOFF_S = 1.0
@@ -136,6 +168,7 @@ class RedisStore:
         self.id_window = id_window
         self.timeout = timeout
         self._client = client
+        self._errors = _errors()
         self._save_script = client.register_script(_SAVE_LUA)
         parts = urlsplit(url)
         self._address = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
@@ -151,13 +184,14 @@ class RedisStore:
     ) -> RedisStore:
         """Connect to `url` and PING it once, failing fast with StateStoreError if unreachable."""
         shown = mask_url(url)
+        redis_py = _import_redis(shown)
         try:
-            client = redis.Redis.from_url(
+            client = redis_py.Redis.from_url(
                 url,
                 socket_connect_timeout=min(timeout, _OPEN_PING_TIMEOUT_S),
                 socket_timeout=min(timeout, 5.0),
                 # Our own loop retries until `timeout`; redis-py's retries would only add delay.
-                retry=Retry(NoBackoff(), 0),
+                retry=redis_py.retry.Retry(redis_py.backoff.NoBackoff(), 0),
             )
         except ValueError as exc:
             raise StateStoreError(
@@ -173,7 +207,7 @@ class RedisStore:
         store = cls(client, url=url, namespace=namespace, id_window=id_window, timeout=timeout)
         try:
             client.ping()
-        except redis.RedisError as exc:
+        except store._errors.any as exc:
             client.close()
             raise store._error("connect to", exc, retried=False) from exc
         return store
@@ -220,15 +254,16 @@ class RedisStore:
         self._client.close()
 
     def _retrying(self, action: str, call: Callable[[], T]) -> T:
+        errors = self._errors
         deadline = time.monotonic() + self.timeout
         delay = 0.02
         failures = 0
         while True:
             try:
                 result = call()
-            except _PERMANENT as exc:
+            except errors.permanent as exc:
                 raise self._error(action, exc, retried=False) from exc
-            except _TRANSIENT as exc:
+            except errors.transient as exc:
                 failures += 1
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -241,7 +276,7 @@ class RedisStore:
                 time.sleep(min(delay, remaining))
                 delay = min(delay * 2, _MAX_BACKOFF_S)
                 continue
-            except redis.RedisError as exc:
+            except errors.any as exc:
                 raise self._error(action, exc, retried=False) from exc
             if failures:
                 log.warning(
@@ -251,9 +286,9 @@ class RedisStore:
             return result
 
     def _error(self, action: str, exc: Exception, *, retried: bool) -> StateStoreError:
-        if isinstance(exc, _PERMANENT):
+        if isinstance(exc, self._errors.permanent):
             hint = "check the user and password in the store URL (or its Secret)"
-        elif isinstance(exc, _TRANSIENT):
+        elif isinstance(exc, self._errors.transient):
             hint = f"is redis-server running at {self._address} and reachable from here?"
         else:
             hint = "check the Redis server's log and configuration"
