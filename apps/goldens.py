@@ -51,14 +51,13 @@ def render(name: str) -> str:
     default options."""
     # Imported here so that listing ARGS does not import nfbuilder.
     from nfbuilder.emit.artifacts import render_artifacts
-    from nfbuilder.emit.manifest import AppRef
     from nfbuilder.loader import load_app
-    from nfbuilder.plan import PlanOptions, plan
+    from nfbuilder.plan import AppRef, PlanOptions, plan
 
     if name not in ARGS:
         raise KeyError(f"no golden args for app {name!r}; known apps: {', '.join(sorted(ARGS))}")
     args = ARGS[name]
     loaded = load_app(str(app_path(name)), args)
-    graph = plan(loaded.app, PlanOptions())
-    files = render_artifacts(graph, AppRef(loaded.module_name, args))
+    graph = plan(loaded.app, PlanOptions(), AppRef(loaded.module_name, tuple(args)))
+    files = render_artifacts(graph)
     return files["pipeline.yaml"].decode()

@@ -118,10 +118,10 @@ def serve_echo(sock_dir: Path) -> None:
 def map_vertex_name() -> str:
     """The map vertex of bench/identity_app.py, as the planner names it."""
     from nfbuilder.loader import load_app
-    from nfbuilder.plan import MAP, plan
+    from nfbuilder.plan import MapVertex, plan
 
     graph = plan(load_app("bench.identity_app", APP_ARGS).app)
-    return next(v.name for v in graph.vertices() if v.kind == MAP)
+    return next(v.name for v in graph.vertices() if isinstance(v, MapVertex))
 
 
 def server_command(name: str, sock_dir: Path, ours_cmd: str | None) -> list[str]:

@@ -21,16 +21,26 @@ from typing import Any
 import attrs
 
 from nfbuilder.codec import Codec
-from nfbuilder.plan import SINK, SOURCE, PlanOptions, Vertex, plan
+from nfbuilder.plan import (
+    BlackholeVertex,
+    KafkaSinkVertex,
+    PlanOptions,
+    Router,
+    SinkVertex,
+    SourceVertex,
+    StateVertex,
+    TcpSourceVertex,
+    Vertex,
+    output_id,
+    plan,
+)
 from nfbuilder.runtime.core import Out, VertexProgram
 from nfbuilder.runtime.errors import UserCodeError
 from nfbuilder.runtime.framing import FrameParser, FramingError
-from nfbuilder.runtime.messages import DROP
 from nfbuilder.runtime.statetable import StateTable
 from nfbuilder.topology import Application
 
 BYTES = (bytes, bytearray, memoryview)  # an input item of these types is payload bytes
-_BUILT_IN_SINKS = ("kafka", "blackhole")
 
 
 #: ``call(value, msg_id, key, serialize) -> outputs``: one vertex's work for one pipeline
@@ -46,8 +56,7 @@ class _Node:
     name: str
     vertex: Vertex
     program: VertexProgram
-    # (destination, tag condition or None for unconditional)
-    routes: list[tuple[_Node, frozenset[str] | None]] = attrs.Factory(list)
+    router: Router
     collect: list[bytes] | None = None  # a sink's output list
     read: int = 0
     delivers: dict[int, _Deliver] = attrs.Factory(dict)  # per pipeline, made by the graph
@@ -58,10 +67,10 @@ class _Node:
     keyed: bool = attrs.field(init=False)  # a partitioned state vertex: takes the message's key
 
     def __attrs_post_init__(self) -> None:
-        self.built_in_sink = self.vertex.kind == SINK and self.vertex.role in _BUILT_IN_SINKS
-        self.stateful = self.vertex.state is not None
-        spec = self.program.app.states().get(self.vertex.state or "")
-        self.keyed = spec is not None and spec.partitioned
+        v = self.vertex
+        self.built_in_sink = isinstance(v, (KafkaSinkVertex, BlackholeVertex))
+        self.stateful = isinstance(v, StateVertex)
+        self.keyed = isinstance(v, StateVertex) and v.state.partitioned
 
 
 class Graph:
@@ -74,7 +83,6 @@ class Graph:
 
     def __init__(self, app: Application, codec: Codec, table: StateTable, fuse: bool,
                  serialize: bool) -> None:
-        self.app = app
         self.codec = codec
         self.serialize = serialize
         self.ids = table.store is not None  # without a durable store no step reads an id
@@ -85,33 +93,32 @@ class Graph:
         graph = plan(app, PlanOptions(fuse=fuse))
         for doc in graph.docs:
             for v in doc.vertices:
-                node = _Node(v.name, v, VertexProgram(app, v, codec, table))
-                if v.kind == SINK and v.role != "blackhole":
+                node = _Node(v.name, v, VertexProgram(v, codec, table),
+                             Router(doc.edges_from(v.name)))
+                if isinstance(v, SinkVertex) and not isinstance(v, BlackholeVertex):
                     node.collect = self.outputs.setdefault(v.name, [])
-                if v.kind == SOURCE:
+                if isinstance(v, SourceVertex):
                     for w in v.works:
                         self.sources[w.pipeline] = node
                 self.nodes[v.name] = node
-            for e in doc.edges:
-                cond = frozenset(e.tags) if e.tags else None
-                self.nodes[e.src].routes.append((self.nodes[e.dst], cond))
 
     def unknown_keys(self) -> dict[str, int]:
-        return {n.name: n.program.unknown_keys for n in self.nodes.values() if n.vertex.state}
+        return {n.name: n.program.unknown_keys for n in self.nodes.values() if n.stateful}
 
     def feed(self, pipeline: int, items: Sequence[Any]) -> None:
-        p = self.app.pipelines[pipeline]
         source = self.sources[pipeline]
         program = source.program
+        work = source.vertex.work_for(pipeline)
+        pipeline_name = work.pipeline_name
         # Bytes are decoded by the source; an object enters the source's work after its decoder.
         from_bytes = self._deliver(source, pipeline, functools.partial(program.process, pipeline))
         from_object = self._deliver(source, pipeline, program.stage(pipeline))
         parser = None
-        if p.source.kind == "tcp":
-            decoder = p.source.decoder
+        if isinstance(source.vertex, TcpSourceVertex):
+            decoder = work.decoder
             parser = FrameParser(decoder.header_length(), decoder.payload_length)
         for i, item in enumerate(items):
-            self._item = (i, p.name)
+            self._item = (i, pipeline_name)
             if not isinstance(item, BYTES):
                 # Faithfully, the object crossed a hop as a payload (which catches objects a
                 # deployment could not send).
@@ -126,9 +133,9 @@ class Graph:
                     parser.at_eof()
                 except FramingError as exc:
                     raise UserCodeError(
-                        f"pipeline {p.name!r} decoder: input item {i} is not framed as the decoder "
-                        f"expects: {exc}. Give whole frames (header + payload) as a TCP sender "
-                        "sends them, or the decoded object instead of bytes"
+                        f"pipeline {pipeline_name!r} decoder: input item {i} is not framed as "
+                        f"the decoder expects: {exc}. Give whole frames (header + payload) as "
+                        "a TCP sender sends them, or the decoded object instead of bytes"
                     ) from exc
             for payload in payloads:
                 from_bytes(payload, None, "", source.read, 0)
@@ -161,11 +168,16 @@ class Graph:
                     else program.stage(pipeline))
         run = call
         ids = self.ids and node.stateful
-        routes = [(self._deliver(dst, pipeline), cond, dst.keyed) for dst, cond in node.routes]
+        router = node.router
+        # every destination's deliver, made up front (the plan's edges say which ones)
+        targets = {dst: (self._deliver(self.nodes[dst], pipeline), self.nodes[dst].keyed)
+                   for dst in router.all}
         located = self._located
-        if len(routes) == 1 and routes[0][1] is None and collect is None:
-            return self._keep(node, pipeline, own, _chain(node, run, ids, routes[0], serialize,
+        if router.always is not None and len(router.always) == 1 and collect is None:
+            return self._keep(node, pipeline, own, _chain(node, run, ids,
+                                                          targets[router.always[0]], serialize,
                                                           located))
+        destinations = router.destinations
 
         def deliver(value: Any, key: str | None, producer: str, n: int, i: int) -> None:
             read = node.read
@@ -179,11 +191,9 @@ class Graph:
                     collect.append(out[0])
                 return
             for j, out in enumerate(outs):
-                tags = out[2]
-                if not (tags and DROP in tags):
-                    for nxt, cond, keyed in routes:
-                        if cond is None or not cond.isdisjoint(tags):
-                            nxt(out[0], out[1][0] if keyed and out[1] else None, name, read, j)
+                for dst in destinations(out[2]):
+                    nxt, keyed = targets[dst]
+                    nxt(out[0], out[1][0] if keyed and out[1] else None, name, read, j)
 
         return self._keep(node, pipeline, own, deliver)
 
@@ -203,12 +213,13 @@ class Graph:
         )
 
 
-def _chain(node: _Node, run: _Call, ids: bool, route: tuple[_Deliver, Any, bool],
+def _chain(node: _Node, run: _Call, ids: bool, route: tuple[_Deliver, bool],
            serialize: bool, located: Callable[..., UserCodeError]) -> _Deliver:
     """``deliver`` for a vertex with one unconditional destination: the common chain link,
     without the route loop (the per-hop cost of the harness is mostly this function)."""
-    nxt, _, keyed = route
+    nxt, keyed = route
     name = node.name
+    destinations = node.router.destinations
 
     def deliver(value: Any, key: str | None, producer: str, n: int, i: int) -> None:
         read = node.read
@@ -218,7 +229,8 @@ def _chain(node: _Node, run: _Call, ids: bool, route: tuple[_Deliver, Any, bool]
         except UserCodeError as exc:
             raise located(exc, node, producer, n, i) from exc
         for j, (out, keys, tags) in enumerate(outs):
-            if not (tags and DROP in tags):
+            # untagged outputs (most) go to the one destination; tagged ones ask the router
+            if not tags or destinations(tags):
                 nxt(out, keys[0] if keyed and keys else None, name, read, j)
 
     return deliver
@@ -226,4 +238,4 @@ def _chain(node: _Node, run: _Call, ids: bool, route: tuple[_Deliver, Any, bool]
 
 def _msg_id(producer: str, n: int, i: int) -> str:
     """``<vertex>-<n>-<i>``; a source's own read is named by its offset ``n``."""
-    return f"{producer}-{n}-{i}" if producer else str(n)
+    return output_id(producer, n, i) if producer else str(n)

@@ -88,36 +88,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "validate":
             return _validate(ns)
         if ns.command == "serve":
-            from nfbuilder.runtime.vertex import serve_vertex
-
-            return serve_vertex(ns.app, ns.vertex, app_args, fuse=ns.fuse)
+            return _serve(ns, app_args)
         if ns.command == "run":
-            from nfbuilder.local.engine import run_cli
-
-            return run_cli(ns, app_args)
+            return _run(ns, app_args)
     except _UserError as exc:
         print(f"nfbuilder {ns.command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.code
     return EXIT_USAGE
 
 
 class _UserError(Exception):
-    pass
+    """What the user gave cannot be used: printed as one line, exit ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-def _load(spec: str, args: list[str], ns: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _load_app(spec: str, args: list[str]):  # type: ignore[no-untyped-def]
     from nfbuilder.dsl import WallarooParameterError
     from nfbuilder.loader import AppLoadError, load_app
-    from nfbuilder.plan import PlanOptions, plan
 
     try:
-        loaded = load_app(spec, args)
+        return load_app(spec, args)
     except AppLoadError as exc:
         raise _UserError(str(exc)) from None
     except WallarooParameterError as exc:  # raised by build() outside application_setup frames
         raise _UserError(f"{spec}: {exc}") from None
+
+
+def _options(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from nfbuilder.plan import PlanOptions
+
     try:
-        options = PlanOptions(
+        return PlanOptions(
             image=getattr(ns, "image", "nfbuilder-app:latest"),
             namespace=getattr(ns, "namespace", None),
             partitions=ns.partitions,
@@ -128,13 +132,72 @@ def _load(spec: str, args: list[str], ns: argparse.Namespace):  # type: ignore[n
         )
     except ValueError as exc:
         raise _UserError(f"bad option: {exc}") from None
-    return loaded, plan(loaded.app, options)
+
+
+def _load(spec: str, args: list[str], ns: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from nfbuilder.plan import AppRef, plan
+
+    options = _options(ns)
+    loaded = _load_app(spec, args)
+    return loaded, plan(loaded.app, options, AppRef(loaded.module_name, loaded.args))
+
+
+def _serve(ns: argparse.Namespace, app_args: list[str]) -> int:
+    import logging
+
+    from nfbuilder.runtime.settings import Settings, SettingsError
+    from nfbuilder.runtime.state.store import StateStoreError
+    from nfbuilder.runtime.vertex import PlanMismatch, build_program, serve_program
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        raise _UserError(str(exc)) from None
+    loaded = _load_app(ns.app, app_args)
+    try:
+        program = build_program(loaded, ns.vertex, fuse=ns.fuse,
+                                state_store=settings.state_store, digest=settings.plan_digest)
+    except KeyError as exc:
+        raise _UserError(str(exc.args[0])) from None
+    except PlanMismatch as exc:
+        raise _UserError(str(exc)) from None
+    except StateStoreError as exc:  # unreachable store: say which (password masked) and stop
+        raise _UserError(f"vertex {ns.vertex!r}: {exc}", code=1) from None
+    try:
+        return serve_program(program, settings)
+    except PlanMismatch as exc:
+        raise _UserError(str(exc)) from None
+
+
+def _run(ns: argparse.Namespace, app_args: list[str]) -> int:
+    import asyncio
+    import logging
+
+    from nfbuilder.local.engine import Engine, EngineError, EngineOptions
+
+    for name in ("until_idle", "max_messages"):
+        value = getattr(ns, name)
+        if value is not None and value <= 0:
+            flag = "--" + name.replace("_", "-")
+            raise _UserError(f"bad option: {flag} must be > 0, got {value}")
+    options = EngineOptions(
+        plan=_options(ns), until_idle=ns.until_idle, max_messages=ns.max_messages,
+        quiet=ns.quiet, work_dir=ns.work_dir,
+    )
+    loaded = _load_app(ns.app, app_args)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        return asyncio.run(Engine(loaded, options).run())
+    except EngineError as exc:
+        raise _UserError(str(exc), code=1) from None
 
 
 def _compile(ns: argparse.Namespace, app_args: list[str]) -> int:
     from nfbuilder import __version__
     from nfbuilder.emit.artifacts import render_artifacts, write_artifacts
-    from nfbuilder.emit.manifest import AppRef
 
     store = ns.state_store or ""
     if store.split(":", 1)[0].lower() in ("redis", "rediss"):
@@ -144,15 +207,12 @@ def _compile(ns: argparse.Namespace, app_args: list[str]) -> int:
             "compile with --state-store-secret NAME[:KEY]"
         )
     loaded, graph = _load(ns.app, app_args, ns)
-    files = render_artifacts(
-        graph, AppRef(loaded.module_name, tuple(app_args)), app_file=loaded.path,
-        version=__version__,
-    )
+    files = render_artifacts(graph, app_file=loaded.path, version=__version__)
     write_artifacts(files, ns.output)
     for line in graph.describe():
         print(line)
     store = graph.options.state_store_secret or graph.options.state_store
-    if any(v.state for v in graph.vertices()) and not store:
+    if any(v.state_name for v in graph.vertices()) and not store:
         print("note: no --state-store given: state vertices use memory:// (not durable); "
               "use --state-store-secret NAME for a Redis URL kept in a Secret", file=sys.stderr)
     print(f"wrote {ns.output}/pipeline.yaml, {ns.output}/Dockerfile and "

@@ -10,7 +10,7 @@ import pytest
 
 import nfbuilder as wallaroo
 from nfbuilder.codec import Codec
-from nfbuilder.plan import Vertex, plan
+from nfbuilder.plan import MapVertex, StateVertex, TcpSinkVertex, Vertex, plan
 from nfbuilder.runtime.core import Out, VertexProgram
 from nfbuilder.runtime.errors import UserCodeError
 from nfbuilder.runtime.state import open_store
@@ -70,8 +70,9 @@ def _app(encoder: Any = line) -> Application:
 def _programs(app: Application, store: Any = None) -> dict[str, VertexProgram]:
     table = StateTable(store, CODEC)
     vertices: list[Vertex] = list(plan(app).vertices())
-    by_role = {("state" if v.state else v.kind): v for v in vertices if v.kind != "source"}
-    return {role: VertexProgram(app, v, CODEC, table) for role, v in by_role.items()}
+    role = {MapVertex: "map", StateVertex: "state", TcpSinkVertex: "sink"}
+    by_role = {role[type(v)]: v for v in vertices if type(v) in role}
+    return {r: VertexProgram(v, CODEC, table) for r, v in by_role.items()}
 
 
 def test_out_is_a_plain_triple() -> None:
@@ -110,7 +111,7 @@ def test_without_a_store_no_ids_or_outputs_are_recorded() -> None:
     state = _programs(_app())["state"]
     for n in range(3):
         state.process_object(0, "apple", f"v-{n}-0", "a")
-    entry = state.states.entry(state.app.states()["words"], "a")
+    entry = state.states.entry(state.vertex.state, "a")  # type: ignore[attr-defined]
     assert entry.pending == {} and entry.persisted == {}
     assert not state.states.durable
     # the same id again is applied again: nothing could have been redelivered
@@ -149,8 +150,8 @@ def test_dsl_wrappers_are_called_through_but_overrides_are_honoured() -> None:
     ab.to(loud)
     ab.to_sink(wallaroo.TCPSinkConfig("127.0.0.1", "7002", number))
     app = from_actions(ab.build())
-    vertex = next(v for v in plan(app).vertices() if v.kind == "map")
-    prog = VertexProgram(app, vertex, CODEC, StateTable(None, CODEC))
+    vertex = next(v for v in plan(app).vertices() if isinstance(v, MapVertex))
+    prog = VertexProgram(vertex, CODEC, StateTable(None, CODEC))
     assert prog.process_object(0, "hi", serialize=False) == [Out("HI")]
 
 
@@ -174,8 +175,8 @@ def test_a_vertex_of_several_pipelines_needs_the_pipeline() -> None:
         ab.to_state_partition(count, Words, "words", first, None)
         ab.to_sink(wallaroo.TCPSinkConfig("127.0.0.1", str(7002 + i), line))
     app = from_actions(ab.build())
-    vertex = next(v for v in plan(app).vertices() if v.state)
-    prog = VertexProgram(app, vertex, CODEC, StateTable(None, CODEC))
+    vertex = next(v for v in plan(app).vertices() if isinstance(v, StateVertex))
+    prog = VertexProgram(vertex, CODEC, StateTable(None, CODEC))
     assert prog.process_object(1, "x", serialize=False)[0].value == ("x", 1)
     with pytest.raises(UserCodeError, match=r"serves pipelines \[0, 1\] and got a message for "
                        r"pipeline None; the message lost its pipeline metadata"):

@@ -14,10 +14,10 @@ import yaml
 import nfbuilder
 from nfbuilder import ApplicationBuilder
 from nfbuilder.emit.artifacts import render_artifacts
-from nfbuilder.emit.manifest import AppRef, dump_yaml, emit, serve_command
+from nfbuilder.emit.manifest import dump_yaml, emit
 from nfbuilder.emit.validate import check_documents
 from nfbuilder.loader import load_app
-from nfbuilder.plan import PlanOptions, VertexGraph, plan
+from nfbuilder.plan import AppRef, PlanOptions, VertexGraph, plan, serve_command
 from nfbuilder.topology import from_actions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,13 +36,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
 
 def app_graph(name: str, **options: Any) -> tuple[VertexGraph, AppRef]:
     loaded = load_app(str(goldens.app_path(name)), goldens.ARGS[name])
-    return plan(loaded.app, PlanOptions(**options)), AppRef(loaded.module_name, loaded.args)
+    ref = AppRef(loaded.module_name, loaded.args)
+    return plan(loaded.app, PlanOptions(**options), ref), ref
 
 
 def emitted(name: str, **options: Any) -> list[dict[str, Any]]:
     """Emit, dump and load back: what a cluster would read."""
     graph, ref = app_graph(name, **options)
-    return list(yaml.safe_load_all(dump_yaml(emit(graph, ref))))
+    return list(yaml.safe_load_all(dump_yaml(emit(graph))))
 
 
 def pipelines(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -64,8 +65,8 @@ def container_of(vertex: dict[str, Any]) -> dict[str, Any]:
 
 
 def hand_built(ab: ApplicationBuilder, **options: Any) -> list[dict[str, Any]]:
-    graph = plan(from_actions(ab.build()), PlanOptions(**options))
-    return list(yaml.safe_load_all(dump_yaml(emit(graph, AppRef("handmade", ("--x",))))))
+    graph = plan(from_actions(ab.build()), PlanOptions(**options), AppRef("handmade", ("--x",)))
+    return list(yaml.safe_load_all(dump_yaml(emit(graph))))
 
 
 # ------------------------------------------------------------ validity
@@ -105,7 +106,7 @@ def test_emit_is_deterministic() -> None:
     for name in goldens.ARGS:
         a, ref = app_graph(name)
         b, _ = app_graph(name)
-        assert dump_yaml(emit(a, ref)) == dump_yaml(emit(b, ref))
+        assert dump_yaml(emit(a)) == dump_yaml(emit(b))
 
 
 # ------------------------------------------------------------ what the objects say
@@ -122,7 +123,7 @@ def test_container_command_is_exactly_the_serve_command() -> None:
 
 
 def test_fused_command_asks_for_fusion() -> None:
-    assert serve_command(AppRef("m", ("--in", "h:1")), "v", fuse=True) == [
+    assert list(serve_command(AppRef("m", ("--in", "h:1")), "v", fuse=True)) == [
         "python", "-m", "nfbuilder", "serve", "--app", "m", "--vertex", "v", "--fuse",
         "--", "--in", "h:1"]
     c = container_of(vertices(emitted("celsius", fuse=True))["source"])
@@ -155,12 +156,12 @@ def test_to_is_scale_one_and_to_parallel_is_scale_max() -> None:
 def test_state_store_secret_uses_secret_key_ref_and_no_url() -> None:
     graph, ref = app_graph("word_count", state_store_secret="st:url",
                            state_store="redis://user:hunter2@redis:6379/0")
-    text = dump_yaml(emit(graph, ref))
+    text = dump_yaml(emit(graph))
     assert "hunter2" not in text and "redis://" not in text
     env = container_of(vertices(list(yaml.safe_load_all(text)))["word-totals"])["env"]
     assert {"name": "NFBUILDER_STATE_STORE",
             "valueFrom": {"secretKeyRef": {"name": "st", "key": "url"}}} in env
-    files = render_artifacts(graph, ref)
+    files = render_artifacts(graph)
     assert b'"redis>=5"' in files["Dockerfile"]
 
 
@@ -219,7 +220,9 @@ def test_market_spread_edges_carry_tag_conditions() -> None:
          "conditions": {"tags": {"operator": "or", "values": ["orders"]}}},
         {"from": "market-data-source", "to": "symbol-data"},
     ]
-    assert p["metadata"]["annotations"] == {"nfbuilder.io/application": "market-spread"}
+    graph, _ = app_graph("market_spread")
+    assert p["metadata"]["annotations"] == {"nfbuilder.io/application": "market-spread",
+                                            "nfbuilder.io/plan-digest": graph.digest}
 
 
 def test_blackhole_and_two_documents() -> None:
@@ -240,7 +243,7 @@ def test_namespace_image_and_labels() -> None:
 
 def test_yaml_has_no_nulls_and_no_aliases() -> None:
     graph, ref = app_graph("market_spread")
-    text = dump_yaml(emit(graph, ref))
+    text = dump_yaml(emit(graph))
     assert "null" not in text and "&id" not in text and "*id" not in text
     assert text.startswith("---\napiVersion: numaflow.numaproj.io/v1alpha1\nkind: Pipeline\n")
 
@@ -250,7 +253,7 @@ def test_yaml_has_no_nulls_and_no_aliases() -> None:
 
 def test_artifacts_have_an_entrypoint_per_container_vertex() -> None:
     graph, ref = app_graph("celsius_kafka")
-    files = render_artifacts(graph, ref, app_file=str(goldens.app_path("celsius_kafka")))
+    files = render_artifacts(graph, app_file=str(goldens.app_path("celsius_kafka")))
     with_container = {v.name for v in graph.vertices() if v.container}
     assert with_container == {"source", "multiply-by-1-8", "add-32", "encode"}  # not the kafka sink
     assert {f for f in files if f.startswith("entrypoints/")} == {

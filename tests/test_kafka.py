@@ -24,7 +24,7 @@ from nfbuilder.loader import load_app
 from nfbuilder.local import kafka as kafka_mod
 from nfbuilder.local.engine import Engine, EngineError, EngineOptions
 from nfbuilder.local.kafka import KafkaRecord, OffsetTracker, parse_offset
-from nfbuilder.plan import PlanOptions
+from nfbuilder.plan import KafkaSourceVertex, PlanOptions
 
 KEYED_APP = '''
 import nfbuilder as wallaroo
@@ -240,7 +240,8 @@ def test_without_confluent_kafka_the_error_says_what_to_install(
     import sys
 
     monkeypatch.setitem(sys.modules, "confluent_kafka", None)  # makes the import fail
-    spec = kafka_mod.KafkaSourceSpec("source", "in", ("127.0.0.1:9092",), "g")
+    spec = KafkaSourceVertex(name="source", works=(), topic="in",
+                             brokers=("127.0.0.1:9092",), consumer_group="g")
     with pytest.raises(kafka_mod.KafkaUnavailable) as err:
         asyncio.run(kafka_mod.KafkaConsumer.open(spec))
     assert str(err.value) == (

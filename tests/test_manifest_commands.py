@@ -15,7 +15,6 @@ import yaml
 from engine_harness import ROOT, free_port
 
 from nfbuilder.emit.artifacts import render_artifacts
-from nfbuilder.emit.manifest import AppRef
 from nfbuilder.loader import load_app
 from nfbuilder.local.clients import (
     MapClient,
@@ -26,7 +25,7 @@ from nfbuilder.local.clients import (
     wait_ready,
 )
 from nfbuilder.local.serverinfo import wait_server_info
-from nfbuilder.plan import PlanOptions, plan
+from nfbuilder.plan import AppRef, PlanOptions, plan
 
 APPS = ["reverse", "celsius", "celsius_kafka", "alphabet", "alphabet_partitioned", "word_count",
         "market_spread", "sequence_window"]
@@ -120,7 +119,7 @@ async def start_and_handshake(vertex: str, kind: str, container: dict[str, Any],
 def test_every_vertex_starts_from_its_manifest_command(name: str, tmp_path: Path) -> None:
     args = app_args(name)
     loaded = load_app(os.path.join(ROOT, "apps", f"{name}.py"), args)
-    files = render_artifacts(plan(loaded.app, PlanOptions()), AppRef(name, tuple(args)))
+    files = render_artifacts(plan(loaded.app, PlanOptions(), AppRef(name, tuple(args))))
     docs = [d for d in yaml.safe_load_all(files["pipeline.yaml"]) if d["kind"] == "Pipeline"]
     found = [c for d in docs for c in containers(d)]
     assert found, "the manifest has no user container"

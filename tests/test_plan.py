@@ -13,7 +13,22 @@ import wallaroo_objects as w
 import nfbuilder
 from nfbuilder import ApplicationBuilder
 from nfbuilder.loader import load_app
-from nfbuilder.plan import MAP, SINK, SOURCE, PipelineDoc, PlanOptions, Vertex, VertexGraph, plan
+from nfbuilder.plan import (
+    BlackholeVertex,
+    KafkaEncoderVertex,
+    KafkaSinkVertex,
+    KafkaSourceVertex,
+    MapVertex,
+    PipelineDoc,
+    PlanOptions,
+    SourceVertex,
+    StateVertex,
+    TcpSinkVertex,
+    TcpSourceVertex,
+    Vertex,
+    VertexGraph,
+    plan,
+)
 from nfbuilder.topology import from_actions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +57,12 @@ def edges(doc: PipelineDoc) -> list[tuple[str, str, tuple[str, ...]]]:
     return [(e.src, e.dst, e.tags) for e in doc.edges]
 
 
-def shape(v: Vertex) -> tuple[str, str, str | None]:
-    return (v.kind, v.role, v.container)
+def shape(v: Vertex) -> tuple[type, str | None]:
+    return (type(v), v.container.service if v.container else None)
+
+
+def steps(v: Vertex) -> tuple[str, ...]:
+    return v.works[0].step_names
 
 
 def one_pipeline() -> ApplicationBuilder:
@@ -56,24 +75,27 @@ def one_pipeline() -> ApplicationBuilder:
 def test_tcp_source_is_a_udsource() -> None:
     doc = only_doc(plan_of(one_pipeline().to(w.double).to_sink(w.tcp_sink())))
     src = doc.vertex("source")
-    assert shape(src) == (SOURCE, "udsource", "source")
+    assert shape(src) == (TcpSourceVertex, "source")
     assert src.works[0].decode and src.works[0].steps == ()
+    assert isinstance(src, TcpSourceVertex) and (src.host, src.port) == ("127.0.0.1", 7010)
     assert src.max_replicas == 1
 
 
 def test_kafka_source_is_builtin_kafka_with_a_transformer() -> None:
     ab = ApplicationBuilder("K").new_pipeline("p", w.kafka_source()).to(w.double)
     doc = only_doc(plan_of(ab.to_sink(w.tcp_sink())))
-    assert shape(doc.vertex("source")) == (SOURCE, "kafka", "sourcetransformer")
-    assert doc.vertex("source").works[0].decode
+    src = doc.vertex("source")
+    assert shape(src) == (KafkaSourceVertex, "sourcetransformer")
+    assert src.works[0].decode
+    assert isinstance(src, KafkaSourceVertex) and src.consumer_group == f"{doc.name}-source"
 
 
 def test_to_is_a_serial_map() -> None:
     doc = only_doc(plan_of(one_pipeline().to(w.double).to_sink(w.tcp_sink()), max_replicas=9))
     v = doc.vertex("double")
-    assert shape(v) == (MAP, "udf", "map")
-    assert (v.max_replicas, v.ordered, v.state, v.partitions) == (1, False, None, 1)
-    assert v.works[0].steps == (0,)
+    assert shape(v) == (MapVertex, "map")
+    assert (v.max_replicas, v.ordered, v.state_name, v.partitions) == (1, False, None, 1)
+    assert steps(v) == ("double",)
 
 
 def test_to_parallel_is_autoscaled_up_to_the_option() -> None:
@@ -86,8 +108,8 @@ def test_to_stateful_is_ordered_with_one_partition() -> None:
     ab = one_pipeline().to_stateful(w.count, w.Counter, "Counts").to_sink(w.tcp_sink())
     doc = only_doc(plan_of(ab, partitions=5))
     v = doc.vertex("counts")  # named after the state
-    assert shape(v) == (MAP, "udf", "map")
-    assert (v.state, v.ordered, v.partitions, v.max_replicas) == ("Counts", True, 1, 1)
+    assert shape(v) == (StateVertex, "map")
+    assert (v.state_name, v.ordered, v.partitions, v.max_replicas) == ("Counts", True, 1, 1)
     assert doc.vertex("source").works[0].key_by is None  # one state object: no keys needed
 
 
@@ -97,25 +119,28 @@ def test_to_state_partition_is_ordered_with_p_partitions_and_upstream_key_by(kin
     getattr(ab, kind)(w.count, w.Counter, "parts", w.by_parity, [0, 1]).to_sink(w.tcp_sink())
     doc = only_doc(plan_of(ab, partitions=3))
     v = doc.vertex("parts")
-    assert (v.state, v.ordered, v.partitions) == ("parts", True, 3)
-    # the vertex before the state vertex keys its outputs with step 1's partition function
-    assert doc.vertex("double").works[0].key_by == 1
+    assert (v.state_name, v.ordered, v.partitions) == ("parts", True, 3)
+    # the vertex before the state vertex keys its outputs with the state step's partition function
+    key_by = doc.vertex("double").works[0].key_by
+    assert key_by is not None and key_by.state is not None
+    assert key_by.state.partition_function is w.by_parity
     assert doc.vertex("source").works[0].key_by is None
 
 
 def test_tcp_sink_is_a_udsink_that_encodes() -> None:
     doc = only_doc(plan_of(one_pipeline().to(w.double).to_sink(w.tcp_sink())))
     v = doc.vertex("sink")
-    assert shape(v) == (SINK, "udsink", "sink")
-    assert v.works[0].encode == 0
+    assert shape(v) == (TcpSinkVertex, "sink")
+    assert v.works[0].sink is not None and v.works[0].sink.encoder is w.tcp_sink().encoder
     assert edges(doc) == [("source", "double", ()), ("double", "sink", ())]
 
 
 def test_kafka_sink_is_an_encoder_map_then_builtin_kafka_sink() -> None:
     doc = only_doc(plan_of(one_pipeline().to(w.double).to_sink(w.kafka_sink())))
     enc, out = doc.vertex("encode"), doc.vertex("sink")
-    assert shape(enc) == (MAP, "udf", "map") and enc.works[0].encode == 0
-    assert shape(out) == (SINK, "kafka", None)  # built-in: no container of ours
+    assert shape(enc) == (KafkaEncoderVertex, "map") and enc.works[0].sink is not None
+    assert shape(out) == (KafkaSinkVertex, None)  # built-in: no container of ours
+    assert isinstance(out, KafkaSinkVertex) and out.set_key
     assert edges(doc)[-2:] == [("double", "encode", ()), ("encode", "sink", ())]
 
 
@@ -123,10 +148,14 @@ def test_to_sinks_is_one_sink_vertex_per_config_with_unconditioned_edges() -> No
     ab = one_pipeline().to(w.double).to_sinks([w.tcp_sink("7002"), w.tcp_sink("7003"),
                                                 w.kafka_sink()])
     doc = only_doc(plan_of(ab))
-    assert [(v.name, v.role, v.works[0].encode) for v in doc.vertices if v.name != "source"
-            and v.name != "double"] == [
-        ("sink", "udsink", 0), ("sink-2", "udsink", 1), ("encode-3", "udf", 2), ("sink-3", "kafka",
-                                                                                 None)]
+    rest = [v for v in doc.vertices if v.name not in ("source", "double")]
+    assert [(v.name, type(v)) for v in rest] == [
+        ("sink", TcpSinkVertex), ("sink-2", TcpSinkVertex), ("encode-3", KafkaEncoderVertex),
+        ("sink-3", KafkaSinkVertex)]
+    # each sink vertex encodes for its own config; the built-in kafka sink writes what it gets
+    assert [(v.host, v.port) for v in rest[:2]] == [("127.0.0.1", 7002), ("127.0.0.1", 7003)]
+    assert [str(v.works[0].sink.port) for v in rest[:2]] == ["7002", "7003"]
+    assert rest[2].works[0].sink.topic == "out" and rest[3].works[0].sink is None
     outs = [e for e in doc.edges if e.src == "double"]
     assert [e.dst for e in outs] == ["sink", "sink-2", "encode-3"]
     assert all(e.tags == () for e in doc.edges)  # broadcast: every sink gets every output
@@ -140,22 +169,22 @@ def test_done_pipeline_without_sink_gets_a_blackhole_when_needed() -> None:
     assert [d.pipelines for d in graph.docs] == [(0,), (1,)]
     q = graph.docs[1]
     hole = q.vertex("q-end")
-    assert shape(hole) == (SINK, "blackhole", None)
+    assert shape(hole) == (BlackholeVertex, None)
     assert edges(q) == [("q-source", "add-one", ()), ("add-one", "q-end", ())]
     # the last step's outputs go nowhere: it does not emit them
     assert q.vertex("add-one").works[0].emit is False
-    assert not any(v.role == "blackhole" for v in graph.docs[0].vertices)
+    assert not any(isinstance(v, BlackholeVertex) for v in graph.docs[0].vertices)
 
 
 def test_market_spread_is_one_document_joined_at_the_shared_state() -> None:
     graph = plan_app("market_spread")
     doc = only_doc(graph)
     assert doc.pipelines == (0, 1)
-    sources = [v for v in doc.vertices if v.kind == SOURCE]
-    assert [(v.name, v.role) for v in sources] == [("orders-source", "udsource"),
-                                                   ("market-data-source", "udsource")]
+    sources = [v for v in doc.vertices if isinstance(v, SourceVertex)]
+    assert [(v.name, type(v)) for v in sources] == [("orders-source", TcpSourceVertex),
+                                                    ("market-data-source", TcpSourceVertex)]
     state = doc.vertex("symbol-data")
-    assert (state.state, state.ordered, state.partitions) == ("symbol-data", True, 2)
+    assert (state.state_name, state.ordered, state.partitions) == ("symbol-data", True, 2)
     assert state.pipelines == (0, 1)
     assert sorted(edges(doc)) == sorted([
         ("orders-source", "symbol-data", ()),
@@ -166,8 +195,10 @@ def test_market_spread_is_one_document_joined_at_the_shared_state() -> None:
     assert [(wk.pipeline, wk.tag, wk.emit) for wk in state.works] == [
         (0, "orders", True), (1, "market-data", False)]
     # both sources key their messages for the partitioned state
-    assert [v.works[0].key_by for v in sources] == [0, 0]
-    assert not any(v.role == "blackhole" for v in doc.vertices)  # the state vertex has a way out
+    assert [v.works[0].key_by.name for v in sources] == ["check order",  # type: ignore[union-attr]
+                                                         "update market data"]
+    # the state vertex has a way out
+    assert not any(isinstance(v, BlackholeVertex) for v in doc.vertices)
 
 
 def test_shared_state_with_sinks_on_both_sides_tags_each_out_edge() -> None:
@@ -263,7 +294,7 @@ def test_fuse_coalesces_leading_stateless_run_into_the_source() -> None:
     graph = plan_app("celsius", fuse=True)
     doc = only_doc(graph)
     assert [v.name for v in doc.vertices] == ["source", "sink"]
-    assert doc.vertex("source").works[0].steps == (0, 1)
+    assert steps(doc.vertex("source")) == ("multiply by 1.8", "add 32")
     assert graph.options.fuse
 
 
@@ -275,9 +306,11 @@ def test_fuse_coalesces_stateless_runs_between_state_steps() -> None:
     assert [v.name for v in unfused.vertices] == [
         "source", "double", "add-one", "s", "split", "last", "sink"]
     fused = only_doc(plan_of(ab, fuse=True))
-    assert [(v.name, v.works[0].steps) for v in fused.vertices] == [
-        ("source", (0, 1)), ("s", (2,)), ("split-to-last", (3, 4)), ("sink", ())]
-    assert fused.vertex("source").works[0].key_by == 2  # the fused source keys for the state
+    assert [(v.name, steps(v)) for v in fused.vertices] == [
+        ("source", ("double", "add one")), ("s", ("count",)), ("split-to-last", ("split", "last")),
+        ("sink", ())]
+    # the fused source keys for the state
+    assert fused.vertex("source").works[0].key_by == fused.vertex("s").works[0].steps[0]
     assert edges(fused) == [("source", "s", ()), ("s", "split-to-last", ()),
                             ("split-to-last", "sink", ())]
 
@@ -285,8 +318,8 @@ def test_fuse_coalesces_stateless_runs_between_state_steps() -> None:
 def test_fuse_keeps_a_parallel_leading_run_out_of_the_single_replica_source() -> None:
     ab = one_pipeline().to(w.double).to_parallel(w.add_one).to_sink(w.tcp_sink())
     fused = only_doc(plan_of(ab, fuse=True))
-    assert [(v.name, v.works[0].steps) for v in fused.vertices] == [
-        ("source", ()), ("double-to-add-one", (0, 1)), ("sink", ())]
+    assert [(v.name, steps(v)) for v in fused.vertices] == [
+        ("source", ()), ("double-to-add-one", ("double", "add one")), ("sink", ())]
     assert fused.vertex("double-to-add-one").max_replicas > 1
 
 
@@ -294,7 +327,7 @@ def test_fuse_never_merges_state_steps() -> None:
     ab = one_pipeline().to_stateful(w.count, w.Counter, "a").to_stateful(
         w.count_again, w.Counter, "b").to_sink(w.tcp_sink())
     doc = only_doc(plan_of(ab, fuse=True))
-    assert [(v.name, v.state) for v in doc.vertices] == [
+    assert [(v.name, v.state_name) for v in doc.vertices] == [
         ("source", None), ("a", "a"), ("b", "b"), ("sink", None)]
 
 

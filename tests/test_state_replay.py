@@ -24,9 +24,9 @@ def program(url: str) -> VertexProgram:
         .to_sink(tcp_sink())
     )
     app = from_actions(ab.build())
-    vertex = next(v for v in plan(app).vertices() if v.state == "tally")
+    vertex = next(v for v in plan(app).vertices() if v.state_name == "tally")
     codec = Codec.for_module(None)
-    return VertexProgram(app, vertex, codec, StateTable(open_store(url, namespace="t"), codec))
+    return VertexProgram(vertex, codec, StateTable(open_store(url, namespace="t"), codec))
 
 
 def test_redelivered_message_is_not_applied_twice_and_its_outputs_come_back(tmp_path: Path) -> None:

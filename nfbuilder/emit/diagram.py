@@ -5,32 +5,55 @@
 
 from __future__ import annotations
 
-from nfbuilder.plan import MAP, SINK, SOURCE, Vertex, VertexGraph
-from nfbuilder.topology import TcpSink, TcpSource
+from typing import TypeVar
+
+from nfbuilder.plan import (
+    BlackholeVertex,
+    KafkaSinkVertex,
+    KafkaSourceVertex,
+    MapVertex,
+    SinkVertex,
+    SourceVertex,
+    StateVertex,
+    TcpSourceVertex,
+    Vertex,
+    VertexGraph,
+)
+from nfbuilder.plan.graph import sink_address, sink_kind
+
+T = TypeVar("T")
 
 
-def _label(graph: VertexGraph, v: Vertex) -> list[str]:
+def _label(v: Vertex) -> list[str]:
     lines = [v.name]
     for w in v.works:
-        p = graph.app.pipelines[w.pipeline]
-        if w.decode:
-            src = p.source
-            where = f"{src.host}:{src.port}" if isinstance(src, TcpSource) else f"topic {src.topic}"
-            lines.append(f"{src.kind} source {where}")
-        lines += [p.steps[i].name for i in w.steps]
-        if w.encode is not None:
-            sink = p.sinks[w.encode]
-            where = (
-                f"{sink.host}:{sink.port}" if isinstance(sink, TcpSink) else f"topic {sink.topic}"
-            )
-            lines.append(f"{sink.kind} sink {where}" if v.kind == SINK else f"encode for {where}")
-    if v.kind == SINK and v.role in ("kafka", "blackhole"):
-        lines.append(f"built-in {v.role} sink")
-    if v.state:
-        lines.append(f"state {v.state!r}, {v.partitions} partition(s)")
-    elif v.kind == MAP and v.max_replicas > 1:
+        if isinstance(v, TcpSourceVertex):
+            lines.append(f"tcp source {v.host}:{v.port}")
+        elif isinstance(v, KafkaSourceVertex):
+            lines.append(f"kafka source topic {v.topic}")
+        lines += list(w.step_names)
+        if w.sink is not None:
+            where = sink_address(w.sink)
+            lines.append(f"{sink_kind(w.sink)} sink {where}" if isinstance(v, SinkVertex)
+                         else f"encode for {where}")
+    if isinstance(v, KafkaSinkVertex):
+        lines.append("built-in kafka sink")
+    elif isinstance(v, BlackholeVertex):
+        lines.append("built-in blackhole sink")
+    if isinstance(v, StateVertex):
+        lines.append(f"state {v.state_name!r}, {v.partitions} partition(s)")
+    elif isinstance(v, MapVertex) and v.max_replicas > 1:
         lines.append(f"parallel, up to {v.max_replicas}")
     return lines
+
+
+def _shape(v: Vertex, shapes: tuple[T, T, T, T]) -> T:
+    """One of ``shapes`` = (source, sink, state, other) for ``v``."""
+    if isinstance(v, SourceVertex):
+        return shapes[0]
+    if isinstance(v, SinkVertex):
+        return shapes[1]
+    return shapes[2] if isinstance(v, StateVertex) else shapes[3]
 
 
 def _id(doc: str, name: str) -> str:
@@ -42,10 +65,8 @@ def mermaid(graph: VertexGraph) -> str:
     for doc in graph.docs:
         out.append(f'  subgraph {_id(doc.name, "")}["Pipeline {doc.name}"]')
         for v in doc.vertices:
-            text = "<br/>".join(s.replace('"', "'") for s in _label(graph, v))
-            left, right = {SOURCE: ("[/", "/]"), SINK: ("[\\", "/]")}.get(v.kind, ("[", "]"))
-            if v.state:
-                left, right = "[(", ")]"
+            text = "<br/>".join(s.replace('"', "'") for s in _label(v))
+            left, right = _shape(v, (("[/", "/]"), ("[\\", "/]"), ("[(", ")]"), ("[", "]")))
             out.append(f'    {_id(doc.name, v.name)}{left}"{text}"{right}')
         out.append("  end")
         for e in doc.edges:
@@ -60,10 +81,8 @@ def dot(graph: VertexGraph) -> str:
         out.append(f'  subgraph "cluster_{doc.name}" {{')
         out.append(f'    label="Pipeline {doc.name}";')
         for v in doc.vertices:
-            shape = {SOURCE: "invhouse", SINK: "house"}.get(v.kind, "box")
-            if v.state:
-                shape = "cylinder"
-            text = "\\n".join(s.replace('"', "'") for s in _label(graph, v))
+            shape = _shape(v, ("invhouse", "house", "cylinder", "box"))
+            text = "\\n".join(s.replace('"', "'") for s in _label(v))
             out.append(f'    "{_id(doc.name, v.name)}" [shape={shape}, label="{text}"];')
         out.append("  }")
         for e in doc.edges:

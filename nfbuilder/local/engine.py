@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -33,15 +32,26 @@ from typing import Any
 
 import attrs
 
-from nfbuilder.emit.manifest import AppRef, serve_command
 from nfbuilder.loader import LoadedApp
 from nfbuilder.local.flow import Flow, SourceState
-from nfbuilder.local.kafka import KafkaUnavailable, kafka_source_spec
+from nfbuilder.local.kafka import KafkaUnavailable
 from nfbuilder.local.kafka_flow import KafkaSources, kafka_sink_replica
 from nfbuilder.local.process import Replica, ReplicaSpec
 from nfbuilder.local.status import Status
 from nfbuilder.local.supervisor import Supervisor
-from nfbuilder.plan import MAP, SINK, SOURCE, PlanOptions, Vertex, VertexGraph, plan
+from nfbuilder.plan import (
+    AppRef,
+    KafkaSinkVertex,
+    KafkaSourceVertex,
+    MapVertex,
+    PlanOptions,
+    SinkVertex,
+    SourceVertex,
+    Vertex,
+    VertexGraph,
+    plan,
+)
+from nfbuilder.plan.graph import BIND_HOST_ENV
 from nfbuilder.plan.names import slug
 
 
@@ -73,12 +83,14 @@ class Engine:
     def __init__(self, loaded: LoadedApp, options: EngineOptions = EngineOptions()) -> None:
         self.loaded = loaded
         self.options = options
-        self.graph: VertexGraph = plan(loaded.app, options.plan)
+        self._store_url = options.plan.state_store or self._default_store()
+        self.graph: VertexGraph = plan(
+            loaded.app, attrs.evolve(options.plan, state_store=self._store_url),
+            AppRef(loaded.module_name, loaded.args))
         self.work_dir = Path(options.work_dir or tempfile.mkdtemp(prefix="nfbuilder-run-"))
         self.replicas: dict[str, list[Replica]] = {}
         self.vertices: dict[str, Vertex] = {}
         self.status = Status(quiet=options.quiet)
-        self._store_url = ""
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.supervisor = Supervisor(self.status, stop=self._stop, tasks=self._tasks)
@@ -114,49 +126,53 @@ class Engine:
         return self.supervisor.recoveries
 
     # -- set-up ------------------------------------------------------------------------------
-    def _env(self) -> dict[str, str]:
+    def _default_store(self) -> str:
+        state_dir = Path(".nfbuilder") / slug(self.loaded.app.name, "app")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{state_dir / 'state.db'}"
+
+    def _env(self, v: Vertex) -> dict[str, str]:
+        """The vertex container's environment from its spec, plus what a local process needs."""
+        assert v.container is not None
+        secrets = [e.name for e in v.container.env if e.secret is not None]
+        if secrets:
+            raise EngineError(f"vertex {v.name}: {', '.join(secrets)} come(s) from a Kubernetes "
+                              "Secret, which the embedded engine cannot read; give the value "
+                              "itself (e.g. --state-store)")
         candidates = (self.loaded.search_dir, os.getcwd(), os.environ.get("PYTHONPATH"))
         paths = [p for p in candidates if p]
-        env = {"PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
-        store = self.options.plan.state_store
-        if not store:
-            state_dir = Path(".nfbuilder") / slug(self.loaded.app.name, "app")
-            state_dir.mkdir(parents=True, exist_ok=True)
-            store = f"sqlite:///{state_dir / 'state.db'}"
-        env["NFBUILDER_STATE_STORE"] = self._store_url = store
-        return env
+        # A local TCP source listens where the app says, not on every interface as in a pod.
+        return {**v.container.values(), BIND_HOST_ENV: "",
+                "PYTHONPATH": os.pathsep.join(paths)}
 
     def _build(self) -> None:
-        env = self._env()
-        args = (self.loaded.module_name, tuple(self.loaded.args))
         for doc in self.graph.docs:
-            for e in doc.edges:
-                self.flow.edges[e.src].append(e)
+            for v in doc.vertices:
+                self.flow.edges[v.name] = list(doc.edges_from(v.name))
             for v in doc.vertices:
                 self.vertices[v.name] = v
-                if v.role == "kafka" and v.kind == SINK:
+                if isinstance(v, KafkaSinkVertex):
                     self.replicas[v.name] = [kafka_sink_replica(
-                        self.graph, doc, v, self.work_dir, len(self.vertices) * 100)]
+                        doc.name, v, self.work_dir, len(self.vertices) * 100)]
                     continue
                 if v.container is None:
                     continue  # blackhole: handled in-engine
-                cmd = tuple(serve_command(AppRef(*args), v.name, self.options.plan.fuse))
-                count = v.partitions if v.ordered else 1
+                env = self._env(v)
                 self.replicas[v.name] = [
-                    Replica(ReplicaSpec(doc.name, v.name, v.container, r, cmd, v.ordered,
+                    Replica(ReplicaSpec(doc.name, v.name, v.container.service, r,
+                                        v.container.command, v.ordered,
                                         1 if v.ordered else 500), self.work_dir, env,
                             len(self.vertices) * 100 + r)
-                    for r in range(count)
+                    for r in range(v.partitions)
                 ]
 
     async def _open_kafka_sources(self) -> None:
         for name in self.replicas:
-            doc, v = self.graph.find(name)
-            if v.kind != SOURCE or v.role != "kafka":
+            v = self.vertices[name]
+            if not isinstance(v, KafkaSourceVertex):
                 continue
             try:
-                await self.kafka.open(name, kafka_source_spec(self.graph, doc, v),
-                                      self.replicas[name][0])
+                await self.kafka.open(v, self.replicas[name][0])
             except KafkaUnavailable as exc:
                 await self.stop_processes()
                 raise EngineError(f"vertex {name} did not start: {exc}") from None
@@ -169,7 +185,7 @@ class Engine:
         """Start every vertex process and the workers; raises EngineError if one cannot start."""
         self._build()
         store = self._store_url
-        if store.startswith("memory://") and any(v.state for v in self.vertices.values()):
+        if store.startswith("memory://") and any(v.state_name for v in self.vertices.values()):
             self.status.event(
                 "warning: state store memory:// keeps state inside the vertex processes only; it "
                 "is lost when one restarts (use --state-store sqlite:///... or redis://...)",
@@ -185,19 +201,19 @@ class Engine:
         for name, reps in self.replicas.items():
             v = self.vertices[name]
             for rep in reps:
-                if v.role == "kafka" and v.kind == SINK:
+                if isinstance(v, KafkaSinkVertex):
                     self._spawn(self.flow.sink_worker(rep))
                     continue  # no process to watch
                 self._spawn(self.supervisor.watch(rep))
-                if v.kind == SOURCE and v.role == "kafka":
+                if isinstance(v, KafkaSourceVertex):
                     self._spawn(self.kafka.worker(name))
-                elif v.kind == SOURCE:
+                elif isinstance(v, SourceVertex):
                     src = SourceState(rep)
                     self.flow.sources.append(src)
                     self._spawn(self.flow.source_worker(src))
-                elif v.kind == MAP:
+                elif isinstance(v, MapVertex):
                     self._spawn(self.flow.map_worker(rep))
-                elif v.kind == SINK:
+                elif isinstance(v, SinkVertex):
                     self._spawn(self.flow.sink_worker(rep))
         self.status.event(f"running {self.loaded.app.name!r}: {len(all_reps)} processes, "
                           f"work dir {self.work_dir}")
@@ -260,26 +276,3 @@ class Engine:
             print(f"nfbuilder run: {self.failure}", file=sys.stderr)
             return 1
         return 0
-
-
-def run_cli(ns: Any, app_args: list[str]) -> int:
-    """``nfbuilder run APP [options] -- ARGS``."""
-    from nfbuilder.loader import AppLoadError, load_app
-
-    try:
-        loaded = load_app(ns.app, app_args)
-    except AppLoadError as exc:
-        print(f"nfbuilder run: {exc}", file=sys.stderr)
-        return 2
-    options = EngineOptions(
-        plan=PlanOptions(partitions=ns.partitions, max_replicas=ns.max_replicas, fuse=ns.fuse,
-                         state_store=ns.state_store),
-        until_idle=ns.until_idle, max_messages=ns.max_messages,
-        quiet=ns.quiet, work_dir=ns.work_dir,
-    )
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        return asyncio.run(Engine(loaded, options).run())
-    except EngineError as exc:
-        print(f"nfbuilder run: {exc}", file=sys.stderr)
-        return 1

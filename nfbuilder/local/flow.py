@@ -21,8 +21,6 @@ import contextlib
 import hashlib
 import logging
 import time
-import zlib
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +28,7 @@ import attrs
 
 from nfbuilder.local.clients import ClientError, SinkDatum
 from nfbuilder.local.process import Replica
-from nfbuilder.plan import Vertex
-from nfbuilder.runtime.messages import DROP
+from nfbuilder.plan import Edge, Router, Vertex, output_id, partition_of
 
 log = logging.getLogger("nfbuilder.engine")
 
@@ -93,17 +90,18 @@ class SourceResult:
         return self.record.user_metadata
 
 
-def child_id(vertex: str, parent: str, index: int) -> str:
-    """The id of the ``index``-th result of ``parent`` sent to ``vertex``: the same on a retry."""
-    digest = hashlib.blake2b(parent.encode(), digest_size=8).hexdigest()
-    return f"{vertex}-{digest}-{index}"
+def child_id(producer: str, parent: str, index: int) -> str:
+    """The id of the ``index``-th result ``producer`` made of message ``parent``: the same when
+    ``parent`` is processed again (the hash of its id stands for numa's input offset)."""
+    return output_id(producer, hashlib.blake2b(parent.encode(), digest_size=8).hexdigest(), index)
 
 
 class Flow:
     """Routes results along the plan's edges and runs the workers that drive each replica.
 
     ``vertices`` and ``replicas`` are the engine's own dicts (filled while it builds); ``edges``
-    is filled by the engine too. ``on_failure(replica, exc)`` is called when a call fails.
+    (vertex -> its out-edges) is filled by the engine too. ``on_failure(replica, exc)`` is
+    called when a call fails.
     """
 
     def __init__(self, vertices: dict[str, Vertex], replicas: dict[str, list[Replica]], *,
@@ -111,7 +109,8 @@ class Flow:
                  on_failure: Callable[[Replica, BaseException], None]) -> None:
         self.vertices = vertices
         self.replicas = replicas
-        self.edges: dict[str, list[Any]] = defaultdict(list)
+        self.edges: dict[str, list[Edge]] = {}
+        self._routers: dict[str, Router] = {}
         self.sources: list[SourceState] = []
         self.read_batch = read_batch
         self.read_timeout_ms = read_timeout_ms
@@ -128,23 +127,29 @@ class Flow:
             r.queue.qsize() + len(r.redeliver) for reps in self.replicas.values() for r in reps
         )
 
+    def router(self, vertex: str) -> Router:
+        found = self._routers.get(vertex)
+        if found is None:
+            found = self._routers[vertex] = Router(self.edges.get(vertex, ()))
+        return found
+
     async def route(self, vertex: str, parent_id: str, token: Token, results: Any) -> None:
         """Send each of ``results`` (of ``vertex``) along the edges its tags select."""
         outs: list[tuple[Replica, Msg]] = []
+        router = self.router(vertex)
         for i, r in enumerate(results):
-            if DROP in r.tags:
+            dsts = router.destinations(r.tags)
+            if not dsts:
                 continue
-            for edge in self.edges[vertex]:
-                if edge.tags and not set(edge.tags).intersection(r.tags):
-                    continue
-                dst = self.vertices[edge.dst]
-                msg = Msg(child_id(edge.dst, parent_id, i), r.value, tuple(r.keys),
-                          time.time_ns(), r.user_metadata, token)
-                reps = self.replicas.get(edge.dst)
+            msg_id = child_id(vertex, parent_id, i)
+            for dst in dsts:
+                reps = self.replicas.get(dst)
                 if reps is None:  # blackhole
                     continue
-                idx = zlib.crc32(":".join(msg.keys).encode()) % len(reps) if dst.ordered else 0
-                outs.append((reps[idx], msg))
+                keys = tuple(r.keys)
+                idx = partition_of(keys, len(reps)) if self.vertices[dst].ordered else 0
+                outs.append((reps[idx], Msg(msg_id, r.value, keys, time.time_ns(),
+                                            r.user_metadata, token)))
         token.add(len(outs) - 1)
         for rep, msg in outs:
             await rep.queue.put(msg)
@@ -163,9 +168,9 @@ class Flow:
     async def _call_map(self, rep: Replica, msg: Msg) -> Any:
         """The map results of ``msg``, or None when the replica failed (msg is redelivered)."""
         try:
-            return await rep.client.map(msg.id, msg.keys, msg.value, msg.event_time_ns,
-                                        None, None, msg.meta)
-        except (ClientError, AttributeError) as exc:
+            return await rep.connected().map(msg.id, msg.keys, msg.value, msg.event_time_ns,
+                                             None, None, msg.meta)
+        except ClientError as exc:
             rep.redeliver.append(msg)
             self.on_failure(rep, exc)
             return None
@@ -211,8 +216,8 @@ class Flow:
                 data = [SinkDatum(m.id, m.value, m.keys, m.event_time_ns,
                                   user_metadata=m.meta or {}) for m in batch]
                 try:
-                    outcome = await rep.client.write(data)
-                except (ClientError, AttributeError) as exc:
+                    outcome = await rep.connected().write(data)
+                except ClientError as exc:
                     rep.redeliver.extendleft(reversed(batch))
                     self.on_failure(rep, exc)
                     break
@@ -238,11 +243,12 @@ class Flow:
         while not self.draining:
             await rep.ready.wait()
             try:
+                client = rep.connected()
                 if src.done:
                     done, src.done = src.done, []
-                    await rep.client.ack(done)
-                records = await rep.client.read(self.read_batch, self.read_timeout_ms)
-            except (ClientError, AttributeError) as exc:
+                    await client.ack(done)
+                records = await client.read(self.read_batch, self.read_timeout_ms)
+            except ClientError as exc:
                 self.on_failure(rep, exc)
                 continue
             for r in records:

@@ -10,7 +10,7 @@ message delivered only after the broker acknowledged it.
 librdkafka calls block, so each consumer/producer is owned by one worker thread and the engine
 awaits it::
 
-    consumer = await KafkaConsumer.open(kafka_source_spec(graph, doc, vertex))
+    consumer = await KafkaConsumer.open(vertex)   # a KafkaSourceVertex of the plan
     records = await consumer.poll(500, timeout_ms=100)
     consumer.tracker.done(records[0].partition, records[0].offset)
     await consumer.commit()
@@ -31,8 +31,7 @@ import attrs
 
 from nfbuilder.local.process import Replica, ReplicaSpec
 from nfbuilder.local.sourcesink import SinkDatum
-from nfbuilder.plan import SINK, SOURCE, PipelineDoc, Vertex, VertexGraph
-from nfbuilder.topology import KafkaSink, KafkaSource
+from nfbuilder.plan import KafkaSinkVertex, KafkaSourceVertex
 
 log = logging.getLogger("nfbuilder.kafka")
 T = TypeVar("T")
@@ -72,56 +71,15 @@ def _kafka() -> Any:
     return confluent_kafka
 
 
-@attrs.frozen
-class KafkaSourceSpec:
-    """Where a built-in Kafka source reads: ``KafkaSourceSpec("in", ("h:9092",), "doc-source")``."""
-
-    vertex: str
-    topic: str
-    brokers: tuple[str, ...]
-    group: str
-
-    def config(self) -> dict[str, str]:
-        return {**CONSUMER_DEFAULTS, "bootstrap.servers": ",".join(self.brokers),
-                "group.id": self.group}
+def consumer_config(v: KafkaSourceVertex) -> dict[str, str]:
+    """librdkafka settings of the consumer of source vertex ``v`` (its manifest's group)."""
+    return {**CONSUMER_DEFAULTS, "bootstrap.servers": ",".join(v.brokers),
+            "group.id": v.consumer_group}
 
 
-@attrs.frozen
-class KafkaSinkSpec:
-    """Where a built-in Kafka sink writes, with the manifest's producer settings."""
-
-    vertex: str
-    topic: str
-    brokers: tuple[str, ...]
-    settings: tuple[tuple[str, str], ...] = ()
-
-    def config(self) -> dict[str, str]:
-        return {**PRODUCER_DEFAULTS, **dict(self.settings),
-                "bootstrap.servers": ",".join(self.brokers)}
-
-
-def kafka_source_spec(graph: VertexGraph, doc: PipelineDoc, v: Vertex) -> KafkaSourceSpec:
-    """The Kafka source of vertex ``v``, with the consumer group the manifest names."""
-    assert v.kind == SOURCE and v.role == "kafka", v
-    source = graph.app.pipelines[v.works[0].pipeline].source
-    assert isinstance(source, KafkaSource), source
-    return KafkaSourceSpec(v.name, source.topic, tuple(f"{h}:{p}" for h, p in source.brokers),
-                           f"{doc.name}-{v.name}")
-
-
-def kafka_sink_spec(graph: VertexGraph, doc: PipelineDoc, v: Vertex) -> KafkaSinkSpec:
-    """The Kafka sink of vertex ``v``: the pipeline sink its (only) encoder vertex encodes."""
-    assert v.kind == SINK and v.role == "kafka", v
-    encoder = doc.vertex(next(e.src for e in doc.edges if e.dst == v.name))
-    work = encoder.works[0]
-    assert work.encode is not None, encoder
-    sink = graph.app.pipelines[work.pipeline].sinks[work.encode]
-    assert isinstance(sink, KafkaSink), sink
-    settings = [("message.max.bytes", str(sink.max_message_size))]
-    if sink.max_produce_buffer_ms:
-        settings.append(("linger.ms", str(sink.max_produce_buffer_ms)))
-    return KafkaSinkSpec(v.name, sink.topic, tuple(f"{h}:{p}" for h, p in sink.brokers),
-                         tuple(settings))
+def producer_config(v: KafkaSinkVertex) -> dict[str, str]:
+    """librdkafka settings of the producer of sink vertex ``v``, with the manifest's ones."""
+    return {**PRODUCER_DEFAULTS, **dict(v.producer), "bootstrap.servers": ",".join(v.brokers)}
 
 
 @attrs.frozen
@@ -221,7 +179,7 @@ def _check_topic(client: Any, topic: str, brokers: Sequence[str], what: str) -> 
 class KafkaConsumer:
     """A consumer of one topic in its consumer group; see the module docstring."""
 
-    def __init__(self, spec: KafkaSourceSpec, consumer: Any, worker: _Worker) -> None:
+    def __init__(self, spec: KafkaSourceVertex, consumer: Any, worker: _Worker) -> None:
         self.spec = spec
         self.tracker = OffsetTracker()
         self._consumer = consumer
@@ -229,15 +187,15 @@ class KafkaConsumer:
         self._closed = False
 
     @classmethod
-    async def open(cls, spec: KafkaSourceSpec) -> KafkaConsumer:
+    async def open(cls, spec: KafkaSourceVertex) -> KafkaConsumer:
         """Connect, check the topic exists and subscribe (partitions are assigned on poll)."""
         ck = _kafka()
-        worker = _Worker(f"kafka-{spec.vertex}")
+        worker = _Worker(f"kafka-{spec.name}")
 
         def create() -> Any:
-            consumer = ck.Consumer(spec.config())
+            consumer = ck.Consumer(consumer_config(spec))
             try:
-                _check_topic(consumer, spec.topic, spec.brokers, f"Kafka source {spec.vertex!r}")
+                _check_topic(consumer, spec.topic, spec.brokers, f"Kafka source {spec.name!r}")
             except BaseException:
                 consumer.close()
                 raise
@@ -257,7 +215,7 @@ class KafkaConsumer:
         records = []
         for m in messages:
             if m.error() is not None:
-                log.warning("Kafka source %s: %s", self.spec.vertex, m.error())
+                log.warning("Kafka source %s: %s", self.spec.name, m.error())
                 continue
             kind, ms = m.timestamp()
             key = m.key()
@@ -282,7 +240,7 @@ class KafkaConsumer:
                                                                  asynchronous=False))
         except ck.KafkaException as exc:
             # Not fatal: the next commit carries the same (or a later) offset.
-            log.warning("Kafka source %s: commit failed: %s", self.spec.vertex, exc)
+            log.warning("Kafka source %s: commit failed: %s", self.spec.name, exc)
             return
         self.tracker.committed(points)
 
@@ -306,19 +264,19 @@ class KafkaSinkClient:
         outcome["v-1-0"]    # (True, "") once the broker acknowledged it
     """
 
-    def __init__(self, spec: KafkaSinkSpec, producer: Any, worker: _Worker) -> None:
+    def __init__(self, spec: KafkaSinkVertex, producer: Any, worker: _Worker) -> None:
         self.spec = spec
         self._producer = producer
         self._worker = worker
 
     @classmethod
-    async def open(cls, spec: KafkaSinkSpec) -> KafkaSinkClient:
+    async def open(cls, spec: KafkaSinkVertex) -> KafkaSinkClient:
         ck = _kafka()
-        worker = _Worker(f"kafka-{spec.vertex}")
+        worker = _Worker(f"kafka-{spec.name}")
 
         def create() -> Any:
-            producer = ck.Producer(spec.config())
-            _check_topic(producer, spec.topic, spec.brokers, f"Kafka sink {spec.vertex!r}")
+            producer = ck.Producer(producer_config(spec))
+            _check_topic(producer, spec.topic, spec.brokers, f"Kafka sink {spec.name!r}")
             return producer
 
         try:
@@ -370,7 +328,8 @@ class KafkaSinkReplica(Replica):
     """A built-in Kafka sink seen by the engine as a sink replica without a process: messages
     are queued and written in batches exactly as for a user-defined sink."""
 
-    def __init__(self, spec: ReplicaSpec, sink: KafkaSinkSpec, work_dir: Path, index: int) -> None:
+    def __init__(self, spec: ReplicaSpec, sink: KafkaSinkVertex, work_dir: Path,
+                 index: int) -> None:
         super().__init__(spec, work_dir, {}, index)
         self.sink = sink
 

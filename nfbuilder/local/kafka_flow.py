@@ -8,7 +8,7 @@ a :class:`~nfbuilder.local.kafka.KafkaSinkReplica` driven by the ordinary sink w
 ::
 
     sources = KafkaSources(flow)
-    await sources.open("in", kafka_source_spec(graph, doc, v), replicas["in"][0])
+    await sources.open(v, replicas["in"][0])      # v: the plan's KafkaSourceVertex
     task = asyncio.ensure_future(sources.worker("in"))
     ...
     await sources.close()
@@ -23,25 +23,18 @@ from typing import Any
 
 from nfbuilder.local.clients import ClientError
 from nfbuilder.local.flow import Flow, SourceState, Token
-from nfbuilder.local.kafka import (
-    KafkaConsumer,
-    KafkaRecord,
-    KafkaSinkReplica,
-    KafkaSourceSpec,
-    kafka_sink_spec,
-    parse_offset,
-)
+from nfbuilder.local.kafka import KafkaConsumer, KafkaRecord, KafkaSinkReplica, parse_offset
 from nfbuilder.local.process import Replica, ReplicaSpec
-from nfbuilder.plan import PipelineDoc, Vertex, VertexGraph
+from nfbuilder.plan import KafkaSinkVertex, KafkaSourceVertex
 
 log = logging.getLogger("nfbuilder.engine")
 
 
-def kafka_sink_replica(graph: VertexGraph, doc: PipelineDoc, v: Vertex, work_dir: Path,
+def kafka_sink_replica(doc: str, v: KafkaSinkVertex, work_dir: Path,
                        index: int) -> KafkaSinkReplica:
     """The in-engine replica that writes the Kafka sink vertex ``v`` to its topic."""
-    spec = ReplicaSpec(doc.name, v.name, "kafka-sink", 0, ())
-    return KafkaSinkReplica(spec, kafka_sink_spec(graph, doc, v), work_dir, index)
+    spec = ReplicaSpec(doc, v.name, "kafka-sink", 0, ())
+    return KafkaSinkReplica(spec, v, work_dir, index)
 
 
 class KafkaSources:
@@ -51,10 +44,10 @@ class KafkaSources:
         self.flow = flow
         self.consumers: dict[str, tuple[KafkaConsumer, SourceState]] = {}
 
-    async def open(self, name: str, spec: KafkaSourceSpec, transformer: Replica) -> None:
-        """Join the consumer group of vertex ``name``; raises KafkaUnavailable."""
-        consumer = await KafkaConsumer.open(spec)
-        self.consumers[name] = (consumer, SourceState(transformer))
+    async def open(self, v: KafkaSourceVertex, transformer: Replica) -> None:
+        """Join the consumer group of source vertex ``v``; raises KafkaUnavailable."""
+        consumer = await KafkaConsumer.open(v)
+        self.consumers[v.name] = (consumer, SourceState(transformer))
 
     async def worker(self, name: str) -> None:
         """Consume, transform (concurrently, routed in record order), commit the done prefix."""
@@ -77,9 +70,9 @@ class KafkaSources:
         while True:  # numa retries a record until its transformer answers
             await rep.ready.wait()
             try:
-                return await rep.client.transform(r.offset_id, r.keys, r.value, r.event_time_ns,
-                                                  headers=r.headers)
-            except (ClientError, AttributeError) as exc:
+                return await rep.connected().transform(r.offset_id, r.keys, r.value,
+                                                       r.event_time_ns, headers=r.headers)
+            except ClientError as exc:
                 self.flow.on_failure(rep, exc)
                 await asyncio.sleep(0.05)  # a stopping replica stays "ready": do not spin
 

@@ -22,6 +22,7 @@ from typing import Any, cast
 import attrs
 
 from nfbuilder.local.clients import (
+    ClientError,
     MapClient,
     SinkClient,
     SourceClient,
@@ -142,6 +143,13 @@ class Replica:
                                                   supports_nack=server_info.supports_nack)
         self.ready.set()
 
+    def connected(self) -> Any:
+        """The client, or :class:`NotConnected` while the replica is (re)starting or stopped."""
+        client = self.client
+        if client is None:
+            raise NotConnected(f"{self.spec.label} is not connected (starting or stopped)")
+        return client
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
@@ -182,6 +190,10 @@ class Replica:
                 await asyncio.wait_for(client.close(), 2)
         if channel is not None:
             await channel.close()
+
+
+class NotConnected(ClientError):
+    """A call on a replica whose client is not there (it is restarting or stopped)."""
 
 
 class ReplicaDied(Exception):

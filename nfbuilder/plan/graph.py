@@ -1,28 +1,41 @@
-"""The plan: which Numaflow vertices an application becomes and how they connect.
+"""The plan: which Numaflow vertices an application becomes, each as a complete spec.
 
-The plan knows Numaflow's concepts (vertex kinds, partitions, ordered processing, tags) but emits
-no YAML. ``emit`` turns it into manifests; ``runtime`` and ``local`` read it to know what a vertex
-process does.
+The planner computes every fact about a vertex once: its kind (the spec's class), its resolved
+configuration (addresses, topics, consumer group, producer settings), the user objects it runs,
+its partitions and ordering, its tags, and the container command and environment it runs with.
+``emit`` serializes the specs; ``runtime`` (``serve``), ``local`` (the engine), the in-process
+harness and the diagram read them. None of them goes back to the ``Application``::
+
+    graph = plan(app, PlanOptions(), AppRef("word_count", ("--in", "h:7010", "--out", "h:7002")))
+    doc, v = graph.find("word-totals")
+    v                      # StateVertex(name='word-totals', ..., partitions=2)
+    v.container.command    # ('python', '-m', 'nfbuilder', 'serve', '--app', 'word_count', ...)
+
+The kinds are types: ``isinstance(v, SourceVertex)`` rather than a kind string.
 """
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import attrs
 
-from nfbuilder.topology import Application
-
-SOURCE, MAP, SINK = "source", "map", "sink"
-# What runs in the vertex's user container (None: a Numaflow built-in, no container of ours).
-CONTAINER_FOR_ROLE = {
-    "udsource": "source",
-    "kafka": None,
-    "udf": "map",
-    "udsink": "sink",
-    "blackhole": None,
-}
+from nfbuilder.topology import KafkaSink, Sink, StateSpec, Step, TcpSink
 
 #: user-metadata group and key that carry a message's pipeline index between vertices
 META_GROUP, META_PIPELINE = "nfbuilder", "pipeline"
+#: environment variables our containers read (``runtime.settings`` is where they are read)
+DIGEST_ENV = "NFBUILDER_PLAN_DIGEST"
+STATE_STORE_ENV = "NFBUILDER_STATE_STORE"
+BIND_HOST_ENV = "NFBUILDER_TCP_BIND_HOST"
+
+
+@attrs.frozen
+class AppRef:
+    """How a container imports the app: the module name and ``application_setup``'s args."""
+
+    module: str
+    args: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -42,36 +55,82 @@ class PlanOptions:
 
 
 @attrs.frozen
-class Work:
-    """What a vertex does to messages of one pipeline, in order: decode (sources), the steps,
-    key the outputs for the next state vertex, encode (sinks), tag the outputs for routing."""
+class EnvVar:
+    """One container environment variable: a value, or a key of a Secret (``secret=(name,
+    key)``)."""
 
-    pipeline: int
-    decode: bool = False
-    steps: tuple[int, ...] = ()
-    encode: int | None = None
-    key_by: int | None = None
-    tag: str | None = None
-    emit: bool = True
+    name: str
+    value: str | None = None
+    secret: tuple[str, str] | None = None
 
 
 @attrs.frozen
-class Vertex:
-    name: str
-    kind: str  # SOURCE | MAP | SINK
-    role: str  # udsource | kafka | udf | udsink | blackhole
-    works: tuple[Work, ...]
-    state: str | None = None
-    partitions: int = 1
-    ordered: bool = False
-    max_replicas: int = 1  # >1: autoscaled (to_parallel); ordered vertices ignore it
+class Container:
+    """What our container in a vertex runs: which gRPC service (``source``,
+    ``sourcetransformer``, ``map`` or ``sink``), its command and its environment."""
+
+    service: str
+    command: tuple[str, ...]
+    env: tuple[EnvVar, ...]
+
+    def values(self) -> dict[str, str]:
+        """The plain-valued variables (a Secret's value is not known outside the cluster)."""
+        return {e.name: e.value for e in self.env if e.value is not None}
+
+
+@attrs.frozen(kw_only=True)
+class Work:
+    """What a vertex does to messages of one pipeline, in order: decode (sources, with
+    ``decoder``), the ``steps``, key the outputs with ``key_by``'s partition function (the
+    partitioned state step of the next vertex), encode with ``sink``'s encoder, tag the outputs
+    with ``tag`` for routing; ``emit=False``: the pipeline ends here (``done()``)."""
+
+    pipeline: int
+    pipeline_name: str
+    decoder: Any = None
+    steps: tuple[Step, ...] = ()
+    sink: Sink | None = None
+    key_by: Step | None = None
+    tag: str | None = None
+    emit: bool = True
 
     @property
-    def container(self) -> str | None:
-        """Which servicer our container runs: source | sourcetransformer | map | sink | None."""
-        if self.kind == SOURCE and self.role == "kafka":
-            return "sourcetransformer"
-        return CONTAINER_FOR_ROLE[self.role]
+    def decode(self) -> bool:
+        return self.decoder is not None
+
+    @property
+    def step_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.steps)
+
+
+# Fields marked DEPLOY are how a vertex is deployed, not what it does: the plan digest leaves
+# them out, so the container (which plans without the deployment options) gets the same digest.
+DEPLOY = {"deploy": True}
+
+
+@attrs.frozen(kw_only=True)
+class Vertex:
+    """A vertex of a Numaflow ``Pipeline``; the subclasses are its kinds."""
+
+    name: str
+    works: tuple[Work, ...]
+    container: Container | None = attrs.field(default=None, metadata=DEPLOY)
+
+    #: ordered processing (one message at a time per partition pod, routed by key hash)
+    ordered: ClassVar[bool] = False
+
+    @property
+    def partitions(self) -> int:
+        return 1
+
+    @property
+    def max_replicas(self) -> int:
+        """The autoscaling ceiling; 1 for a vertex that keeps one pod per partition."""
+        return 1
+
+    @property
+    def state_name(self) -> str | None:
+        return None
 
     @property
     def pipelines(self) -> tuple[int, ...]:
@@ -82,6 +141,99 @@ class Vertex:
             if work.pipeline == pipeline:
                 return work
         raise KeyError(f"vertex {self.name!r} serves no pipeline {pipeline}")
+
+
+@attrs.frozen(kw_only=True)
+class SourceVertex(Vertex):
+    """A source vertex (one replica: a Wallaroo source is one listener or one consumer)."""
+
+
+@attrs.frozen(kw_only=True)
+class TcpSourceVertex(SourceVertex):
+    """``source.udsource``: our container listens on ``host:port`` and decodes frames; a
+    ``Service`` named ``service`` exposes the port in the cluster."""
+
+    host: str
+    port: int
+    service: str = attrs.field(metadata=DEPLOY)
+
+
+@attrs.frozen(kw_only=True)
+class KafkaSourceVertex(SourceVertex):
+    """Numaflow's built-in ``source.kafka`` in ``consumer_group``; our container is its
+    ``transformer`` and decodes each record."""
+
+    topic: str
+    brokers: tuple[str, ...]
+    consumer_group: str
+
+
+@attrs.frozen(kw_only=True)
+class MapVertex(Vertex):
+    """A ``udf`` vertex running stateless steps; ``replicas`` > 1 is autoscaled
+    (``to_parallel``), 1 is serial (``to``)."""
+
+    replicas: int = attrs.field(default=1, metadata=DEPLOY)
+
+    @property
+    def max_replicas(self) -> int:
+        return self.replicas
+
+
+@attrs.frozen(kw_only=True)
+class KafkaEncoderVertex(MapVertex):
+    """The ``udf`` vertex before a built-in Kafka sink: runs the sink's encoder."""
+
+
+@attrs.frozen(kw_only=True)
+class StateVertex(MapVertex):
+    """An ordered ``udf`` vertex holding one named state, with ``partition_count`` pods."""
+
+    state: StateSpec
+    partition_count: int = attrs.field(metadata=DEPLOY)
+
+    ordered: ClassVar[bool] = True
+
+    @property
+    def partitions(self) -> int:
+        return self.partition_count
+
+    @property
+    def max_replicas(self) -> int:
+        return 1
+
+    @property
+    def state_name(self) -> str:
+        return self.state.name
+
+
+@attrs.frozen(kw_only=True)
+class SinkVertex(Vertex):
+    """A sink vertex."""
+
+
+@attrs.frozen(kw_only=True)
+class TcpSinkVertex(SinkVertex):
+    """``sink.udsink``: our container encodes and writes to ``host:port``."""
+
+    host: str
+    port: int
+
+
+@attrs.frozen(kw_only=True)
+class KafkaSinkVertex(SinkVertex):
+    """Numaflow's built-in ``sink.kafka`` writing the encoder vertex's records to ``topic``,
+    with librdkafka ``producer`` settings."""
+
+    topic: str
+    brokers: tuple[str, ...]
+    producer: tuple[tuple[str, str], ...]
+    set_key: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class BlackholeVertex(SinkVertex):
+    """Numaflow's built-in ``sink.blackhole``: where a ``done()`` pipeline ends."""
 
 
 @attrs.frozen
@@ -106,12 +258,20 @@ class PipelineDoc:
                 return vertex
         raise KeyError(name)
 
+    def edges_from(self, name: str) -> tuple[Edge, ...]:
+        return tuple(e for e in self.edges if e.src == name)
+
 
 @attrs.frozen
 class VertexGraph:
-    app: Application = attrs.field(eq=False)
+    """The plan of an application: its documents, the options, and the digest of what the
+    vertices do (``digest`` is the same wherever the same app is planned with the same
+    arguments and ``fuse``, whatever the deployment options)."""
+
+    app_name: str
     options: PlanOptions
     docs: tuple[PipelineDoc, ...]
+    digest: str
 
     def vertices(self) -> tuple[Vertex, ...]:
         return tuple(v for doc in self.docs for v in doc.vertices)
@@ -129,27 +289,44 @@ class VertexGraph:
 
     def describe(self) -> list[str]:
         """One line per vertex: what it is and what it runs."""
-        lines = []
-        for doc in self.docs:
-            for v in doc.vertices:
-                lines.append(f"{doc.name}/{v.name}: {_summary(self.app, v)}")
-        return lines
+        return [f"{doc.name}/{v.name}: {describe_vertex(v)}" for doc in self.docs
+                for v in doc.vertices]
 
 
-def _summary(app: Application, v: Vertex) -> str:
+_KIND = {
+    TcpSourceVertex: "source/udsource",
+    KafkaSourceVertex: "source/kafka",
+    StateVertex: "map/udf",
+    KafkaEncoderVertex: "map/udf",
+    MapVertex: "map/udf",
+    TcpSinkVertex: "sink/udsink",
+    KafkaSinkVertex: "sink/kafka",
+    BlackholeVertex: "sink/blackhole",
+}
+
+
+def sink_kind(sink: Sink) -> str:
+    return "kafka" if isinstance(sink, KafkaSink) else "tcp"
+
+
+def sink_address(sink: Sink) -> str:
+    return f"{sink.host}:{sink.port}" if isinstance(sink, TcpSink) else f"topic {sink.topic}"
+
+
+def describe_vertex(v: Vertex) -> str:
+    """``'map/udf [Split and Count] 'split into words'; autoscaled to 4'``."""
     parts: list[str] = []
     for w in v.works:
-        p = app.pipelines[w.pipeline]
         bits: list[str] = []
         if w.decode:
-            bits.append(f"{p.source.kind} source")
-        bits += [repr(p.steps[i].name) for i in w.steps]
-        if w.encode is not None:
-            bits.append(f"{p.sinks[w.encode].kind} sink")
-        parts.append(f"[{p.name}] " + " -> ".join(bits or ["(built-in)"]))
+            bits.append(f"{'tcp' if isinstance(v, TcpSourceVertex) else 'kafka'} source")
+        bits += [repr(name) for name in w.step_names]
+        if w.sink is not None:
+            bits.append(f"{sink_kind(w.sink)} sink")
+        parts.append(f"[{w.pipeline_name}] " + " -> ".join(bits or ["(built-in)"]))
     extra = ""
-    if v.state:
-        extra = f"; state {v.state!r}, {v.partitions} partition(s), ordered"
-    elif v.kind == MAP:
+    if isinstance(v, StateVertex):
+        extra = f"; state {v.state_name!r}, {v.partitions} partition(s), ordered"
+    elif isinstance(v, MapVertex):
         extra = f"; autoscaled to {v.max_replicas:d}" if v.max_replicas > 1 else "; 1 replica"
-    return f"{v.kind}/{v.role} " + "; ".join(parts) + extra
+    return f"{_KIND[type(v)]} " + "; ".join(parts) + extra

@@ -7,6 +7,7 @@ import re
 
 MAX_PIPELINE_NAME = 30
 MAX_PIPELINE_PLUS_VERTEX = 53
+MAX_TAG = 63  # tags are free text to Numaflow; a DNS label's length keeps them readable
 
 
 def slug(text: str, fallback: str = "x") -> str:
@@ -29,10 +30,11 @@ def shorten(name: str, limit: int) -> str:
 
 
 class NameBook:
-    """Hands out unique vertex names for one pipeline document."""
+    """Hands out unique names: vertex names of an app (``NameBook(longest_pipeline_name)``) or
+    routing tags of one document (``NameBook(limit=MAX_TAG)``)."""
 
-    def __init__(self, pipeline_name: str) -> None:
-        self.limit = MAX_PIPELINE_PLUS_VERTEX - len(pipeline_name)
+    def __init__(self, pipeline_name: str = "", limit: int | None = None) -> None:
+        self.limit = limit if limit is not None else MAX_PIPELINE_PLUS_VERTEX - len(pipeline_name)
         self.used: set[str] = set()
 
     def take(self, wanted: str, prefix: str = "") -> str:

@@ -1,40 +1,80 @@
-"""``plan(app, options)``: lower an ``Application`` to Numaflow vertices and edges.
+"""``plan(app, options, ref)``: lower an ``Application`` to complete Numaflow vertex specs.
 
 ::
 
-    graph = plan(from_actions(application_setup(args)), PlanOptions())
-    [v.name for v in graph.vertices()]   # ['reverse-source', 'reverse', 'reverse-sink']
+    graph = plan(from_actions(application_setup(args)), PlanOptions(), AppRef("reverse", args))
+    [v.name for v in graph.vertices()]   # ['source', 'reverse', 'sink']
 
 One vertex per step by default (``to`` serial, ``to_parallel`` autoscaled, state steps ordered
 and partitioned, one vertex per state name shared by every pipeline using it); ``fuse`` coalesces
 runs of stateless steps, and the leading run into the source. Pipelines that share no state are
-separate ``Pipeline`` documents, since Numaflow rejects disconnected graphs.
+separate ``Pipeline`` documents, since Numaflow rejects disconnected graphs. Routing tags come
+from a name book per document, so two pipelines whose names slug alike get distinct tags.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
+from typing import Any
 
 import attrs
 
 from nfbuilder.plan.graph import (
-    MAP,
-    SINK,
-    SOURCE,
+    BIND_HOST_ENV,
+    DIGEST_ENV,
+    STATE_STORE_ENV,
+    AppRef,
+    BlackholeVertex,
+    Container,
     Edge,
+    EnvVar,
+    KafkaEncoderVertex,
+    KafkaSinkVertex,
+    KafkaSourceVertex,
+    MapVertex,
     PipelineDoc,
     PlanOptions,
+    StateVertex,
+    TcpSinkVertex,
+    TcpSourceVertex,
     Vertex,
     VertexGraph,
     Work,
 )
-from nfbuilder.plan.names import MAX_PIPELINE_NAME, NameBook, shorten, slug
-from nfbuilder.topology import Application, Pipeline
+from nfbuilder.plan.names import MAX_PIPELINE_NAME, MAX_TAG, NameBook, shorten, slug
+from nfbuilder.topology import Application, KafkaSink, KafkaSource, Pipeline, Step
+
+#: the gRPC service our container serves, per vertex kind (built-in vertices have none)
+SERVICE: dict[type[Vertex], str] = {
+    TcpSourceVertex: "source",
+    KafkaSourceVertex: "sourcetransformer",
+    MapVertex: "map",
+    KafkaEncoderVertex: "map",
+    StateVertex: "map",
+    TcpSinkVertex: "sink",
+}
 
 
-def plan(app: Application, options: PlanOptions | None = None) -> VertexGraph:
-    """The vertex graph of ``app`` (deterministic: same input, same output)."""
+def serve_command(ref: AppRef, vertex: str, fuse: bool = False) -> tuple[str, ...]:
+    """The container command of a vertex (what ``nfbuilder run`` starts locally, too)."""
+    cmd = ["python", "-m", "nfbuilder", "serve", "--app", ref.module, "--vertex", vertex]
+    if fuse:
+        cmd.append("--fuse")
+    return (*cmd, "--", *ref.args)
+
+
+def plan(
+    app: Application, options: PlanOptions | None = None, ref: AppRef | None = None
+) -> VertexGraph:
+    """The vertex graph of ``app`` (deterministic: same input, same output).
+
+    ``ref`` says how a container imports the app (module and ``application_setup`` args); it
+    goes into each container's command. Without it the command names a module after the app.
+    """
     options = options or PlanOptions()
+    ref = ref or AppRef(slug(app.name, "app").replace("-", "_"))
     groups = _connected_groups(app)
     app_slug = slug(app.name, "app")
     doc_names = []
@@ -50,10 +90,16 @@ def plan(app: Application, options: PlanOptions | None = None) -> VertexGraph:
     names = NameBook(max(doc_names, key=len))
     multi = len(app.pipelines) > 1
     docs = [
-        _plan_doc(app, [app.pipelines[i] for i in group], name, options, names, multi)
+        _plan_doc([app.pipelines[i] for i in group], name, options, names, multi)
         for group, name in zip(groups, doc_names, strict=True)
     ]
-    return VertexGraph(app, options, tuple(docs))
+    digest = plan_digest(app.name, options.fuse, docs)
+    docs = [
+        attrs.evolve(d, vertices=tuple(_with_container(v, d, options, ref, digest)
+                                       for v in d.vertices))
+        for d in docs
+    ]
+    return VertexGraph(app.name, options, tuple(docs), digest)
 
 
 def _connected_groups(app: Application) -> list[list[int]]:
@@ -84,19 +130,19 @@ def _connected_groups(app: Application) -> list[list[int]]:
 
 @attrs.define
 class _Node:
-    """A vertex under construction."""
+    """A vertex under construction: its spec class, its works and its own fields."""
 
     name: str
-    kind: str
-    role: str
+    cls: type[Vertex]
     works: list[Work]
-    state: str | None = None
-    partitions: int = 1
-    max_replicas: int = 1
+    fields: dict[str, Any] = attrs.Factory(dict)
+
+    @property
+    def state(self) -> str | None:
+        return self.fields["state"].name if self.cls is StateVertex else None
 
 
 def _plan_doc(
-    app: Application,
     pipelines: list[Pipeline],
     doc_name: str,
     options: PlanOptions,
@@ -108,6 +154,12 @@ def _plan_doc(
     chains: dict[int, list[str]] = {}  # pipeline -> vertex names, source first, before sinks
     sink_names: dict[int, list[str]] = {}
     kafka_out: dict[str, str] = {}  # kafka encoder vertex -> its built-in sink vertex
+    tag_book = NameBook(limit=MAX_TAG)
+    tags = {p.index: tag_book.take(slug(p.name, "p")) for p in pipelines}
+
+    def work(p: Pipeline, run: tuple[int, ...] = (), **more: Any) -> Work:
+        return Work(pipeline=p.index, pipeline_name=p.name,
+                    steps=tuple(p.steps[i] for i in run), **more)
 
     for p in pipelines:
         prefix = slug(p.name, "p") if multi else ""
@@ -120,8 +172,7 @@ def _plan_doc(
             p.steps[i].stateful or p.steps[i].parallel for i in runs[0]
         ):
             lead = runs.pop(0)
-        nodes[src] = _Node(src, SOURCE, p.source.kind == "tcp" and "udsource" or "kafka",
-                           [Work(p.index, decode=True, steps=lead)])
+        nodes[src] = _source_node(src, p, doc_name, work(p, lead, decoder=p.source.decoder))
         chain.append(src)
         for run in runs:
             first = p.steps[run[0]]
@@ -130,31 +181,31 @@ def _plan_doc(
                 if name is None:
                     name = state_nodes[first.state.name] = names.take(first.state.name, prefix)
                     parts = options.partitions if first.state.partitioned else 1
-                    nodes[name] = _Node(
-                        name, MAP, "udf", [], state=first.state.name, partitions=parts
-                    )
-                nodes[name].works.append(Work(p.index, steps=run))
+                    nodes[name] = _Node(name, StateVertex, [],
+                                        {"state": first.state, "partition_count": parts})
+                nodes[name].works.append(work(p, run))
             else:
                 label = first.name if len(run) == 1 else f"{first.name}-to-{p.steps[run[-1]].name}"
                 name = names.take(label, prefix)
                 parallel = any(p.steps[i].parallel for i in run)
-                nodes[name] = _Node(name, MAP, "udf", [Work(p.index, steps=run)],
-                                    max_replicas=options.max_replicas if parallel else 1)
+                nodes[name] = _Node(name, MapVertex, [work(p, run)],
+                                    {"replicas": options.max_replicas if parallel else 1})
             chain.append(name)
         chains[p.index] = chain
         sink_names[p.index] = []
         for i, sink in enumerate(p.sinks):
             suffix = "" if i == 0 else f"-{i + 1}"
-            if sink.kind == "kafka":
+            if isinstance(sink, KafkaSink):
                 enc = names.take(_role_name(p, "encode", multi) + suffix)
-                nodes[enc] = _Node(enc, MAP, "udf", [Work(p.index, encode=i)])
+                nodes[enc] = _Node(enc, KafkaEncoderVertex, [work(p, sink=sink)])
                 out = names.take(_role_name(p, "sink", multi) + suffix)
-                nodes[out] = _Node(out, SINK, "kafka", [Work(p.index)])
+                nodes[out] = _Node(out, KafkaSinkVertex, [work(p)], _kafka_sink_fields(sink))
                 kafka_out[enc] = out
                 sink_names[p.index].append(enc)
             else:
                 out = names.take(_role_name(p, "sink", multi) + suffix)
-                nodes[out] = _Node(out, SINK, "udsink", [Work(p.index, encode=i)])
+                nodes[out] = _Node(out, TcpSinkVertex, [work(p, sink=sink)],
+                                   {"host": sink.host, "port": int(sink.port)})
                 sink_names[p.index].append(out)
 
     # Edges: each pipeline's chain, then its sinks (kafka: encoder -> built-in sink).
@@ -182,7 +233,7 @@ def _plan_doc(
         last = chains[p.index][-1]
         if p.index in ended and not any(a == last for a, _ in order):
             hole = names.take(_role_name(p, "end", multi))
-            nodes[hole] = _Node(hole, SINK, "blackhole", [Work(p.index)])
+            nodes[hole] = _Node(hole, BlackholeVertex, [work(p)])
             hop(last, hole, p.index)
 
     edges = []
@@ -191,8 +242,8 @@ def _plan_doc(
         taken = hops[(a, b)]
         outs_for = {pi for (x, _), ps in hops.items() if x == a for pi in ps}
         conditional = taken != served or outs_for != served
-        tags = tuple(sorted(_tag(app.pipelines[i]) for i in taken)) if conditional else ()
-        edges.append(Edge(a, b, tags))
+        edge_tags = tuple(sorted(tags[i] for i in taken)) if conditional else ()
+        edges.append(Edge(a, b, edge_tags))
     conditional_src = {e.src for e in edges if e.tags}
 
     vertices = []
@@ -201,21 +252,83 @@ def _plan_doc(
         for w in node.works:
             chain = chains[w.pipeline]
             nxt = _next_in_chain(chain, node.name)
-            key_by = None
+            key_by: Step | None = None
             if nxt is not None and nodes[nxt].state is not None:
-                nxt_work = next(x for x in nodes[nxt].works if x.pipeline == w.pipeline)
-                step = app.pipelines[w.pipeline].steps[nxt_work.steps[0]]
+                step = next(x for x in nodes[nxt].works if x.pipeline == w.pipeline).steps[0]
                 if step.state is not None and step.state.partitioned:
-                    key_by = nxt_work.steps[0]
+                    key_by = step
             is_end = node.name == chain[-1] and w.pipeline in ended
-            tag = _tag(app.pipelines[w.pipeline]) if node.name in conditional_src else None
+            tag = tags[w.pipeline] if node.name in conditional_src else None
             works.append(attrs.evolve(w, key_by=key_by, tag=tag, emit=not is_end))
-        ordered = node.state is not None
-        vertices.append(
-            Vertex(node.name, node.kind, node.role, tuple(works), node.state, node.partitions,
-                   ordered, 1 if ordered else node.max_replicas)
-        )
+        vertices.append(node.cls(name=node.name, works=tuple(works), **node.fields))
     return PipelineDoc(doc_name, tuple(vertices), tuple(edges), tuple(p.index for p in pipelines))
+
+
+def _source_node(name: str, p: Pipeline, doc_name: str, w: Work) -> _Node:
+    source = p.source
+    if isinstance(source, KafkaSource):
+        return _Node(name, KafkaSourceVertex, [w], {
+            "topic": source.topic,
+            "brokers": tuple(f"{h}:{port}" for h, port in source.brokers),
+            "consumer_group": f"{doc_name}-{name}",
+        })
+    return _Node(name, TcpSourceVertex, [w], {
+        "host": source.host, "port": int(source.port), "service": f"{doc_name}-{name}-tcp",
+    })
+
+
+def _kafka_sink_fields(sink: KafkaSink) -> dict[str, Any]:
+    producer = [("message.max.bytes", str(sink.max_message_size))]
+    if sink.max_produce_buffer_ms:
+        producer.insert(0, ("linger.ms", str(sink.max_produce_buffer_ms)))
+    return {"topic": sink.topic, "brokers": tuple(f"{h}:{p}" for h, p in sink.brokers),
+            "producer": tuple(producer)}
+
+
+def _with_container(v: Vertex, doc: PipelineDoc, options: PlanOptions, ref: AppRef,
+                    digest: str) -> Vertex:
+    service = SERVICE.get(type(v))
+    if service is None:
+        return v  # a Numaflow built-in: no container of ours
+    env = [EnvVar("PYTHONUNBUFFERED", "1"), EnvVar(DIGEST_ENV, digest)]
+    if isinstance(v, TcpSourceVertex):
+        env.append(EnvVar(BIND_HOST_ENV, "0.0.0.0"))
+    if isinstance(v, StateVertex):
+        if options.state_store_secret:
+            name, _, key = options.state_store_secret.partition(":")
+            env.append(EnvVar(STATE_STORE_ENV, secret=(name, key or "url")))
+        else:
+            env.append(EnvVar(STATE_STORE_ENV, options.state_store or "memory://"))
+    command = serve_command(ref, v.name, options.fuse)
+    return attrs.evolve(v, container=Container(service, command, tuple(env)))
+
+
+def plan_digest(app_name: str, fuse: bool, docs: list[PipelineDoc]) -> str:
+    """A short hash of what the vertices do: names, kinds, steps, states, routing, addresses.
+
+    Deployment choices (partitions, replicas, image, namespace, the state store, containers)
+    are left out, so a container that plans the app again from its own command gets the digest
+    the manifest carries, and a changed app or other arguments get another."""
+    text = json.dumps([app_name, fuse, _canon(docs)], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _canon(value: Any) -> Any:
+    """A JSON-able, process-independent form of plan data (user objects by their names)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_canon(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return repr(bytes(value))
+    if attrs.has(type(value)):
+        fields = {a.name: _canon(getattr(value, a.name)) for a in attrs.fields(type(value))
+                  if not a.metadata.get("deploy")}
+        return [type(value).__name__, fields]
+    # user objects: by qualified name, never by module (an app loaded from a path may carry an
+    # alias module name in-process and its plain name in the container)
+    fn = getattr(value, "function", value)
+    return getattr(fn, "__qualname__", type(value).__qualname__)
 
 
 def _next_in_chain(chain: list[str], name: str) -> str | None:
@@ -228,10 +341,6 @@ def _next_in_chain(chain: list[str], name: str) -> str | None:
 def _role_name(p: Pipeline, role: str, multi: bool) -> str:
     """``source``/``sink``/... alone in a one-pipeline document, else prefixed by the pipeline."""
     return f"{slug(p.name, 'p')}-{role}" if multi else role
-
-
-def _tag(pipeline: Pipeline) -> str:
-    return slug(pipeline.name, "p")
 
 
 def _runs(p: Pipeline, fuse: bool) -> list[tuple[int, ...]]:

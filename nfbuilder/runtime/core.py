@@ -3,7 +3,7 @@
 Servicers, the embedded engine and ``nfbuilder.testing`` all run messages through
 ``VertexProgram``, so the None/list/state rules cannot drift between them::
 
-    program = VertexProgram(app, vertex, Codec.for_module(module), StateTable(None, codec))
+    program = VertexProgram(vertex, Codec.for_module(module), StateTable(None, codec))
     outs = program.process(pipeline=0, payload=frame, msg_id="source-7-0")
     # [Out(value=b'...', keys=('a',), tags=())]
 
@@ -29,7 +29,6 @@ from nfbuilder.plan import Vertex, Work
 from nfbuilder.runtime.errors import UserCodeError
 from nfbuilder.runtime.stages import SINGLE_KEY, Compiled, Out, Stage, user_error
 from nfbuilder.runtime.statetable import StateTable
-from nfbuilder.topology import Application
 
 # Out, SINGLE_KEY and Stage live with the stages that make them and are part of this module's API.
 __all__ = ["SINGLE_KEY", "Out", "Stage", "VertexProgram"]
@@ -38,19 +37,13 @@ __all__ = ["SINGLE_KEY", "Out", "Stage", "VertexProgram"]
 class VertexProgram:
     """What one vertex does to a message of each pipeline it serves."""
 
-    def __init__(self, app: Application, vertex: Vertex, codec: Codec, states: StateTable) -> None:
-        self.app = app
+    def __init__(self, vertex: Vertex, codec: Codec, states: StateTable) -> None:
         self.vertex = vertex
         self.codec = codec
         self.states = states
         self.unknown_keys = 0  # messages dropped because their partition key was not declared
         self.replayed = 0  # redelivered messages answered from the recorded outputs
         self._works = {w.pipeline: w for w in vertex.works}
-        self._declared = {
-            name: frozenset(str(k) for k in spec.keys)
-            for name, spec in app.states().items()
-            if spec.keys
-        }
         self._compiled = {w.pipeline: Compiled(self, w) for w in vertex.works}
         self._only = next(iter(self._compiled.values())) if len(self._compiled) == 1 else None
 
@@ -93,13 +86,14 @@ class VertexProgram:
         ``key`` and ``serialize`` as for :meth:`process_object`."""
         c = self._compile(pipeline)
         if c.decode:
-            decoder = c.p.source.decoder
+            decoder = c.work.decoder
             try:
                 obj = decoder.decode(payload)
             except UserCodeError:
                 raise
             except Exception as exc:
-                raise user_error(f"pipeline {c.p.name!r} decoder", decoder, "decode", exc) from exc
+                where = f"pipeline {c.work.pipeline_name!r} decoder"
+                raise user_error(where, decoder, "decode", exc) from exc
             if obj is None:
                 return []
         else:

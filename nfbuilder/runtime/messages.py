@@ -18,9 +18,10 @@ from typing import Protocol
 
 import attrs
 
-#: Reserved tag: the engine drops the message and acks its parent. The tag is literally the
-#: text "U+005C__DROP__" (numa compares this exact string; it is not a backslash).
-DROP = "U+005C__DROP__"
+# Reserved tag: the engine drops the message and acks its parent. The tag is literally the
+# text "U+005C__DROP__" (numa compares this exact string; it is not a backslash). Defined once,
+# with the routing.
+from nfbuilder.plan.routing import DROP
 
 UserMetadata = Mapping[str, Mapping[str, bytes]]
 

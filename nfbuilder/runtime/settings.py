@@ -81,6 +81,7 @@ class Settings:
     state_store: str | None = None
     map_workers: int = 1
     tcp_bind_host: str | None = None  # overrides a TCP source's host (0.0.0.0 in a pod)
+    plan_digest: str | None = None  # the digest of the plan the manifest was compiled from
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -101,4 +102,5 @@ class Settings:
             state_store=_str(environ, "NFBUILDER_STATE_STORE"),
             map_workers=_int(environ, "NFBUILDER_MAP_WORKERS", 1, minimum=1),
             tcp_bind_host=_str(environ, "NFBUILDER_TCP_BIND_HOST"),
+            plan_digest=_str(environ, "NFBUILDER_PLAN_DIGEST"),
         )

@@ -10,7 +10,7 @@ steps, the state step, the keyer and the encoder, applying the step rules (see
 Everything resolvable ahead of the first message (the user functions, the keyer, the tags, the
 durable store) is resolved here once, so the per-message closures do as little as possible.
 The stages are parts of ``VertexProgram`` kept in a module of their own for size: they use its
-private ``_declared``, ``_record`` and ``_replay``. ``Out``, ``SINGLE_KEY`` and ``Stage`` are
+private ``_record`` and ``_replay``. ``Out``, ``SINGLE_KEY`` and ``Stage`` are
 defined here (so that the imports go one way, core -> stages) and exported by the core.
 """
 
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nfbuilder.plan import Work
 from nfbuilder.runtime.errors import UserCodeError
-from nfbuilder.topology import Pipeline, Step
+from nfbuilder.topology import KafkaSink, Sink, Step
 
 if TYPE_CHECKING:
     from nfbuilder.runtime.core import VertexProgram
@@ -109,41 +109,39 @@ class Compiled:
     message needs: the step functions, the state step, the keyer, the tags of the outputs.
     Every rule of ``nfbuilder.runtime.core``'s docstring is applied here, and only here."""
 
-    __slots__ = ("decode", "p", "stage", "work")
+    __slots__ = ("decode", "stage", "work")
 
     def __init__(self, program: VertexProgram, work: Work) -> None:
-        p = program.app.pipelines[work.pipeline]
-        self.p = p
         self.work = work
         self.decode = work.decode
-        finish, one = _finishers(program, p, work)
-        first = p.steps[work.steps[0]] if work.steps else None
+        finish, one = _finishers(program, work)
+        first = work.steps[0] if work.steps else None
         if first is not None and first.state is not None:
             # the planner gives a state step a vertex of its own
-            self.stage: Stage = _state_stage(program, p, first, finish, one)
+            self.stage: Stage = _state_stage(program, work.pipeline_name, first, finish, one)
         else:
-            self.stage = _steps_stage(p, [p.steps[i] for i in work.steps], finish, one)
+            self.stage = _steps_stage(work.pipeline_name, work.steps, finish, one)
 
 
 def _method(step: Step) -> str:
     return "compute_multi" if step.multi else "compute"
 
 
-def _where(p: Pipeline, step: Step) -> str:
-    return f"pipeline {p.name!r}, step {step.name!r}"
+def _where(pipeline: str, step: Step) -> str:
+    return f"pipeline {pipeline!r}, step {step.name!r}"
 
 
-def _finishers(program: VertexProgram, p: Pipeline, work: Work) -> tuple[_Finish, Stage]:
+def _finishers(program: VertexProgram, work: Work) -> tuple[_Finish, Stage]:
     """Key, tag or encode the step outputs: ``finish(objs, serialize)`` for a list of them and,
     for the common single output, ``one(obj, msg_id, key, serialize)`` (a stage by itself for
     a vertex without steps: a sink)."""
     if not work.emit:
         return (lambda objs, serialize: []), (lambda obj, msg_id, key, serialize: [])
-    if work.encode is not None:
-        return _encoders(p, work.encode)
+    if work.sink is not None:
+        return _encoders(work.pipeline_name, work.sink)
     tags: tuple[str, ...] = (work.tag,) if work.tag else ()
-    keyer = (_keyer(_where(p, p.steps[work.key_by]), p.steps[work.key_by])
-             if work.key_by is not None else None)
+    key_by = work.key_by
+    keyer = _keyer(_where(work.pipeline_name, key_by), key_by) if key_by is not None else None
     dumps = program.codec.dumps
 
     def finish(objs: list[Any], serialize: bool) -> list[Out]:
@@ -162,10 +160,10 @@ def _finishers(program: VertexProgram, p: Pipeline, work: Work) -> tuple[_Finish
     return finish, one
 
 
-def _steps_stage(p: Pipeline, steps: list[Step], finish: _Finish, one: Stage) -> Stage:
+def _steps_stage(pipeline: str, steps: tuple[Step, ...], finish: _Finish, one: Stage) -> Stage:
     """The stage of a vertex running stateless steps (or none: a sink's encoding only)."""
     resolved = [(s.computation, _direct(s.computation, _method(s)), s.multi, _method(s),
-                 _where(p, s)) for s in steps]
+                 _where(pipeline, s)) for s in steps]
     if not resolved:
         return one
 
@@ -197,7 +195,7 @@ def _steps_stage(p: Pipeline, steps: list[Step], finish: _Finish, one: Stage) ->
 
 
 def _state_stage(
-    program: VertexProgram, p: Pipeline, step: Step, finish: _Finish, one: Stage
+    program: VertexProgram, pipeline: str, step: Step, finish: _Finish, one: Stage
 ) -> Stage:
     """Apply a state step once per message id; a redelivered id gets its recorded outputs.
 
@@ -205,11 +203,11 @@ def _state_stage(
     process that could be redelivered, so there is nothing to look up or record."""
     spec = step.state
     assert spec is not None
-    where = _where(p, step)
+    where = _where(pipeline, step)
     comp, method, multi = step.computation, _method(step), step.multi
     fn = _direct(comp, method)
     keyer = _keyer(where, step) if spec.partitioned else None
-    declared = program._declared.get(spec.name)
+    declared = frozenset(str(k) for k in spec.keys) if spec.keys else None
     states = program.states
     entries = states.entries(spec.name)
     durable = states.durable
@@ -265,15 +263,14 @@ def _state_stage(
     return stage
 
 
-def _encoders(p: Pipeline, index: int) -> tuple[_Finish, Stage]:
+def _encoders(pipeline: str, sink: Sink) -> tuple[_Finish, Stage]:
     """A sink's encoder applied to each output (``encode(objs, serialize)``) or to one
     (``one(obj, msg_id, key, serialize)``): bytes (str is UTF-8 encoded), and for a Kafka sink
     ``(value, key[, partition])`` too; None writes nothing. Encoded outputs are always bytes."""
-    sink = p.sinks[index]
     enc = sink.encoder
     fn = _direct(enc, "encode")
-    where = f"pipeline {p.name!r} encoder"
-    kafka = sink.kind == "kafka"
+    where = f"pipeline {pipeline!r} encoder"
+    kafka = isinstance(sink, KafkaSink)
 
     def call(obj: Any) -> Any:
         try:

@@ -1,22 +1,35 @@
 """Glue: what ``python -m nfbuilder serve --app MODULE --vertex NAME -- ARGS`` runs.
 
-It imports the app, plans it exactly as ``compile`` did, finds the vertex, builds its
-``VertexProgram`` and serves it with the matching servicer (map, source transformer, TCP source,
-TCP sink)::
+The CLI imports the app; here it is planned exactly as ``compile`` did (and checked against the
+manifest's plan digest), the vertex's ``VertexProgram`` is built and served with the servicer its
+spec calls for (map, source transformer, TCP source, TCP sink)::
 
-    serve_vertex("word_count", "word-totals", ["--in", "0.0.0.0:7010", "--out", "rx:7002"])
+    program = build_program(load_app("word_count", args), "word-totals", fuse=False,
+                            state_store=settings.state_store, digest=settings.plan_digest)
+    code = serve_program(program, settings)
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from nfbuilder.codec import Codec
-from nfbuilder.loader import AppLoadError, LoadedApp, load_app
-from nfbuilder.plan import META_GROUP, META_PIPELINE, PlanOptions, Vertex, plan
+from nfbuilder.loader import LoadedApp
+from nfbuilder.plan import (
+    META_GROUP,
+    META_PIPELINE,
+    AppRef,
+    KafkaSourceVertex,
+    MapVertex,
+    PlanOptions,
+    StateVertex,
+    TcpSinkVertex,
+    TcpSourceVertex,
+    Vertex,
+    plan,
+)
 from nfbuilder.plan.names import slug
 from nfbuilder.runtime.core import Out, VertexProgram
 from nfbuilder.runtime.messages import (
@@ -27,7 +40,6 @@ from nfbuilder.runtime.messages import (
     SourceMessage,
 )
 from nfbuilder.runtime.settings import Settings
-from nfbuilder.runtime.state.store import StateStoreError
 from nfbuilder.runtime.statetable import StateTable
 
 log = logging.getLogger("nfbuilder.vertex")
@@ -54,23 +66,40 @@ def pipeline_of(user_metadata: Any) -> int | None:
     return int(raw) if raw else None
 
 
+class PlanMismatch(Exception):
+    """The plan rebuilt in the container is not the one the manifest was compiled from."""
+
+
 def build_program(
-    loaded: LoadedApp, vertex_name: str, *, fuse: bool, state_store: str | None
+    loaded: LoadedApp, vertex_name: str, *, fuse: bool, state_store: str | None,
+    digest: str | None = None,
 ) -> VertexProgram:
-    """The vertex's program, with its state store opened when it serves a state."""
-    graph = plan(loaded.app, PlanOptions(fuse=fuse))
+    """The vertex's program, with its state store opened when it serves a state.
+
+    ``digest``: the plan digest the manifest carries; when given, the app planned here must
+    have the same one (raises :class:`PlanMismatch`). Raises ``KeyError`` for an unknown
+    vertex and ``StateStoreError`` for a store that cannot be opened."""
+    graph = plan(loaded.app, PlanOptions(fuse=fuse), AppRef(loaded.module_name, loaded.args))
     _, vertex = graph.find(vertex_name)
+    if digest and digest != graph.digest:
+        raise PlanMismatch(
+            f"vertex {vertex_name!r}: the application's plan is not the one this manifest was "
+            f"compiled from (plan digest {graph.digest}, the manifest's {digest}): the app or "
+            "its arguments changed since 'nfbuilder compile'. Compile again and apply the new "
+            "manifest (and image)."
+        )
     codec = Codec.for_module(loaded.module)
     store = None
-    if vertex.state is not None:
+    if isinstance(vertex, StateVertex):
         from nfbuilder.runtime.state.store import open_store
 
         url = state_store or "memory://"
         store = open_store(url, namespace=slug(loaded.app.name, "app"))
         if not store.durable:
             log.warning("vertex %s: state %r is kept in memory only (%s): it will not survive a "
-                        "restart; set NFBUILDER_STATE_STORE", vertex.name, vertex.state, url)
-    return VertexProgram(loaded.app, vertex, codec, StateTable(store, codec))
+                        "restart; set NFBUILDER_STATE_STORE", vertex.name, vertex.state_name,
+                        url)
+    return VertexProgram(vertex, codec, StateTable(store, codec))
 
 
 def map_handler(program: VertexProgram) -> Any:
@@ -189,46 +218,28 @@ def sink_handler(program: VertexProgram, writer: Any, peer: str) -> Any:
     return handle
 
 
-def serve_vertex(
-    app_spec: str, vertex_name: str, app_args: Sequence[str], *, fuse: bool = False
-) -> int:
-    """Serve one vertex until SIGTERM; returns the process exit code."""
+def serve_program(program: VertexProgram, settings: Settings) -> int:
+    """Serve ``program``'s vertex with its servicer until SIGTERM; returns the exit code."""
     from nfbuilder.runtime.server import serve
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    settings = Settings.from_env()
-    try:
-        loaded = load_app(app_spec, app_args)
-        program = build_program(loaded, vertex_name, fuse=fuse, state_store=settings.state_store)
-    except (AppLoadError, KeyError) as exc:
-        print(f"nfbuilder serve: {exc}", file=sys.stderr)
-        return 2
-    except StateStoreError as exc:  # unreachable store: say which (password masked) and stop
-        print(f"nfbuilder serve: vertex {vertex_name!r}: {exc}", file=sys.stderr)
-        return 1
     vertex: Vertex = program.vertex
-    kind = vertex.container
-    if kind == "map":
+    if isinstance(vertex, MapVertex):
         return serve("map", map_handler(program), settings, ordered=vertex.ordered)
-    if kind == "sourcetransformer":
+    if isinstance(vertex, KafkaSourceVertex):
         return serve("sourcetransformer", map_handler(program), settings)
-    p = loaded.app.pipelines[vertex.works[0].pipeline]
-    if kind == "source":
+    if isinstance(vertex, TcpSourceVertex):
         from nfbuilder.runtime.tcp import TcpFrameSource
 
-        src: Any = p.source
-        host = settings.tcp_bind_host or src.host
-        frames = TcpFrameSource(host, int(src.port), src.decoder.header_length(),
-                                src.decoder.payload_length)
+        decoder = vertex.works[0].decoder
+        host = settings.tcp_bind_host or vertex.host
+        frames = TcpFrameSource(host, vertex.port, decoder.header_length(),
+                                decoder.payload_length)
         return serve("source", TcpSourceHandler(program, frames, settings.replica), settings)
-    if kind == "sink":
+    if isinstance(vertex, TcpSinkVertex):
         from nfbuilder.runtime.tcp import TcpSinkWriter
 
-        sink: Any = p.sinks[vertex.works[0].encode or 0]
-        writer = TcpSinkWriter(sink.host, int(sink.port))
-        return serve("sink", sink_handler(program, writer, f"{sink.host}:{sink.port}"), settings)
-    print(f"nfbuilder serve: vertex {vertex_name!r} is a Numaflow built-in ({vertex.role}); "
-          "it has no container to serve", file=sys.stderr)
-    return 2
+        writer = TcpSinkWriter(vertex.host, vertex.port)
+        peer = f"{vertex.host}:{vertex.port}"
+        return serve("sink", sink_handler(program, writer, peer), settings)
+    raise PlanMismatch(f"vertex {vertex.name!r} is a Numaflow built-in "
+                       f"({type(vertex).__name__}); it has no container to serve")

@@ -1,0 +1,64 @@
+"""Where a vertex's outputs go: the one routing function of the engine and the harness.
+
+Numaflow forwards an output along every out-edge whose tag condition it meets (``or``: one
+common tag is enough; an edge without a condition takes everything), drops an output tagged
+:data:`DROP`, and picks the partition of an ordered vertex by hashing the message keys::
+
+    router = Router(doc.edges_from("split"))
+    router.destinations(("orders",))     # ('orders-sink',)
+    partition_of(("a",), 2)              # 0 or 1, the same for the same keys
+
+An output's id is built from the vertex that wrote it, the offset of the message it came from and
+its index among that message's outputs (``output_id``), so the same message re-processed after a
+redelivery has outputs with the same ids.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Sequence
+
+from nfbuilder.plan.graph import Edge
+
+#: the reserved tag of a dropped message (the literal text numa and pynumaflow use)
+DROP = "U+005C__DROP__"
+
+
+class Router:
+    """The out-edges of one vertex, ready to route outputs by their tags."""
+
+    __slots__ = ("all", "always", "_conditional")
+
+    def __init__(self, edges: Iterable[Edge]) -> None:
+        edges = tuple(edges)
+        conds = [(e.dst, frozenset(e.tags) if e.tags else None) for e in edges]
+        #: every destination, in edge order
+        self.all: tuple[str, ...] = tuple(dst for dst, _ in conds)
+        #: the destinations when no edge has a condition (every output goes to all of them),
+        #: else None
+        self.always: tuple[str, ...] | None = (
+            tuple(dst for dst, _ in conds) if all(c is None for _, c in conds) else None
+        )
+        self._conditional = tuple(conds)
+
+    def destinations(self, tags: Sequence[str]) -> tuple[str, ...]:
+        """The vertices an output with ``tags`` goes to (none when it is dropped)."""
+        if tags and DROP in tags:
+            return ()
+        if self.always is not None:
+            return self.always
+        return tuple(dst for dst, cond in self._conditional
+                     if cond is None or not cond.isdisjoint(tags))
+
+
+def partition_of(keys: Sequence[str], partitions: int) -> int:
+    """The partition (pod) of an ordered vertex that a message with ``keys`` goes to."""
+    if partitions <= 1:
+        return 0
+    return zlib.crc32(":".join(keys).encode()) % partitions
+
+
+def output_id(producer: str, offset: str | int, index: int) -> str:
+    """``<producer>-<offset>-<index>``: output ``index`` of the message read at ``offset`` by
+    vertex ``producer``."""
+    return f"{producer}-{offset}-{index}"
