@@ -74,11 +74,17 @@ def _exec_file(key: str, path: str) -> ModuleType:
         raise AppLoadError(f"{path}: cannot be imported as a Python module. Give a .py file.")
     module = importlib.util.module_from_spec(spec)
     sys.modules[key] = module
+    # As importlib marks a module being imported. Every ``__import__`` of a module checks
+    # ``__spec__._initializing``, pickle included (once per object of the app's classes): a
+    # spec without the attribute costs a raised and cleared AttributeError each time.
+    spec._initializing = True  # type: ignore[attr-defined]
     try:
         spec.loader.exec_module(module)
     except BaseException:
         sys.modules.pop(key, None)
         raise
+    finally:
+        spec._initializing = False  # type: ignore[attr-defined]
     return module
 
 
