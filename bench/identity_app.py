@@ -1,7 +1,10 @@
-"""The benchmark app: TCP source -> ``to(identity)`` -> TCP sink, in the Wallaroo API.
+"""The benchmark app: TCP source -> ``to(identity)`` -> ``to(forward)`` -> TCP sink, in the
+Wallaroo API.
 
-Only its map vertex is measured (bench/map_vertex.py). The app defines identity
-``serialize``/``deserialize`` hooks so that a message value between vertices is the raw bytes:
+Only its ``identity`` map vertex is measured (bench/map_vertex.py); ``forward`` is there because
+the sink's encoder runs with the last step, and the measured vertex must not encode. The app
+defines identity ``serialize``/``deserialize`` hooks so that a message value between vertices is
+the raw bytes:
 the map server then does exactly what the pynumaflow identity handler does, and the benchmark
 compares framework overhead rather than pickle.
 
@@ -22,6 +25,7 @@ def application_setup(args: list[str]) -> list[tuple[object, ...]]:
     ab = wallaroo.ApplicationBuilder("bench identity")
     ab.new_pipeline("identity", wallaroo.TCPSourceConfig(in_host, in_port, decode))
     ab.to(identity)
+    ab.to(forward)
     ab.to_sink(wallaroo.TCPSinkConfig(out_host, out_port, encode))
     return ab.build()  # type: ignore[no-any-return]
 
@@ -41,6 +45,11 @@ def decode(data: bytes) -> bytes:
 
 @wallaroo.computation(name="identity")
 def identity(data: bytes) -> bytes:
+    return data
+
+
+@wallaroo.computation(name="forward")
+def forward(data: bytes) -> bytes:
     return data
 
 

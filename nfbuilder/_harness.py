@@ -38,7 +38,7 @@ from nfbuilder.runtime.core import Out, VertexProgram
 from nfbuilder.runtime.errors import UserCodeError
 from nfbuilder.runtime.framing import FrameParser, FramingError
 from nfbuilder.runtime.statetable import StateTable
-from nfbuilder.topology import Application
+from nfbuilder.topology import Application, StateSpec
 
 BYTES = (bytes, bytearray, memoryview)  # an input item of these types is payload bytes
 
@@ -60,15 +60,16 @@ class _Node:
     collect: list[bytes] | None = None  # a sink's output list
     read: int = 0
     delivers: dict[int, _Deliver] = attrs.Factory(dict)  # per pipeline, made by the graph
-    # Numaflow's own sinks run no code of ours: a Kafka sink writes the encoder vertex's record
-    # values as they are; a blackhole discards.
+    # A sink that writes what it gets: the vertex before it encoded the messages (or, for a
+    # Numaflow built-in Kafka sink, an encoder vertex did); a blackhole discards.
     built_in_sink: bool = attrs.field(init=False)
     stateful: bool = attrs.field(init=False)  # message ids are only read by state steps
     keyed: bool = attrs.field(init=False)  # a partitioned state vertex: takes the message's key
 
     def __attrs_post_init__(self) -> None:
         v = self.vertex
-        self.built_in_sink = isinstance(v, (KafkaSinkVertex, BlackholeVertex))
+        self.built_in_sink = isinstance(v, (KafkaSinkVertex, BlackholeVertex)) or (
+            isinstance(v, SinkVertex) and all(w.encoded for w in v.works))
         self.stateful = isinstance(v, StateVertex)
         self.keyed = isinstance(v, StateVertex) and v.state.partitioned
 
@@ -101,6 +102,11 @@ class Graph:
                     for w in v.works:
                         self.sources[w.pipeline] = node
                 self.nodes[v.name] = node
+
+    def state_specs(self) -> dict[str, StateSpec]:
+        """Every state of the app by name."""
+        return {n.vertex.state.name: n.vertex.state for n in self.nodes.values()
+                if isinstance(n.vertex, StateVertex)}
 
     def unknown_keys(self) -> dict[str, int]:
         return {n.name: n.program.unknown_keys for n in self.nodes.values() if n.stateful}

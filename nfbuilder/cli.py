@@ -73,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--max-messages", type=int, metavar="N",
                    help="stop once N messages have reached the sinks")
     r.add_argument("--quiet", action="store_true", help="no status display")
-    r.add_argument("--work-dir", help="where sockets, logs and the default state store go")
+    r.add_argument("--work-dir",
+                   help="where sockets, logs and the default state store go (default: a new "
+                        "temporary directory, so state starts empty; give the same one to resume)")
+    r.add_argument("--fresh", action="store_true",
+                   help="delete the app's state in the state store before the run")
     return parser
 
 
@@ -185,7 +189,7 @@ def _run(ns: argparse.Namespace, app_args: list[str]) -> int:
             raise _UserError(f"bad option: {flag} must be > 0, got {value}")
     options = EngineOptions(
         plan=_options(ns), until_idle=ns.until_idle, max_messages=ns.max_messages,
-        quiet=ns.quiet, work_dir=ns.work_dir,
+        quiet=ns.quiet, work_dir=ns.work_dir, fresh=ns.fresh,
     )
     loaded = _load_app(ns.app, app_args)
     logging.basicConfig(level=logging.WARNING)

@@ -60,7 +60,7 @@ from nfbuilder.loader import AppLoadError, app_from_actions, load_app
 from nfbuilder.plan.names import slug
 from nfbuilder.runtime.core import SINGLE_KEY
 from nfbuilder.runtime.statetable import StateTable
-from nfbuilder.topology import Application
+from nfbuilder.topology import Application, StateSpec, partition_key
 
 __all__ = ["RunResult", "run", "run_app"]
 
@@ -83,6 +83,7 @@ class RunResult:
     outputs: dict[str, list[bytes]]
     unknown_keys: dict[str, int]
     table: StateTable = attrs.field(repr=False)
+    specs: dict[str, StateSpec] = attrs.field(factory=dict, repr=False)
 
     def output(self) -> bytes:
         """Every sink's bytes joined, sinks in plan order: ``parse_output(result.output())``."""
@@ -90,8 +91,11 @@ class RunResult:
 
     def state(self, state_name: str, key: Any = None) -> Any:
         """The live state object of ``state_name`` for partition ``key`` (omit ``key`` for a
-        ``to_stateful`` state). Keys are compared as ``str(key)``, as the runtime routes them."""
-        k = SINGLE_KEY if key is None else str(key)
+        ``to_stateful`` state). ``key`` is converted as the runtime converts a partition
+        function's result (``b"a"`` and ``"a"`` are one key; an int is ``chr(key)``, except for
+        ``to_state_partition_u64``)."""
+        spec = self.specs.get(state_name)
+        k = SINGLE_KEY if key is None else partition_key(key, spec is not None and spec.u64)
         try:
             return self.table.get(state_name, k)
         except KeyError:
@@ -162,7 +166,7 @@ def run(
     finally:
         if store is not None:
             store.close()
-    return RunResult(graph.outputs, graph.unknown_keys(), table)
+    return RunResult(graph.outputs, graph.unknown_keys(), table, graph.state_specs())
 
 
 # -- loading --------------------------------------------------------------------------------

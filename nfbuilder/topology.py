@@ -77,6 +77,43 @@ Source = TcpSource | KafkaSource
 Sink = TcpSink | KafkaSink
 
 
+def partition_key(value: Any, u64: bool = False) -> str:
+    """The state key of a partition function's result or of a declared partition key, as
+    Wallaroo 0.5.4 (Python 3) made it: ``str`` as it is, UTF-8 ``bytes`` as the same text (so
+    ``b"kw"`` and ``"kw"`` are one key), an ``int`` as ``chr(int)``; for
+    ``to_state_partition_u64`` the integer's digits. Anything else becomes ``str(value)``::
+
+        partition_key(b"kw") == partition_key("kw") == "kw"
+        partition_key(117)            # 'u'
+        partition_key(117, u64=True)  # '117'
+
+    Raises ``ValueError`` (saying what to return instead) for bytes that are not UTF-8 and for
+    an int that is no Unicode code point.
+    """
+    if type(value) is str:
+        return value
+    if u64:
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"partition key {bytes(value)!r} is not UTF-8 text ({exc.reason} at byte "
+                f"{exc.start}); return a str, or bytes that are UTF-8"
+            ) from None
+    if isinstance(value, int):  # Wallaroo 0.5.4's wrapper: chr(result) for an int (bool too)
+        try:
+            return chr(value)
+        except (ValueError, OverflowError):
+            raise ValueError(
+                f"partition key {value!r}: an int key becomes chr(key) (as in Wallaroo 0.5.4) and "
+                f"must be in 0..{0x10FFFF}; return a str, or use to_state_partition_u64 for "
+                "integer keys"
+            ) from None
+    return value if isinstance(value, str) else str(value)
+
+
 @attrs.frozen
 class StateSpec:
     """A named state. ``keys`` is None for ``to_stateful`` (one state object), ``()`` for keys
@@ -91,6 +128,12 @@ class StateSpec:
     @property
     def partitioned(self) -> bool:
         return self.partition_function is not None
+
+    def declared(self) -> frozenset[str] | None:
+        """The declared keys as state keys (:func:`partition_key`), or None: keys on demand."""
+        if not self.keys:
+            return None
+        return frozenset(partition_key(k, self.u64) for k in self.keys)
 
 
 @attrs.frozen
@@ -173,6 +216,10 @@ def _step(action: Sequence[Any]) -> Step:
             tuple(action[5] or ()),
             u64=kind == TO_STATE_PARTITION_U64,
         )
+        try:
+            state.declared()
+        except ValueError as exc:
+            raise TopologyError(f"step {name!r}, state {state_name!r}: declared {exc}") from None
     return Step(kind, name, comp, state)
 
 

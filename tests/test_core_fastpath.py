@@ -58,11 +58,20 @@ def number(data: Any) -> Any:
     return 7
 
 
-def _app(encoder: Any = line) -> Application:
+@wallaroo.computation(name="pass on")
+def pass_on(data: Any) -> Any:
+    return data
+
+
+def _app(encoder: Any = line, after_state: Any = None) -> Application:
+    """split -> count (partitioned state) [-> after_state] -> sink; the vertex before the sink
+    encodes."""
     ab = wallaroo.ApplicationBuilder("fast")
     ab.new_pipeline("p", wallaroo.TCPSourceConfig("127.0.0.1", "7010", text))
     ab.to_parallel(split)
     ab.to_state_partition(count, Words, "words", first, None)
+    if after_state is not None:
+        ab.to(after_state)
     ab.to_sink(wallaroo.TCPSinkConfig("127.0.0.1", "7002", encoder))
     return from_actions(ab.build())
 
@@ -71,8 +80,12 @@ def _programs(app: Application, store: Any = None) -> dict[str, VertexProgram]:
     table = StateTable(store, CODEC)
     vertices: list[Vertex] = list(plan(app).vertices())
     role = {MapVertex: "map", StateVertex: "state", TcpSinkVertex: "sink"}
-    by_role = {role[type(v)]: v for v in vertices if type(v) in role}
-    return {r: VertexProgram(v, CODEC, table) for r, v in by_role.items()}
+    out: dict[str, VertexProgram] = {}
+    for v in vertices:
+        r = role.get(type(v))
+        if r is not None:
+            out["after" if r in out else r] = VertexProgram(v, CODEC, table)
+    return out
 
 
 def test_out_is_a_plain_triple() -> None:
@@ -92,17 +105,20 @@ def test_object_stage_says_what_process_says() -> None:
     assert as_objects == [Out("a", ("a",)), Out("bb", ("b",)), Out("a", ("a",))]
     assert [o.keys for o in as_bytes] == [o.keys for o in as_objects]
     assert split_v.stage(0)("a  bb a", "", None, False) == as_objects
-    # the sink encodes: its outputs are bytes in both modes
-    assert progs["sink"].process_object(0, ("a", 2), serialize=False) == [Out(b"a=2\n")]
-    assert progs["sink"].process(0, CODEC.dumps(("a", 2))) == [Out(b"a=2\n")]
+    # the state vertex encodes for the sink: its outputs are bytes in both modes
+    state = progs["state"]
+    assert state.process_object(0, "a", "", "a", serialize=False) == [Out(b"a=1\n")]
+    assert state.process(0, CODEC.dumps("a")) == [Out(b"a=2\n")]
+    # and the sink writes what it gets
+    assert progs["sink"].process(0, b"a=2\n") == [Out(b"a=2\n")]
 
 
 def test_a_given_key_is_used_instead_of_calling_the_partition_function() -> None:
     state = _programs(_app())["state"]
     calls.clear()
-    assert state.process_object(0, "apple", "", "a", serialize=False) == [Out(("apple", 1))]
+    assert state.process_object(0, "apple", "", "a", serialize=False) == [Out(b"apple=1\n")]
     assert calls == []
-    assert state.process(0, CODEC.dumps("avocado")) == [Out(CODEC.dumps(("avocado", 1)))]
+    assert state.process(0, CODEC.dumps("avocado")) == [Out(b"avocado=1\n")]
     assert calls == ["avocado"]
     assert state.states.get("words", "a").seen == {"apple": 1, "avocado": 1}
 
@@ -123,13 +139,14 @@ def test_object_mode_records_serialized_outputs_and_replays_objects(tmp_path: Pa
     url = f"sqlite:///{tmp_path}/s.db"
     store = open_store(url, namespace="t")
     try:
-        state = _programs(_app(), store)["state"]
+        # a step after the state: the state vertex passes objects on (it does not encode)
+        state = _programs(_app(after_state=pass_on), store)["state"]
         assert state.process_object(0, "apple", "v-1-0", serialize=False) == [Out(("apple", 1))]
     finally:
         store.close()
     again_store = open_store(url, namespace="t")
     try:
-        again = _programs(_app(), again_store)["state"]
+        again = _programs(_app(after_state=pass_on), again_store)["state"]
         assert again.process_object(0, "apple", "v-1-0", serialize=False) == [Out(("apple", 1))]
         assert again.process(0, CODEC.dumps("apple"), "v-1-0") == [
             Out(CODEC.dumps(("apple", 1)))]
@@ -148,6 +165,7 @@ def test_dsl_wrappers_are_called_through_but_overrides_are_honoured() -> None:
     ab = wallaroo.ApplicationBuilder("loud")
     ab.new_pipeline("p", wallaroo.TCPSourceConfig("127.0.0.1", "7010", text))
     ab.to(loud)
+    ab.to(pass_on)
     ab.to_sink(wallaroo.TCPSinkConfig("127.0.0.1", "7002", number))
     app = from_actions(ab.build())
     vertex = next(v for v in plan(app).vertices() if isinstance(v, MapVertex))
@@ -159,7 +177,7 @@ def test_errors_read_the_same_from_the_object_stage() -> None:
     progs = _programs(_app(number))
     with pytest.raises(UserCodeError, match=r"pipeline 'p' encoder: .*number.* must return bytes "
                        r"or str, got int"):
-        progs["sink"].process_object(0, ("a", 1), serialize=False)
+        progs["state"].process_object(0, "a", "", "a", serialize=False)
     with pytest.raises(UserCodeError, match=r"pipeline 'p', step 'count': .*count.* raised "
                        r"TypeError"):
         progs["state"].process_object(0, ["unhashable"], "", "a", serialize=False)
@@ -177,7 +195,7 @@ def test_a_vertex_of_several_pipelines_needs_the_pipeline() -> None:
     app = from_actions(ab.build())
     vertex = next(v for v in plan(app).vertices() if isinstance(v, StateVertex))
     prog = VertexProgram(vertex, CODEC, StateTable(None, CODEC))
-    assert prog.process_object(1, "x", serialize=False)[0].value == ("x", 1)
+    assert prog.process_object(1, "x", serialize=False)[0].value == b"x=1\n"  # encoded
     with pytest.raises(UserCodeError, match=r"serves pipelines \[0, 1\] and got a message for "
                        r"pipeline None; the message lost its pipeline metadata"):
         prog.process_object(None, "x")

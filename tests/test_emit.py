@@ -205,11 +205,11 @@ def test_kafka_source_and_sink() -> None:
     assert kafka["brokers"] == ["127.0.0.1:9092"] and kafka["topic"] == "test-in"
     assert kafka["consumerGroup"] == f"{p['metadata']['name']}-source"
     assert "transformer" in v["source"]["source"]
-    assert "udf" in v["encode"]
+    assert "encode" not in v  # the last step's vertex encodes for the built-in Kafka sink
     assert v["sink"]["sink"] == {"kafka": {
         "brokers": ["127.0.0.1:9092"], "topic": "test-out", "setKey": True,
         "config": "linger.ms: 10\nmessage.max.bytes: 100000\n"}}
-    assert p["spec"]["edges"][-1] == {"from": "encode", "to": "sink"}
+    assert p["spec"]["edges"][-1] == {"from": "add-32", "to": "sink"}
 
 
 def test_market_spread_edges_carry_tag_conditions() -> None:
@@ -255,7 +255,7 @@ def test_artifacts_have_an_entrypoint_per_container_vertex() -> None:
     graph, ref = app_graph("celsius_kafka")
     files = render_artifacts(graph, app_file=str(goldens.app_path("celsius_kafka")))
     with_container = {v.name for v in graph.vertices() if v.container}
-    assert with_container == {"source", "multiply-by-1-8", "add-32", "encode"}  # not the kafka sink
+    assert with_container == {"source", "multiply-by-1-8", "add-32"}  # not the kafka sink
     assert {f for f in files if f.startswith("entrypoints/")} == {
         f"entrypoints/{n}.py" for n in with_container}
     for rel, content in files.items():

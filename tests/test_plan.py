@@ -127,39 +127,54 @@ def test_to_state_partition_is_ordered_with_p_partitions_and_upstream_key_by(kin
     assert doc.vertex("source").works[0].key_by is None
 
 
-def test_tcp_sink_is_a_udsink_that_encodes() -> None:
+def test_tcp_sink_is_a_udsink_writing_what_the_last_step_encoded() -> None:
     doc = only_doc(plan_of(one_pipeline().to(w.double).to_sink(w.tcp_sink())))
     v = doc.vertex("sink")
     assert shape(v) == (TcpSinkVertex, "sink")
-    assert v.works[0].sink is not None and v.works[0].sink.encoder is w.tcp_sink().encoder
+    assert v.works[0].encoded and not v.works[0].sinks
+    # Wallaroo's placement: the encoder runs with the last step
+    (sink,) = doc.vertex("double").works[0].sinks
+    assert sink.encoder is w.tcp_sink().encoder
     assert edges(doc) == [("source", "double", ()), ("double", "sink", ())]
 
 
-def test_kafka_sink_is_an_encoder_map_then_builtin_kafka_sink() -> None:
+def test_kafka_sink_is_the_builtin_kafka_sink_fed_by_the_last_step() -> None:
     doc = only_doc(plan_of(one_pipeline().to(w.double).to_sink(w.kafka_sink())))
-    enc, out = doc.vertex("encode"), doc.vertex("sink")
-    assert shape(enc) == (KafkaEncoderVertex, "map") and enc.works[0].sink is not None
+    out = doc.vertex("sink")
     assert shape(out) == (KafkaSinkVertex, None)  # built-in: no container of ours
-    assert isinstance(out, KafkaSinkVertex) and out.set_key
-    assert edges(doc)[-2:] == [("double", "encode", ()), ("encode", "sink", ())]
+    assert isinstance(out, KafkaSinkVertex) and out.set_key and out.topic == "out"
+    assert doc.vertex("double").works[0].sinks[0].topic == "out"  # type: ignore[union-attr]
+    assert edges(doc)[-1:] == [("double", "sink", ())]
+    assert not any(isinstance(v, KafkaEncoderVertex) for v in doc.vertices)
 
 
-def test_to_sinks_is_one_sink_vertex_per_config_with_unconditioned_edges() -> None:
+def test_to_sinks_encodes_once_per_sink_with_a_tag_per_sink() -> None:
     ab = one_pipeline().to(w.double).to_sinks([w.tcp_sink("7002"), w.tcp_sink("7003"),
                                                 w.kafka_sink()])
     doc = only_doc(plan_of(ab))
     rest = [v for v in doc.vertices if v.name not in ("source", "double")]
     assert [(v.name, type(v)) for v in rest] == [
-        ("sink", TcpSinkVertex), ("sink-2", TcpSinkVertex), ("encode-3", KafkaEncoderVertex),
-        ("sink-3", KafkaSinkVertex)]
-    # each sink vertex encodes for its own config; the built-in kafka sink writes what it gets
+        ("sink", TcpSinkVertex), ("sink-2", TcpSinkVertex), ("sink-3", KafkaSinkVertex)]
     assert [(v.host, v.port) for v in rest[:2]] == [("127.0.0.1", 7002), ("127.0.0.1", 7003)]
-    assert [str(v.works[0].sink.port) for v in rest[:2]] == ["7002", "7003"]
-    assert rest[2].works[0].sink.topic == "out" and rest[3].works[0].sink is None
-    outs = [e for e in doc.edges if e.src == "double"]
-    assert [e.dst for e in outs] == ["sink", "sink-2", "encode-3"]
-    assert all(e.tags == () for e in doc.edges)  # broadcast: every sink gets every output
-    assert all(not wk.tag for v in doc.vertices for wk in v.works)
+    assert all(v.works[0].encoded for v in rest)
+    work = doc.vertex("double").works[0]
+    assert [type(k).__name__ for k in work.sinks] == ["TcpSink", "TcpSink", "KafkaSink"]
+    assert work.sink_tags == ("sink", "sink-2", "sink-3")
+    # each encoding goes to its own sink only
+    assert [(e.dst, e.tags) for e in doc.edges if e.src == "double"] == [
+        ("sink", ("sink",)), ("sink-2", ("sink-2",)), ("sink-3", ("sink-3",))]
+
+
+def test_a_tcp_source_feeding_several_sinks_leaves_the_encoding_to_them() -> None:
+    # a udsource cannot tag its messages: each sink vertex (or a Kafka encoder vertex) encodes
+    doc = only_doc(plan_of(one_pipeline().to_sinks([w.tcp_sink("7002"), w.kafka_sink()])))
+    assert [(v.name, type(v)) for v in doc.vertices] == [
+        ("source", TcpSourceVertex), ("sink", TcpSinkVertex), ("encode-2", KafkaEncoderVertex),
+        ("sink-2", KafkaSinkVertex)]
+    assert not doc.vertex("source").works[0].sinks
+    assert doc.vertex("sink").works[0].sinks and not doc.vertex("sink").works[0].encoded
+    assert doc.vertex("encode-2").works[0].sinks and doc.vertex("sink-2").works[0].encoded
+    assert all(e.tags == () for e in doc.edges)  # broadcast
 
 
 def test_done_pipeline_without_sink_gets_a_blackhole_when_needed() -> None:
@@ -359,7 +374,7 @@ def test_describe_has_one_line_per_vertex() -> None:
         "word-count-application/source: source/udsource [Split and Count] tcp source",
         ("word-count-application/split-into-words: map/udf [Split and Count] "
          "'split into words'; autoscaled to 4"),
-        ("word-count-application/word-totals: map/udf [Split and Count] 'count word'; "
-         "state 'word totals', 2 partition(s), ordered"),
+        ("word-count-application/word-totals: map/udf [Split and Count] 'count word' -> "
+         "encode for tcp sink; state 'word totals', 2 partition(s), ordered"),
         "word-count-application/sink: sink/udsink [Split and Count] tcp sink",
     ]

@@ -66,6 +66,21 @@ def test_round_trip(open_kind: OpenStore) -> None:
     assert store.load("counts", "apple") == Snapshot(b"next", ("v-1-0", "v-2-0", "v-3-0"))
 
 
+def test_count_and_clear_cover_one_namespace(open_kind: OpenStore) -> None:
+    app, other = open_kind("app"), open_kind("other")
+    assert app.count() == 0
+    for key in ("a", "b", "c"):
+        app.save("s", key, b"x", [f"v-{key}"], {f"v-{key}": b"out"})
+    app.save("t", "a", b"y", ["v-t"])
+    other.save("s", "a", b"z", ["v-o"])
+    assert (app.count(), other.count()) == (4, 1)
+    assert app.clear() == 4
+    assert app.count() == 0 and app.load("s", "a") is None
+    assert other.count() == 1 and other.load("s", "a") == Snapshot(b"z", ("v-o",))
+    app.save("s", "a", b"again", ["v-2"])  # a cleared key starts over, without old outputs
+    assert app.load("s", "a") == Snapshot(b"again", ("v-2",))
+
+
 def test_load_of_unknown_key_is_none(open_kind: OpenStore) -> None:
     store = open_kind()
     assert store.load("counts", "never-saved") is None

@@ -362,11 +362,22 @@ def make_unpicklable(data: Any) -> Any:
     return Unpicklable()
 
 
+@wallaroo.computation(name="pass on")
+def pass_on(data: Any) -> Any:
+    return data
+
+
 def test_serialize_catches_outputs_a_deployment_could_not_send() -> None:
-    app = _linear(("to", make_unpicklable))
+    app = _linear(("to", make_unpicklable), ("to", pass_on))
     assert run_app(app, inputs={0: ["x"]}) == {"sink": [b"U\n"]}  # objects: not noticed
     with pytest.raises(TypeError, match="cannot pickle 'Unpicklable' object"):
         run_app(app, inputs={0: ["x"]}, serialize=True)
+
+
+def test_the_last_steps_output_is_encoded_before_it_crosses_a_hop() -> None:
+    # as in Wallaroo, the sink's encoder runs with the last step: its output is never pickled
+    app = _linear(("to", make_unpicklable))
+    assert run_app(app, inputs={0: ["x"]}, serialize=True) == {"sink": [b"U\n"]}
 
 
 class Log:

@@ -181,13 +181,10 @@ def test_empty_state_name() -> None:
     )
 
 
-def test_duplicate_step_names_in_a_pipeline() -> None:
-    msg = error_of(pipeline("p").to(w.double).to(w.add_one).to(w.double).to_sink(w.tcp_sink()))
-    assert msg == (
-        "Pipeline 'p', step 3 (to 'double'): the step name 'double' is already used by step 1 "
-        "of this pipeline, and step names become vertex names. "
-        "Give each computation a distinct name."
-    )
+def test_the_same_computation_twice_in_a_pipeline_is_fine() -> None:
+    # Wallaroo accepts it (e.g. a detector applied at several depths); vertex names get suffixes
+    ab = pipeline("p").to(w.double).to(w.add_one).to(w.double).to_sink(w.tcp_sink())
+    assert [a[0] for a in ab.build()[2:5]] == ["to", "to", "to"]
 
 
 def test_same_step_name_in_two_pipelines_is_fine() -> None:

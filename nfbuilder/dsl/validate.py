@@ -24,7 +24,6 @@ _SINKS = ("to_sink", "to_sinks")
 class _Pipeline:
     def __init__(self, name: str) -> None:
         self.name = name
-        self.step_names: dict[str, int] = {}
         self.states: set[str] = set()
         self.steps = 0
 
@@ -147,13 +146,6 @@ def _check_step(
             f"{where}: {kind} got the state computation {comp!r}, which needs a state. "
             "Use to_stateful(...) or to_state_partition(...) for it."
         )
-    if name in pipeline.step_names:
-        raise WallarooParameterError(
-            f"{where}: the step name {name!r} is already used by step "
-            f"{pipeline.step_names[name]} of this pipeline, and step names become vertex names. "
-            "Give each computation a distinct name."
-        )
-    pipeline.step_names[name] = pipeline.steps
     if not stateful:
         return
     builder, state_name = action[2], action[3]

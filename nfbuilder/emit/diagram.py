@@ -15,6 +15,7 @@ from nfbuilder.plan import (
     SinkVertex,
     SourceVertex,
     StateVertex,
+    TcpSinkVertex,
     TcpSourceVertex,
     Vertex,
     VertexGraph,
@@ -32,12 +33,14 @@ def _label(v: Vertex) -> list[str]:
         elif isinstance(v, KafkaSourceVertex):
             lines.append(f"kafka source topic {v.topic}")
         lines += list(w.step_names)
-        if w.sink is not None:
-            where = sink_address(w.sink)
-            lines.append(f"{sink_kind(w.sink)} sink {where}" if isinstance(v, SinkVertex)
+        for sink in w.sinks:
+            where = sink_address(sink)
+            lines.append(f"{sink_kind(sink)} sink {where}" if isinstance(v, SinkVertex)
                          else f"encode for {where}")
+        if isinstance(v, TcpSinkVertex) and w.encoded:
+            lines.append(f"tcp sink {v.host}:{v.port}")
     if isinstance(v, KafkaSinkVertex):
-        lines.append("built-in kafka sink")
+        lines.append(f"built-in kafka sink topic {v.topic}")
     elif isinstance(v, BlackholeVertex):
         lines.append("built-in blackhole sink")
     if isinstance(v, StateVertex):

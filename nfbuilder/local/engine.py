@@ -73,6 +73,7 @@ class EngineOptions:
     max_messages: int | None = None
     quiet: bool = False
     work_dir: str | None = None
+    fresh: bool = False  # empty the state store before the run
     read_batch: int = 500
     read_timeout_ms: int = 100
 
@@ -83,11 +84,13 @@ class Engine:
     def __init__(self, loaded: LoadedApp, options: EngineOptions = EngineOptions()) -> None:
         self.loaded = loaded
         self.options = options
-        self._store_url = options.plan.state_store or self._default_store()
+        self.work_dir = Path(options.work_dir or tempfile.mkdtemp(prefix="nfbuilder-run-"))
+        # The default store lives in the work dir: a new run (new temp dir) starts empty, as
+        # Wallaroo without resilience did; the same --work-dir resumes.
+        self._store_url = options.plan.state_store or f"sqlite:///{self.work_dir / 'state.db'}"
         self.graph: VertexGraph = plan(
             loaded.app, attrs.evolve(options.plan, state_store=self._store_url),
             AppRef(loaded.module_name, loaded.args))
-        self.work_dir = Path(options.work_dir or tempfile.mkdtemp(prefix="nfbuilder-run-"))
         self.replicas: dict[str, list[Replica]] = {}
         self.vertices: dict[str, Vertex] = {}
         self.status = Status(quiet=options.quiet)
@@ -126,11 +129,6 @@ class Engine:
         return self.supervisor.recoveries
 
     # -- set-up ------------------------------------------------------------------------------
-    def _default_store(self) -> str:
-        state_dir = Path(".nfbuilder") / slug(self.loaded.app.name, "app")
-        state_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{state_dir / 'state.db'}"
-
     def _env(self, v: Vertex) -> dict[str, str]:
         """The vertex container's environment from its spec, plus what a local process needs."""
         assert v.container is not None
@@ -166,6 +164,39 @@ class Engine:
                     for r in range(v.partitions)
                 ]
 
+    def _open_state(self) -> None:
+        """Say which state store the run uses and what it resumes (``fresh``: empty it first)."""
+        url = self._store_url
+        if url.startswith("memory://"):
+            self.status.event(
+                "warning: state store memory:// keeps state inside the vertex processes only; it "
+                "is lost when one restarts (use --state-store sqlite:///... or redis://...)",
+                always=True)
+            return
+        from nfbuilder.runtime.state.store import StateStoreError, open_store
+
+        try:
+            store = open_store(url, namespace=slug(self.loaded.app.name, "app"))
+        except StateStoreError as exc:
+            raise EngineError(str(exc)) from None
+        try:
+            shown = store.url_for_display
+            if self.options.fresh:
+                n = store.clear()
+                self.status.event(f"state store {shown}: --fresh: {n} key(s) of an earlier run "
+                                  "deleted, starting empty", always=True)
+                return
+            n = store.count()
+        except StateStoreError as exc:
+            raise EngineError(str(exc)) from None
+        finally:
+            store.close()
+        if n:
+            self.status.event(f"state store {shown}: resuming {n} key(s) from an earlier run "
+                              "(--fresh starts empty)", always=True)
+        else:
+            self.status.event(f"state store {shown}: empty, starting fresh")
+
     async def _open_kafka_sources(self) -> None:
         for name in self.replicas:
             v = self.vertices[name]
@@ -184,12 +215,8 @@ class Engine:
     async def start(self) -> None:
         """Start every vertex process and the workers; raises EngineError if one cannot start."""
         self._build()
-        store = self._store_url
-        if store.startswith("memory://") and any(v.state_name for v in self.vertices.values()):
-            self.status.event(
-                "warning: state store memory:// keeps state inside the vertex processes only; it "
-                "is lost when one restarts (use --state-store sqlite:///... or redis://...)",
-                always=True)
+        if any(v.state_name for v in self.vertices.values()):
+            self._open_state()
         all_reps = [r for reps in self.replicas.values() for r in reps]
         results = await asyncio.gather(*(r.start() for r in all_reps), return_exceptions=True)
         for rep, res in zip(all_reps, results, strict=True):

@@ -42,8 +42,8 @@ class Status:
             t0, n0 = self._prev.get(name, (now, done))
             rate = (done - n0) / (now - t0) if now > t0 else 0.0
             self._prev[name] = (now, done)
-            rows.append(f"{name:<28} processed {done:>9}  {rate:>8.0f}/s  pending {pending:>6}"
-                        f"  restarts {restarts}")
+            rows.append(f"{_label(engine, name):<36} processed {done:>9}  {rate:>8.0f}/s  "
+                        f"pending {pending:>6}  restarts {restarts}")
         return rows
 
     def update(self, engine: Any, final: bool = False) -> None:
@@ -61,3 +61,11 @@ class Status:
             print(r, file=self.stream)
         self.stream.flush()
         self._drawn = len(rows) if self.tty and not final else 0
+
+
+def _label(engine: Any, name: str) -> str:
+    """The vertex name with its steps' names (a repeated computation's vertices differ by a
+    suffix only): ``'double-2 (double)'``."""
+    vertex = engine.vertices.get(name)
+    steps = [s for w in vertex.works for s in w.step_names] if vertex is not None else []
+    return f"{name} ({', '.join(dict.fromkeys(steps))})" if steps else name

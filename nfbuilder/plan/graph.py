@@ -82,14 +82,21 @@ class Container:
 class Work:
     """What a vertex does to messages of one pipeline, in order: decode (sources, with
     ``decoder``), the ``steps``, key the outputs with ``key_by``'s partition function (the
-    partitioned state step of the next vertex), encode with ``sink``'s encoder, tag the outputs
-    with ``tag`` for routing; ``emit=False``: the pipeline ends here (``done()``)."""
+    partitioned state step of the next vertex), tag the outputs with ``tag`` for routing;
+    ``emit=False``: the pipeline ends here (``done()``).
+
+    ``sinks``: encode each output with each of these sinks' encoders (the vertex before the
+    sinks does, as Wallaroo ran the encoder with the last step); with several sinks each
+    encoding carries its sink's tag from ``sink_tags``. ``encoded``: the messages arrive encoded
+    and are written as they are (a sink vertex)."""
 
     pipeline: int
     pipeline_name: str
     decoder: Any = None
     steps: tuple[Step, ...] = ()
-    sink: Sink | None = None
+    sinks: tuple[Sink, ...] = ()
+    sink_tags: tuple[str, ...] = ()
+    encoded: bool = False
     key_by: Step | None = None
     tag: str | None = None
     emit: bool = True
@@ -321,8 +328,12 @@ def describe_vertex(v: Vertex) -> str:
         if w.decode:
             bits.append(f"{'tcp' if isinstance(v, TcpSourceVertex) else 'kafka'} source")
         bits += [repr(name) for name in w.step_names]
-        if w.sink is not None:
-            bits.append(f"{sink_kind(w.sink)} sink")
+        if w.sinks and isinstance(v, SinkVertex):
+            bits.append(f"{sink_kind(w.sinks[0])} sink")
+        elif w.sinks:
+            bits.append("encode for " + ", ".join(f"{sink_kind(k)} sink" for k in w.sinks))
+        elif isinstance(v, TcpSinkVertex):
+            bits.append("tcp sink")
         parts.append(f"[{w.pipeline_name}] " + " -> ".join(bits or ["(built-in)"]))
     extra = ""
     if isinstance(v, StateVertex):

@@ -44,7 +44,7 @@ from nfbuilder.plan.graph import (
     Work,
 )
 from nfbuilder.plan.names import MAX_PIPELINE_NAME, MAX_TAG, NameBook, shorten, slug
-from nfbuilder.topology import Application, KafkaSink, KafkaSource, Pipeline, Step
+from nfbuilder.topology import Application, KafkaSink, KafkaSource, Pipeline, Sink, Step
 
 #: the gRPC service our container serves, per vertex kind (built-in vertices have none)
 SERVICE: dict[type[Vertex], str] = {
@@ -154,6 +154,8 @@ def _plan_doc(
     chains: dict[int, list[str]] = {}  # pipeline -> vertex names, source first, before sinks
     sink_names: dict[int, list[str]] = {}
     kafka_out: dict[str, str] = {}  # kafka encoder vertex -> its built-in sink vertex
+    encoders: dict[int, tuple[Sink, ...]] = {}  # pipeline -> sinks its last vertex encodes for
+    sink_tag: dict[str, str] = {}  # sink vertex -> the tag of the outputs encoded for it
     tag_book = NameBook(limit=MAX_TAG)
     tags = {p.index: tag_book.take(slug(p.name, "p")) for p in pipelines}
 
@@ -193,20 +195,34 @@ def _plan_doc(
             chain.append(name)
         chains[p.index] = chain
         sink_names[p.index] = []
+        # The vertex of the last step runs the encoders (Wallaroo's placement; one hop without a
+        # (de)serialization). Not a TCP source feeding several sinks: a udsource cannot tag its
+        # messages, so there each sink vertex encodes (a Kafka sink with an encoder vertex).
+        at_last = not (nodes[chain[-1]].cls is TcpSourceVertex and len(p.sinks) > 1)
         for i, sink in enumerate(p.sinks):
             suffix = "" if i == 0 else f"-{i + 1}"
-            if isinstance(sink, KafkaSink):
+            if isinstance(sink, KafkaSink) and not at_last:
                 enc = names.take(_role_name(p, "encode", multi) + suffix)
-                nodes[enc] = _Node(enc, KafkaEncoderVertex, [work(p, sink=sink)])
+                nodes[enc] = _Node(enc, KafkaEncoderVertex, [work(p, sinks=(sink,))])
                 out = names.take(_role_name(p, "sink", multi) + suffix)
-                nodes[out] = _Node(out, KafkaSinkVertex, [work(p)], _kafka_sink_fields(sink))
+                nodes[out] = _Node(out, KafkaSinkVertex, [work(p, encoded=True)],
+                                   _kafka_sink_fields(sink))
                 kafka_out[enc] = out
                 sink_names[p.index].append(enc)
+                continue
+            out = names.take(_role_name(p, "sink", multi) + suffix)
+            w = work(p, encoded=True) if at_last else work(p, sinks=(sink,))
+            if isinstance(sink, KafkaSink):
+                nodes[out] = _Node(out, KafkaSinkVertex, [w], _kafka_sink_fields(sink))
             else:
-                out = names.take(_role_name(p, "sink", multi) + suffix)
-                nodes[out] = _Node(out, TcpSinkVertex, [work(p, sink=sink)],
+                nodes[out] = _Node(out, TcpSinkVertex, [w],
                                    {"host": sink.host, "port": int(sink.port)})
-                sink_names[p.index].append(out)
+            sink_names[p.index].append(out)
+        if at_last and p.sinks:
+            encoders[p.index] = tuple(p.sinks)
+            if len(p.sinks) > 1:  # each encoding goes to its own sink, told apart by a tag
+                for name in sink_names[p.index]:
+                    sink_tag[name] = tag_book.take(name)
 
     # Edges: each pipeline's chain, then its sinks (kafka: encoder -> built-in sink).
     hops: dict[tuple[str, str], set[int]] = defaultdict(set)
@@ -243,6 +259,8 @@ def _plan_doc(
         outs_for = {pi for (x, _), ps in hops.items() if x == a for pi in ps}
         conditional = taken != served or outs_for != served
         edge_tags = tuple(sorted(tags[i] for i in taken)) if conditional else ()
+        if b in sink_tag:
+            edge_tags = (sink_tag[b],)
         edges.append(Edge(a, b, edge_tags))
     conditional_src = {e.src for e in edges if e.tags}
 
@@ -257,9 +275,14 @@ def _plan_doc(
                 step = next(x for x in nodes[nxt].works if x.pipeline == w.pipeline).steps[0]
                 if step.state is not None and step.state.partitioned:
                     key_by = step
-            is_end = node.name == chain[-1] and w.pipeline in ended
+            is_last = node.name == chain[-1]
+            is_end = is_last and w.pipeline in ended
             tag = tags[w.pipeline] if node.name in conditional_src else None
-            works.append(attrs.evolve(w, key_by=key_by, tag=tag, emit=not is_end))
+            sinks = encoders.get(w.pipeline, ()) if is_last else w.sinks
+            sink_tags = tuple(sink_tag[n] for n in sink_names[w.pipeline]
+                              if n in sink_tag) if is_last else ()
+            works.append(attrs.evolve(w, key_by=key_by, tag=tag, emit=not is_end, sinks=sinks,
+                                      sink_tags=sink_tags))
         vertices.append(node.cls(name=node.name, works=tuple(works), **node.fields))
     return PipelineDoc(doc_name, tuple(vertices), tuple(edges), tuple(p.index for p in pipelines))
 

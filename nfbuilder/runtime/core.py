@@ -81,10 +81,13 @@ class VertexProgram:
         self, pipeline: int | None, payload: bytes, msg_id: str = "", key: str | None = None,
         serialize: bool = True,
     ) -> list[Out]:
-        """Run one message (payload bytes) through this vertex's work for ``pipeline``.
+        """Run one message (payload bytes) through this vertex's work for ``pipeline`` (at a
+        sink vertex: the payload as it came, already encoded).
 
         ``key`` and ``serialize`` as for :meth:`process_object`."""
         c = self._compile(pipeline)
+        if c.encoded:  # a sink vertex: the vertex before it encoded the message
+            return [Out(payload)]
         if c.decode:
             decoder = c.work.decoder
             try:
@@ -132,6 +135,6 @@ class VertexProgram:
         if serialize:
             return outs
         # The recorded values are payload bytes; a caller passing objects gets the objects back.
-        # (An encoded sink output is never recorded: state vertices do not encode.)
+        # (A state vertex that encodes for the sinks asks for its bytes: ``serialize=True``.)
         loads = self.codec.loads
         return [Out(loads(o.value), o.keys, o.tags) for o in outs]

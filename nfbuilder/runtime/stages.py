@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nfbuilder.plan import Work
 from nfbuilder.runtime.errors import UserCodeError
-from nfbuilder.topology import KafkaSink, Sink, Step
+from nfbuilder.topology import KafkaSink, Sink, Step, partition_key
 
 if TYPE_CHECKING:
     from nfbuilder.runtime.core import VertexProgram
@@ -87,12 +87,18 @@ def _keyer(where: str, step: Step) -> Callable[[Any], str]:
             raise
         except Exception as exc:
             raise user_error(where, part, "partition", exc) from exc
-        if u64 and (not isinstance(key, int) or isinstance(key, bool) or key < 0):
-            raise UserCodeError(
-                f"{where}: to_state_partition_u64 needs a non-negative int key, "
-                f"got {key!r} from {_fn_of(part, 'partition')}"
-            )
-        return key if type(key) is str else str(key)
+        if u64:
+            if not isinstance(key, int) or isinstance(key, bool) or key < 0:
+                raise UserCodeError(
+                    f"{where}: to_state_partition_u64 needs a non-negative int key, "
+                    f"got {key!r} from {_fn_of(part, 'partition')}"
+                )
+        elif type(key) is str:
+            return key
+        try:
+            return partition_key(key, u64)
+        except ValueError as exc:
+            raise UserCodeError(f"{where}: {_fn_of(part, 'partition')} returned {exc}") from None
 
     return keyer
 
@@ -109,16 +115,18 @@ class Compiled:
     message needs: the step functions, the state step, the keyer, the tags of the outputs.
     Every rule of ``nfbuilder.runtime.core``'s docstring is applied here, and only here."""
 
-    __slots__ = ("decode", "stage", "work")
+    __slots__ = ("decode", "encoded", "stage", "work")
 
     def __init__(self, program: VertexProgram, work: Work) -> None:
         self.work = work
         self.decode = work.decode
+        self.encoded = work.encoded
         finish, one = _finishers(program, work)
         first = work.steps[0] if work.steps else None
         if first is not None and first.state is not None:
             # the planner gives a state step a vertex of its own
-            self.stage: Stage = _state_stage(program, work.pipeline_name, first, finish, one)
+            self.stage: Stage = _state_stage(program, work.pipeline_name, first, finish, one,
+                                             bool(work.sinks))
         else:
             self.stage = _steps_stage(work.pipeline_name, work.steps, finish, one)
 
@@ -137,12 +145,14 @@ def _finishers(program: VertexProgram, work: Work) -> tuple[_Finish, Stage]:
     a vertex without steps: a sink)."""
     if not work.emit:
         return (lambda objs, serialize: []), (lambda obj, msg_id, key, serialize: [])
-    if work.sink is not None:
-        return _encoders(work.pipeline_name, work.sink)
     tags: tuple[str, ...] = (work.tag,) if work.tag else ()
+    if work.sinks:
+        per_sink: list[tuple[str, ...]] = (
+            [(t,) for t in work.sink_tags] if work.sink_tags else [tags] * len(work.sinks))
+        return _encoders(work.pipeline_name, work.sinks, per_sink)
     key_by = work.key_by
     keyer = _keyer(_where(work.pipeline_name, key_by), key_by) if key_by is not None else None
-    dumps = program.codec.dumps
+    dumps = _dumps(program, work)
 
     def finish(objs: list[Any], serialize: bool) -> list[Out]:
         if serialize:
@@ -158,6 +168,34 @@ def _finishers(program: VertexProgram, work: Work) -> tuple[_Finish, Stage]:
         return [_new(Out, (dumps(obj) if serialize else obj, keys, tags))]
 
     return finish, one
+
+
+def _dumps(program: VertexProgram, work: Work) -> Callable[[Any], bytes]:
+    """The codec's ``dumps`` for the outputs of ``work``; an app's own ``serialize`` is checked:
+    what crosses to the next vertex must be bytes."""
+    dumps = program.codec.dumps
+    if not program.codec.custom:
+        return dumps  # pickle: always bytes
+    step = work.steps[-1].name if work.steps else "decoder"
+    where = f"pipeline {work.pipeline_name!r}, step {step!r}"
+
+    def checked(obj: Any) -> bytes:
+        try:
+            data = dumps(obj)
+        except Exception as exc:
+            raise user_error(f"{where}: serializing an output", dumps, "serialize",
+                             exc) from exc
+        if type(data) is bytes:
+            return data
+        if isinstance(data, (bytearray, memoryview)):
+            return bytes(data)
+        raise UserCodeError(
+            f"{where}: the app's serialize returned {type(data).__name__} for an output of "
+            f"type {type(obj).__name__}; it must return bytes (what crosses to the next "
+            "vertex). Make serialize handle this type, or return another type from the step."
+        )
+
+    return checked
 
 
 def _steps_stage(pipeline: str, steps: tuple[Step, ...], finish: _Finish, one: Stage) -> Stage:
@@ -195,7 +233,8 @@ def _steps_stage(pipeline: str, steps: tuple[Step, ...], finish: _Finish, one: S
 
 
 def _state_stage(
-    program: VertexProgram, pipeline: str, step: Step, finish: _Finish, one: Stage
+    program: VertexProgram, pipeline: str, step: Step, finish: _Finish, one: Stage,
+    work_encodes: bool,
 ) -> Stage:
     """Apply a state step once per message id; a redelivered id gets its recorded outputs.
 
@@ -207,10 +246,12 @@ def _state_stage(
     comp, method, multi = step.computation, _method(step), step.multi
     fn = _direct(comp, method)
     keyer = _keyer(where, step) if spec.partitioned else None
-    declared = frozenset(str(k) for k in spec.keys) if spec.keys else None
+    declared = spec.declared()
     states = program.states
     entries = states.entries(spec.name)
     durable = states.durable
+    # encoded outputs are bytes whatever ``serialize`` says: recorded and replayed as they are
+    encodes = work_encodes
 
     def stage(obj: Any, msg_id: str, key: str | None, serialize: bool) -> list[Out]:
         if keyer is None:
@@ -234,7 +275,7 @@ def _state_stage(
                 program.replayed += 1
                 log.info("%s: message %s is already in the state of key %r: not applied again, "
                          "its %s re-emitted", where, msg_id, key, "outputs")
-                return program._replay(recorded, serialize)
+                return program._replay(recorded, serialize or encodes)
         try:
             result = fn(obj, entry.obj)
         except UserCodeError:
@@ -257,28 +298,47 @@ def _state_stage(
             raise _not_a_list(where, comp, output)
         if durable:
             states.applied(spec, key, entry, msg_id, save is True,
-                           program._record(outs, serialize))
+                           program._record(outs, serialize or encodes))
         return outs
 
     return stage
 
 
-def _encoders(pipeline: str, sink: Sink) -> tuple[_Finish, Stage]:
-    """A sink's encoder applied to each output (``encode(objs, serialize)``) or to one
-    (``one(obj, msg_id, key, serialize)``): bytes (str is UTF-8 encoded), and for a Kafka sink
-    ``(value, key[, partition])`` too; None writes nothing. Encoded outputs are always bytes."""
+def _encoders(
+    pipeline: str, sinks: tuple[Sink, ...], tags: list[tuple[str, ...]]
+) -> tuple[_Finish, Stage]:
+    """The sinks' encoders applied to each output (``encode(objs, serialize)``) or to one
+    (``one(obj, msg_id, key, serialize)``): one encoded output per sink, tagged with that sink's
+    ``tags``. Encoded outputs are always bytes, whatever ``serialize`` says."""
+    each = [_encoder(pipeline, sink, t) for sink, t in zip(sinks, tags, strict=True)]
+    if len(each) == 1:
+        single = each[0]
+
+        def encode(objs: list[Any], serialize: bool) -> list[Out]:
+            return [out for out in map(single, objs) if out is not None]
+
+        def one(obj: Any, msg_id: str, key: str | None, serialize: bool) -> list[Out]:
+            out = single(obj)
+            return [] if out is None else [out]
+
+        return encode, one
+
+    def encode_all(objs: list[Any], serialize: bool) -> list[Out]:
+        return [out for obj in objs for e in each if (out := e(obj)) is not None]
+
+    def one_all(obj: Any, msg_id: str, key: str | None, serialize: bool) -> list[Out]:
+        return [out for e in each if (out := e(obj)) is not None]
+
+    return encode_all, one_all
+
+
+def _encoder(pipeline: str, sink: Sink, tags: tuple[str, ...]) -> Callable[[Any], Out | None]:
+    """``sink``'s encoder as ``encode(obj) -> Out | None``: bytes (str is UTF-8 encoded), and
+    for a Kafka sink ``(value, key[, partition])`` too; None writes nothing."""
     enc = sink.encoder
     fn = _direct(enc, "encode")
     where = f"pipeline {pipeline!r} encoder"
     kafka = isinstance(sink, KafkaSink)
-
-    def call(obj: Any) -> Any:
-        try:
-            return fn(obj)
-        except UserCodeError:
-            raise
-        except Exception as exc:
-            raise user_error(where, enc, "encode", exc) from exc
 
     def convert(data: Any) -> Out:
         """What the encoder returned, other than None and plain bytes for a TCP sink."""
@@ -298,33 +358,23 @@ def _encoders(pipeline: str, sink: Sink) -> tuple[_Finish, Stage]:
             key_s = (bytes(key).decode("utf-8", "replace"),)
         else:
             key_s = ()
-        return Out(bytes(data), key_s)
+        return Out(bytes(data), key_s, tags)
 
-    def encode(objs: list[Any], serialize: bool) -> list[Out]:
-        outs = []
-        for obj in objs:
-            data = call(obj)
-            if data is None:
-                continue
-            # plain bytes for a TCP sink is the common case, checked first
-            outs.append(_new(Out, (data, (), ())) if type(data) is bytes and not kafka
-                        else convert(data))
-        return outs
-
-    def one(obj: Any, msg_id: str, key: str | None, serialize: bool) -> list[Out]:
+    def encode(obj: Any) -> Out | None:
         try:
-            data = fn(obj)  # inline (not ``call``): one frame less for every sink message
+            data = fn(obj)
         except UserCodeError:
             raise
         except Exception as exc:
             raise user_error(where, enc, "encode", exc) from exc
         if data is None:
-            return []
+            return None
+        # plain bytes for a TCP sink is the common case, checked first
         if type(data) is bytes and not kafka:
-            return [_new(Out, (data, (), ()))]
-        return [convert(data)]
+            return _new(Out, (data, (), tags))  # type: ignore[no-any-return]
+        return convert(data)
 
-    return encode, one
+    return encode
 
 
 def _not_a_list(where: str, comp: Any, result: Any) -> UserCodeError:

@@ -57,6 +57,18 @@ class MemoryStore:
             kept = {i: merged[i] for i in ids if i in merged}
             self._snapshots[(state_name, key)] = Snapshot(bytes(data), ids, kept)
 
+    def count(self) -> int:
+        with self._lock:
+            self._check_open()
+            return len(self._snapshots)
+
+    def clear(self) -> int:
+        with self._lock:
+            self._check_open()
+            n = len(self._snapshots)
+            self._snapshots.clear()
+            return n
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

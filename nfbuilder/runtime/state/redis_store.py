@@ -250,6 +250,22 @@ class RedisStore:
             lambda: self._save_script(keys=[name], args=args),
         )
 
+    def count(self) -> int:
+        return len(self._names())
+
+    def clear(self) -> int:
+        names = self._names()
+        if names:
+            self._retrying("clear", lambda: self._client.delete(*names))
+        return len(names)
+
+    def _names(self) -> list[bytes]:
+        """Every snapshot hash of this namespace (SCAN: does not block the server)."""
+        # the namespace is the app's slug ([a-z0-9-]): nothing in it is a glob character
+        pattern = f"nfbuilder:{_escape(self.namespace)}:*"
+        return cast("list[bytes]", self._retrying(
+            "list the keys of", lambda: list(self._client.scan_iter(match=pattern, count=500))))
+
     def close(self) -> None:
         self._client.close()
 

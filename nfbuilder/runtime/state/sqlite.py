@@ -189,6 +189,32 @@ class SqliteStore:
                     pass  # the connection itself is unusable; its transaction died with it
                 raise self._error("save", state_name, key, exc) from exc
 
+    def count(self) -> int:
+        with self._lock:
+            try:
+                row = self._conn.execute(
+                    "SELECT COUNT(*) FROM nfbuilder_state WHERE namespace = ?", (self.namespace,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise self._error("count", "*", "*", exc) from exc
+        return int(row[0])
+
+    def clear(self) -> int:
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                n = conn.execute("DELETE FROM nfbuilder_state WHERE namespace = ?",
+                                 (self.namespace,)).rowcount
+                conn.execute("DELETE FROM nfbuilder_outputs WHERE namespace = ?",
+                             (self.namespace,))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise self._error("clear", "*", "*", exc) from exc
+        return int(n)
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()

@@ -121,6 +121,14 @@ class StateStore(Protocol):
         """
         ...
 
+    def count(self) -> int:
+        """How many (state, key) snapshots this namespace holds: what a run resumes."""
+        ...
+
+    def clear(self) -> int:
+        """Delete every snapshot of this namespace (a fresh start); returns how many."""
+        ...
+
     def close(self) -> None:
         """Release connections. The store must not be used afterwards."""
         ...
