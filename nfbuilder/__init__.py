@@ -20,3 +20,10 @@ from nfbuilder.dsl import __all__ as _dsl_all
 
 __version__ = "0.1.0"
 __all__ = [*_dsl_all, "deserialize", "serialize"]
+
+
+def __getattr__(name: str) -> type:
+    """Wallaroo 0.5's per-function classes: ``wallaroo.Computation__double``."""
+    from nfbuilder.dsl.decorators import function_class
+
+    return function_class(name, __name__)

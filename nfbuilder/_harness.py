@@ -23,6 +23,7 @@ import attrs
 from nfbuilder.codec import Codec
 from nfbuilder.plan import (
     BlackholeVertex,
+    GenSourceVertex,
     KafkaSinkVertex,
     PlanOptions,
     Router,
@@ -37,6 +38,7 @@ from nfbuilder.plan import (
 from nfbuilder.runtime.core import Out, VertexProgram
 from nfbuilder.runtime.errors import UserCodeError
 from nfbuilder.runtime.framing import FrameParser, FramingError
+from nfbuilder.runtime.gensource import GenSourceHandler
 from nfbuilder.runtime.statetable import StateTable
 from nfbuilder.topology import Application, StateSpec
 
@@ -111,11 +113,18 @@ class Graph:
     def unknown_keys(self) -> dict[str, int]:
         return {n.name: n.program.unknown_keys for n in self.nodes.values() if n.stateful}
 
-    def feed(self, pipeline: int, items: Sequence[Any]) -> None:
+    def feed(self, pipeline: int, items: Sequence[Any] | int) -> None:
         source = self.sources[pipeline]
         program = source.program
         work = source.vertex.work_for(pipeline)
         pipeline_name = work.pipeline_name
+        if isinstance(items, int):  # take that many from a GenSourceConfig's generator
+            assert isinstance(source.vertex, GenSourceVertex)
+            gen = GenSourceHandler(program, source.vertex.generator, 0)
+            taken: list[Any] = []
+            while len(taken) < items and (item := gen.generate()) is not None:
+                taken.append(item[1])
+            items = taken
         # Bytes are decoded by the source; an object enters the source's work after its decoder.
         from_bytes = self._deliver(source, pipeline, functools.partial(program.process, pipeline))
         from_object = self._deliver(source, pipeline, program.stage(pipeline))

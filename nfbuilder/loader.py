@@ -23,6 +23,8 @@ from types import ModuleType
 
 import attrs
 
+from nfbuilder.dsl.args import resolve_cli_configs
+from nfbuilder.dsl.errors import WallarooParameterError
 from nfbuilder.topology import Application, TopologyError, from_actions
 
 
@@ -146,14 +148,17 @@ def import_app_module(spec: str) -> tuple[str, ModuleType, str | None, str | Non
     return name, module, file, search_dir
 
 
-def app_from_actions(actions: object, *, returned_by: str, where: str) -> Application:
+def app_from_actions(
+    actions: object, *, returned_by: str, where: str, args: Sequence[str] = ()
+) -> Application:
     """The ``Application`` of the action list an ``application_setup`` returned.
 
         app_from_actions(setup(["app", *args]), returned_by="app.py: application_setup",
-                         where="app.py")
+                         where="app.py", args=args)
 
-    Raises ``AppLoadError`` naming ``returned_by`` when ``actions`` is not the list from
-    ``ab.build()``, and ``where`` when the list cannot be compiled.
+    Configs that read the command line (Wallaroo 0.5's ``DefaultKafka*CLIParser``) take their
+    settings from ``args``. Raises ``AppLoadError`` naming ``returned_by`` when ``actions`` is
+    not the list from ``ab.build()``, and ``where`` when the list cannot be compiled.
     """
     if not isinstance(actions, list) or not actions or not isinstance(actions[0], tuple):
         raise AppLoadError(
@@ -161,8 +166,8 @@ def app_from_actions(actions: object, *, returned_by: str, where: str) -> Applic
             "End it with 'return ab.build()'."
         )
     try:
-        return from_actions(actions)
-    except TopologyError as exc:
+        return from_actions(resolve_cli_configs(actions, args))
+    except (TopologyError, WallarooParameterError) as exc:
         raise AppLoadError(f"{where}: the action list cannot be compiled: {exc}") from None
 
 
@@ -180,5 +185,6 @@ def load_app(spec: str, args: Sequence[str] = ()) -> LoadedApp:
     except Exception as exc:  # noqa: BLE001
         raise AppLoadError(f"{_where(exc, file)}: application_setup failed: {exc}") from None
     where = file or name
-    app = app_from_actions(actions, returned_by=f"{where}: application_setup", where=where)
+    app = app_from_actions(actions, returned_by=f"{where}: application_setup", where=where,
+                           args=args)
     return LoadedApp(name, module, file, search_dir, tuple(args), app)

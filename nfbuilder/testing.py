@@ -60,7 +60,7 @@ from nfbuilder.loader import AppLoadError, app_from_actions, load_app
 from nfbuilder.plan.names import slug
 from nfbuilder.runtime.core import SINGLE_KEY
 from nfbuilder.runtime.statetable import StateTable
-from nfbuilder.topology import Application, StateSpec, partition_key
+from nfbuilder.topology import Application, GenSource, StateSpec, partition_key
 
 __all__ = ["RunResult", "run", "run_app"]
 
@@ -110,7 +110,7 @@ class RunResult:
 def run_app(
     app: AppLike,
     args: Sequence[str] = (),
-    inputs: Mapping[str | int, Sequence[Any]] | None = None,
+    inputs: Mapping[str | int, Sequence[Any] | int] | None = None,
     *,
     state_store: str | None = None,
     fuse: bool = False,
@@ -122,7 +122,9 @@ def run_app(
     ``args`` are the app's arguments without the program name (``["--in", "h:p", ...]``).
     ``inputs`` maps a pipeline name or index to its items: ``bytes`` are framed messages as a TCP
     sender sends them (one or several whole frames per item) or, for a Kafka source, record
-    values; anything else is an already-decoded object (the decoder is skipped).
+    values; anything else is an already-decoded object (the decoder is skipped). For a
+    ``GenSourceConfig`` pipeline an int says how many messages to take from its generator
+    (fewer if it ends first): ``{"numbers": 100}``.
 
         run_app(word_count, ["--in", "h:1", "--out", "h:2"], {"Split and Count": ["a b a"]})
         # {'sink': [b'a => 1\\n', b'b => 1\\n', b'a => 2\\n']}
@@ -140,7 +142,7 @@ def run_app(
 def run(
     app: AppLike,
     args: Sequence[str] = (),
-    inputs: Mapping[str | int, Sequence[Any]] | None = None,
+    inputs: Mapping[str | int, Sequence[Any] | int] | None = None,
     *,
     state_store: str | None = None,
     fuse: bool = False,
@@ -199,12 +201,13 @@ def _load(app: AppLike, args: Sequence[str]) -> tuple[Application, Codec]:
     # in a unit test the original traceback is what the user wants to see.
     actions = setup([name, *args])
     who = str(getattr(setup, "__qualname__", setup))
-    return app_from_actions(actions, returned_by=who, where=who), Codec.for_module(module)
+    app_ = app_from_actions(actions, returned_by=who, where=who, args=args)
+    return app_, Codec.for_module(module)
 
 
 def _feed_order(
-    app: Application, inputs: Mapping[Any, Sequence[Any]]
-) -> list[tuple[int, Sequence[Any]]]:
+    app: Application, inputs: Mapping[Any, Sequence[Any] | int]
+) -> list[tuple[int, Sequence[Any] | int]]:
     """``[(pipeline index, items)]`` in the order of the ``inputs`` keys, keys checked."""
     if not isinstance(inputs, Mapping):
         raise TypeError(
@@ -212,7 +215,7 @@ def _feed_order(
             f"{type(inputs).__name__}; write e.g. {{0: [b'...']}}"
         )
     names = ", ".join(f"{p.index} = {p.name!r}" for p in app.pipelines)
-    order: list[tuple[int, Sequence[Any]]] = []
+    order: list[tuple[int, Sequence[Any] | int]] = []
     given: dict[int, Any] = {}
     for key, items in inputs.items():
         index = None
@@ -230,9 +233,16 @@ def _feed_order(
                 f"inputs give pipeline {app.pipelines[index].name!r} twice (as {given[index]!r} "
                 f"and {key!r}); put all its items in one list"
             )
-        if isinstance(items, (str, *BYTES)) or not isinstance(items, Sequence):
+        generated = isinstance(app.pipelines[index].source, GenSource)
+        if generated and isinstance(items, int) and not isinstance(items, bool):
+            if items < 0:
+                raise ValueError(f"inputs[{key!r}]: how many generated messages to take must "
+                                 f"be >= 0, got {items}")
+        elif isinstance(items, (str, *BYTES)) or not isinstance(items, Sequence):
+            also = (" or, for this GenSourceConfig pipeline, how many messages to take from "
+                    "its generator (an int)") if generated else ""
             raise TypeError(
-                f"inputs[{key!r}] must be a list of items, got {type(items).__name__}; "
+                f"inputs[{key!r}] must be a list of items{also}, got {type(items).__name__}; "
                 f"wrap a single item in a list: {{{key!r}: [item]}}"
             )
         given[index] = key

@@ -53,6 +53,16 @@ class KafkaSource:
 
 
 @attrs.frozen
+class GenSource:
+    """Wallaroo 0.5.4's ``GenSourceConfig``: messages from ``generator.initial_value()`` and then
+    ``generator.apply(previous)`` until one is None (objects: no decoder)."""
+
+    generator: Any
+
+    kind = "gen"
+
+
+@attrs.frozen
 class TcpSink:
     host: str
     port: str
@@ -73,7 +83,7 @@ class KafkaSink:
     kind = "kafka"
 
 
-Source = TcpSource | KafkaSource
+Source = TcpSource | KafkaSource | GenSource
 Sink = TcpSink | KafkaSink
 
 
@@ -189,6 +199,8 @@ def _source(config: Any) -> Source:
         return TcpSource(str(config[1]), str(config[2]), config[3])
     if config[0] == "kafka":
         return KafkaSource(config[1], config[2], config[3], config[4])
+    if config[0] == "gen":
+        return GenSource(config[1])
     raise TopologyError(f"unknown source config {config!r}")
 
 

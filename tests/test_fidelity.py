@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 from engine_harness import free_port, wait_idle
+from kafka_broker import kafka_broker  # noqa: F401  (the fixture)
 
+import nfbuilder as wallaroo
 from nfbuilder.loader import load_app
 from nfbuilder.local.engine import Engine, EngineOptions
 from nfbuilder.local.tcptools import TcpReceiver, send_frames
@@ -195,3 +197,163 @@ def test_the_same_work_dir_resumes_and_fresh_starts_empty(tmp_path: Path) -> Non
     c3, e3, third = alphabet_run(tmp_path, "--work-dir", work, "--fresh")
     assert c3 == 0 and third == want
     assert "--fresh: 1 key(s) of an earlier run deleted, starting empty" in e3
+
+
+# ------------------------------------------------------------ the rest of the 0.5 API
+
+
+def test_each_decorated_function_has_its_own_class_on_the_module() -> None:
+    import nfbuilder
+    import wallaroo as wallaroo_module
+
+    @wallaroo_module.computation(name="c")
+    def my_computation(d: Any) -> Any:
+        return d
+
+    @wallaroo_module.state_computation_multi(name="s")
+    def my_state_step(d: Any, s: Any) -> Any:
+        return [d], False
+
+    @wallaroo_module.partition
+    def my_partition(d: Any) -> Any:
+        return d
+
+    @wallaroo_module.decoder(header_length=4, length_fmt=">I")
+    def my_decoder(bs: bytes) -> Any:
+        return bs
+
+    @wallaroo_module.encoder
+    def my_encoder(d: Any) -> bytes:
+        return b""
+
+    assert isinstance(my_computation, wallaroo_module.Computation__my_computation)
+    assert isinstance(my_computation, wallaroo_module.Computation)
+    assert isinstance(my_state_step, nfbuilder.StateComputationMulti__my_state_step)
+    assert isinstance(my_partition, wallaroo_module.Partition__my_partition)
+    assert isinstance(my_decoder, wallaroo_module.Decoder__my_decoder)
+    assert isinstance(my_encoder, wallaroo_module.Encoder__my_encoder)
+    assert repr(my_computation).startswith("<Computation ")
+    with pytest.raises(AttributeError, match="module 'wallaroo' has no attribute 'Nope__x'"):
+        wallaroo_module.Nope__x  # noqa: B018
+
+
+KAFKA_ARGS = ["--numbers_in_topic", "in", "--numbers_in_brokers", "k1:9092,k2",
+              "--kafka_sink_topic", "out", "--kafka_sink_brokers", "k1:9092",
+              "--kafka_sink_max_produce_buffer_ms", "10"]
+
+
+def test_kafka_cli_parsers_compile_to_the_same_vertices_as_the_0_4_configs() -> None:
+    from fidelity import kafka_parsers as m
+
+    def configs_0_4(args: list[str]) -> list[tuple]:
+        ab = wallaroo.ApplicationBuilder("Kafka Parsers")
+        ab.new_pipeline("letters", wallaroo.KafkaSourceConfig(
+            *wallaroo.kafka_parse_source_options(args, "numbers_in"), m.decode))
+        ab.to(m.upper)
+        ab.to_sink(wallaroo.KafkaSinkConfig(*wallaroo.kafka_parse_sink_options(args), m.encode))
+        return ab.build()
+
+    from nfbuilder.loader import app_from_actions
+
+    def app_of(setup: Any) -> Any:
+        return app_from_actions(setup(["app", *KAFKA_ARGS]), returned_by="setup", where="setup",
+                                args=KAFKA_ARGS)
+
+    parsed, plain = app_of(m.application_setup), app_of(configs_0_4)
+    assert plan(parsed).digest == plan(plain).digest
+    (doc,) = plan(parsed).docs
+    src, sink = doc.vertex("source"), doc.vertex("sink")
+    assert (src.topic, src.brokers) == ("in", ("k1:9092", "k2:9092"))  # type: ignore[attr-defined]
+    assert (sink.topic, sink.producer) == ("out", (  # type: ignore[attr-defined]
+        ("linger.ms", "10"), ("message.max.bytes", "100000")))
+    custom = wallaroo.CustomKafkaSourceCLIParser(["--kafka_source_topic", "t"], m.decode)
+    assert custom.to_tuple() == wallaroo.KafkaSourceConfig("t", [("", "9092")], "Warn",
+                                                           m.decode).to_tuple()
+
+
+def test_a_default_kafka_parser_without_its_flags_says_which_to_give() -> None:
+    from nfbuilder.loader import AppLoadError
+
+    with pytest.raises(AppLoadError) as err:
+        load_app(str(APPS / "kafka_parsers.py"), ["--kafka_sink_topic", "out"])
+    assert str(err.value).endswith(
+        "the action list cannot be compiled: Kafka config 'numbers_in' (a Default*CLIParser) "
+        "has no topic: give --numbers_in_topic TOPIC and --numbers_in_brokers HOST:PORT[,...] "
+        "after '--' on the command line.")
+
+
+def test_kafka_cli_parsers_on_the_engine(kafka_broker: Any,  # noqa: F811
+                                        tmp_path: Path) -> None:
+    import uuid
+
+    tag = uuid.uuid4().hex[:8]
+    in_topic, out_topic = f"parsers-in-{tag}", f"parsers-out-{tag}"
+    kafka_broker.create_topics(in_topic, out_topic)
+    kafka_broker.produce(in_topic, [b"apple", b"fig", b"kiwi"])
+    args = ["--numbers_in_topic", in_topic, "--numbers_in_brokers", kafka_broker.address,
+            "--kafka_sink_topic", out_topic, "--kafka_sink_brokers", kafka_broker.address]
+
+    async def go() -> Engine:
+        engine = Engine(load_app(str(APPS / "kafka_parsers.py"), args), EngineOptions(
+            PlanOptions(state_store="memory://"), quiet=True, work_dir=str(tmp_path / "run")))
+        await engine.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 40
+            while engine.delivered < 3 and not engine.failure:
+                assert asyncio.get_running_loop().time() < deadline, engine.delivered
+                await asyncio.sleep(0.05)
+            await engine.drain()
+        finally:
+            await engine.stop_processes()
+        return engine
+
+    engine = asyncio.run(go())
+    assert engine.failure is None, engine.failure
+    assert sorted(v for _, v in kafka_broker.consume(out_topic, 3)) == [b"APPLE", b"FIG", b"KIWI"]
+
+
+def test_gen_source_in_the_harness() -> None:
+    outs = run_app(str(APPS / "gen_source.py"), ["--out", "127.0.0.1:7002", "--count", "6"],
+                   {"numbers": 100})  # the generator ends after 6
+    assert outs == {"sink": [b"1 1\n", b"2 2\n", b"3 4\n", b"4 6\n", b"5 9\n", b"6 12\n"]}
+    three = run_app(str(APPS / "gen_source.py"), ["--out", "127.0.0.1:7002"], {"numbers": 3})
+    assert three == {"sink": [b"1 1\n", b"2 2\n", b"3 4\n"]}
+    with pytest.raises(TypeError, match="or, for this GenSourceConfig pipeline, how many "
+                                        "messages to take from its generator"):
+        run_app(str(APPS / "gen_source.py"), ["--out", "127.0.0.1:7002"], {"numbers": "x"})
+
+
+def test_gen_source_compiles_to_a_udsource_and_runs_on_the_engine(tmp_path: Path) -> None:
+    from nfbuilder.emit.manifest import emit
+    from nfbuilder.plan import GenSourceVertex
+
+    loaded = load_app(str(APPS / "gen_source.py"), ["--out", "127.0.0.1:7002"])
+    graph = plan(loaded.app)
+    assert isinstance(graph.find("source")[1], GenSourceVertex)
+    docs = emit(graph)
+    assert [d["kind"] for d in docs] == ["Pipeline"]  # no Service: nothing listens
+    assert "udsource" in docs[0]["spec"]["vertices"][0]["source"]
+
+    async def go() -> bytes:
+        rx = await TcpReceiver.start()
+        loaded = load_app(str(APPS / "gen_source.py"),
+                          ["--out", f"127.0.0.1:{rx.address[1]}", "--count", "300"])
+        engine = Engine(loaded, EngineOptions(PlanOptions(), quiet=True,
+                                              work_dir=str(tmp_path / "run")))
+        await engine.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 60
+            while engine.delivered < 300 and not engine.failure:
+                assert asyncio.get_running_loop().time() < deadline, engine.delivered
+                await asyncio.sleep(0.05)
+            await engine.drain()
+        finally:
+            await engine.stop_processes()
+            await rx.close()
+        assert engine.failure is None, engine.failure
+        return rx.data()
+
+    lines = asyncio.run(go()).split(b"\n")[:-1]
+    assert len(lines) == 300
+    last = {int(n) % 2: int(t) for n, t in (line.split() for line in lines)}
+    assert last == {1: sum(range(1, 301, 2)), 0: sum(range(2, 301, 2))}

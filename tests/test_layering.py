@@ -20,7 +20,8 @@ ONLY = {
     "dsl": {"dsl", "codec"},
     "plan": {"plan", "topology"},
     "emit": {"emit", "plan", "topology"},
-    "loader": {"loader", "topology"},
+    # the loader resolves the configs that read the command line (dsl.args)
+    "loader": {"loader", "topology", "dsl"},
     "codec": {"codec"},
     "_proto": {"_proto"},
 }

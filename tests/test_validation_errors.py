@@ -314,13 +314,15 @@ def test_partition_function_without_partition_method() -> None:
 def test_source_that_is_not_a_config() -> None:
     ab = ApplicationBuilder("app").new_pipeline("p", "tcp://x").to_sink(w.tcp_sink())
     assert error_of(ab) == (
-        "Pipeline 'p': the source must be a TCPSourceConfig or KafkaSourceConfig, got 'tcp://x'."
+        "Pipeline 'p': the source must be a TCPSourceConfig, KafkaSourceConfig, a Kafka source CLI "
+        "parser or a GenSourceConfig, got 'tcp://x'."
     )
 
 
 def test_sink_that_is_not_a_config() -> None:
     assert error_of(pipeline("p").to_sink(("udp", "h", "1"))) == (
-        "Pipeline 'p': a sink must be a TCPSinkConfig or KafkaSinkConfig, got ('udp', 'h', '1')."
+        "Pipeline 'p': a sink must be a TCPSinkConfig, KafkaSinkConfig or a Kafka sink CLI parser, "
+        "got ('udp', 'h', '1')."
     )
 
 

@@ -8,6 +8,11 @@ from nfbuilder.dsl.args import (
 )
 from nfbuilder.dsl.builder import ApplicationBuilder
 from nfbuilder.dsl.configs import (
+    CustomKafkaSinkCLIParser,
+    CustomKafkaSourceCLIParser,
+    DefaultKafkaSinkCLIParser,
+    DefaultKafkaSourceCLIParser,
+    GenSourceConfig,
     KafkaSinkConfig,
     KafkaSourceConfig,
     StateBuilder,
@@ -36,8 +41,13 @@ __all__ = [
     "ApplicationBuilder",
     "Computation",
     "ComputationMulti",
+    "CustomKafkaSinkCLIParser",
+    "CustomKafkaSourceCLIParser",
     "Decoder",
+    "DefaultKafkaSinkCLIParser",
+    "DefaultKafkaSourceCLIParser",
     "Encoder",
+    "GenSourceConfig",
     "KafkaSinkConfig",
     "KafkaSourceConfig",
     "Partition",

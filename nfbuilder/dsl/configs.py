@@ -8,7 +8,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from nfbuilder.dsl.args import (
+    KAFKA_INTERNAL,
+    kafka_parse_sink_options,
+    kafka_parse_source_options,
+)
 
 
 class TCPSourceConfig:
@@ -67,6 +74,66 @@ class KafkaSinkConfig:
             self.max_message_size,
             self.encoder,
         )
+
+
+class CustomKafkaSourceCLIParser:
+    """Wallaroo 0.5: a Kafka source configured from ``args`` (``--kafka_source_topic``,
+    ``--kafka_source_brokers``, ``--kafka_source_log_level``); the same config as
+    ``KafkaSourceConfig(*kafka_parse_source_options(args), decoder)``."""
+
+    def __init__(self, args: Sequence[str], decoder: Any) -> None:
+        self.topic, self.brokers, self.log_level = kafka_parse_source_options(args)
+        self.decoder = decoder
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return ("kafka", self.topic, self.brokers, self.log_level, self.decoder)
+
+
+class CustomKafkaSinkCLIParser:
+    """Wallaroo 0.5: a Kafka sink configured from ``args`` (``--kafka_sink_topic``, ...)."""
+
+    def __init__(self, args: Sequence[str], encoder: Any) -> None:
+        (self.topic, self.brokers, self.log_level, self.max_produce_buffer_ms,
+         self.max_message_size) = kafka_parse_sink_options(args)
+        self.encoder = encoder
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return ("kafka", self.topic, self.brokers, self.log_level, self.max_produce_buffer_ms,
+                self.max_message_size, self.encoder)
+
+
+class DefaultKafkaSourceCLIParser:
+    """Wallaroo 0.5: a Kafka source whose settings come from the application's command line,
+    under ``name``: ``--<name>_topic``, ``--<name>_brokers``, ``--<name>_log_level``."""
+
+    def __init__(self, decoder: Any, name: str = "kafka_source") -> None:
+        self.decoder, self.name = decoder, name
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return (KAFKA_INTERNAL, self.name, self.decoder)
+
+
+class DefaultKafkaSinkCLIParser:
+    """Wallaroo 0.5: a Kafka sink whose settings come from the command line, under ``name``
+    (``--<name>_topic``, ``_brokers``, ``_log_level``, ``_max_produce_buffer_ms``,
+    ``_max_message_size``)."""
+
+    def __init__(self, encoder: Any, name: str = "kafka_sink") -> None:
+        self.encoder, self.name = encoder, name
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return (KAFKA_INTERNAL, self.name, self.encoder)
+
+
+class GenSourceConfig:
+    """Wallaroo 0.5.4: a source fed by a generator object with ``initial_value()`` (the first
+    message) and ``apply(previous)`` (the next one); a ``None`` ends the stream."""
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return ("gen", self.generator)
 
 
 class StateBuilder:

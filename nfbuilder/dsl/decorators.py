@@ -22,7 +22,7 @@ import functools
 import inspect
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from nfbuilder.dsl.errors import WallarooParameterError
 
@@ -99,7 +99,8 @@ class _Wrapped:
         return str(getattr(self, "__qualname__", self.__class__.__name__))
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {getattr(self, '__qualname__', '?')}>"
+        kind = type(self).__name__.split("__")[0]  # Computation, not Computation__double
+        return f"<{kind} {getattr(self, '__qualname__', '?')}>"
 
 
 class _Named(_Wrapped):
@@ -204,38 +205,64 @@ class Encoder(_Wrapped):
         return self._func(data)
 
 
+#: Wallaroo 0.5.2+ made one class per decorated function, ``<Base>__<function name>``, and put
+#: it on the ``wallaroo`` module (its API test looks them up: ``wallaroo.Computation__double``).
+#: The same classes, by name; ``nfbuilder`` and ``wallaroo`` resolve these attribute names here.
+FUNCTION_CLASSES: dict[str, type[_Wrapped]] = {}
+
+W = TypeVar("W", bound=_Wrapped)
+
+
+def _own_class(base: type[W], func: Callable[..., Any]) -> type[W]:
+    """The per-function subclass of ``base`` for ``func`` (a later function of the same name
+    takes the name over, as it did in Wallaroo)."""
+    name = f"{base.__name__}__{getattr(func, '__name__', 'function')}"
+    cls = type(name, (base,), {"__doc__": base.__doc__})
+    FUNCTION_CLASSES[name] = cls
+    return cls
+
+
 def computation(name: str) -> Callable[[Callable[..., Any]], Computation]:
     """``@computation(name="double")`` — a stateless one-in/one-out step."""
-    return lambda func: Computation(func, name)
+    return lambda func: _own_class(Computation, func)(func, name)
 
 
 def computation_multi(name: str) -> Callable[[Callable[..., Any]], ComputationMulti]:
     """``@computation_multi(name="split")`` — a stateless step returning a list."""
-    return lambda func: ComputationMulti(func, name)
+    return lambda func: _own_class(ComputationMulti, func)(func, name)
 
 
 def state_computation(name: str) -> Callable[[Callable[..., Any]], StateComputation]:
     """``@state_computation(name="add votes")`` — ``f(data, state) -> (out, save)``."""
-    return lambda func: StateComputation(func, name)
+    return lambda func: _own_class(StateComputation, func)(func, name)
 
 
 def state_computation_multi(name: str) -> Callable[[Callable[..., Any]], StateComputationMulti]:
     """``@state_computation_multi(name="...")`` — ``f(data, state) -> ([outs], save)``."""
-    return lambda func: StateComputationMulti(func, name)
+    return lambda func: _own_class(StateComputationMulti, func)(func, name)
 
 
 def partition(func: Callable[..., Any]) -> Partition:
     """``@partition`` — a partition function for ``to_state_partition``."""
-    return Partition(func)
+    return _own_class(Partition, func)(func)
 
 
 def encoder(func: Callable[..., Any]) -> Encoder:
     """``@encoder`` — turns outputs into bytes for a sink."""
-    return Encoder(func)
+    return _own_class(Encoder, func)(func)
 
 
 def decoder(
     header_length: int = 4, length_fmt: str = ">I"
 ) -> Callable[[Callable[..., Any]], Decoder]:
     """``@decoder(header_length=4, length_fmt=">I")`` — turns source frames into objects."""
-    return lambda func: Decoder(func, header_length, length_fmt)
+    return lambda func: _own_class(Decoder, func)(func, header_length, length_fmt)
+
+
+def function_class(name: str, module: str) -> type[_Wrapped]:
+    """``FUNCTION_CLASSES[name]`` for a module's ``__getattr__`` (PEP 562), else the
+    ``AttributeError`` Python would raise."""
+    found = FUNCTION_CLASSES.get(name)
+    if found is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    return found

@@ -8,6 +8,7 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from nfbuilder.dsl.args import KAFKA_INTERNAL
 from nfbuilder.dsl.decorators import (
     Computation,
     ComputationMulti,
@@ -235,15 +236,29 @@ def _check_keys(where: str, kind: str, keys: Any) -> None:
                 )
 
 
+_SOURCE_SHAPES = {"tcp": 4, "kafka": 5, KAFKA_INTERNAL: 3, "gen": 2}
+_SINK_SHAPES = {"tcp": 4, "kafka": 7, KAFKA_INTERNAL: 3}
+
+
+def _shaped(config: Any, shapes: dict[str, int]) -> bool:
+    return bool(isinstance(config, tuple) and config and shapes.get(config[0]) == len(config))
+
+
 def _check_source(pipeline: str, config: Any) -> None:
-    ok = isinstance(config, tuple) and config and (
-        (config[0] == "tcp" and len(config) == 4) or (config[0] == "kafka" and len(config) == 5)
-    )
-    if not ok:
+    if not _shaped(config, _SOURCE_SHAPES):
         raise WallarooParameterError(
-            f"Pipeline {pipeline!r}: the source must be a TCPSourceConfig or KafkaSourceConfig, "
-            f"got {config!r}."
+            f"Pipeline {pipeline!r}: the source must be a TCPSourceConfig, KafkaSourceConfig, "
+            f"a Kafka source CLI parser or a GenSourceConfig, got {config!r}."
         )
+    if config[0] == "gen":
+        gen = config[1]
+        for method in ("initial_value", "apply"):
+            if not callable(getattr(gen, method, None)):
+                raise WallarooParameterError(
+                    f"Pipeline {pipeline!r}: the GenSourceConfig's generator {gen!r} has no "
+                    f"{method} method; give an object with initial_value() and apply(previous)."
+                )
+        return
     decoder = config[-1]
     if not callable(getattr(decoder, "decode", None)):
         raise WallarooParameterError(
@@ -261,13 +276,10 @@ def _check_source(pipeline: str, config: Any) -> None:
 
 
 def _check_sink(pipeline: str, config: Any) -> None:
-    ok = isinstance(config, tuple) and config and (
-        (config[0] == "tcp" and len(config) == 4) or (config[0] == "kafka" and len(config) == 7)
-    )
-    if not ok:
+    if not _shaped(config, _SINK_SHAPES):
         raise WallarooParameterError(
-            f"Pipeline {pipeline!r}: a sink must be a TCPSinkConfig or KafkaSinkConfig, "
-            f"got {config!r}."
+            f"Pipeline {pipeline!r}: a sink must be a TCPSinkConfig, KafkaSinkConfig or a Kafka "
+            f"sink CLI parser, got {config!r}."
         )
     if not callable(getattr(config[-1], "encode", None)):
         raise WallarooParameterError(

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from nfbuilder.plan import (
     BlackholeVertex,
+    GenSourceVertex,
     KafkaSinkVertex,
     KafkaSourceVertex,
     MapVertex,
@@ -32,6 +33,8 @@ def _label(v: Vertex) -> list[str]:
             lines.append(f"tcp source {v.host}:{v.port}")
         elif isinstance(v, KafkaSourceVertex):
             lines.append(f"kafka source topic {v.topic}")
+        elif isinstance(v, GenSourceVertex):
+            lines.append("generator source")
         lines += list(w.step_names)
         for sink in w.sinks:
             where = sink_address(sink)

@@ -20,6 +20,7 @@ import yaml
 from nfbuilder.plan import (
     BlackholeVertex,
     Container,
+    GenSourceVertex,
     KafkaSinkVertex,
     KafkaSourceVertex,
     MapVertex,
@@ -100,7 +101,7 @@ def _vertex(graph: VertexGraph, v: Vertex) -> dict[str, Any]:
                       "consumerGroup": v.consumer_group},
             "transformer": {"container": _container(graph, v.container)},
         }
-    elif isinstance(v, TcpSourceVertex):
+    elif isinstance(v, (TcpSourceVertex, GenSourceVertex)):
         out["source"] = {"udsource": {"container": _container(graph, v.container)}}
     elif isinstance(v, MapVertex):
         out["udf"] = {"container": _container(graph, v.container)}

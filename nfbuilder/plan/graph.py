@@ -166,6 +166,14 @@ class TcpSourceVertex(SourceVertex):
 
 
 @attrs.frozen(kw_only=True)
+class GenSourceVertex(SourceVertex):
+    """``source.udsource`` whose container serves the messages of a Wallaroo 0.5.4
+    ``GenSourceConfig`` generator (``initial_value()``, then ``apply(previous)``)."""
+
+    generator: Any
+
+
+@attrs.frozen(kw_only=True)
 class KafkaSourceVertex(SourceVertex):
     """Numaflow's built-in ``source.kafka`` in ``consumer_group``; our container is its
     ``transformer`` and decodes each record."""
@@ -302,6 +310,7 @@ class VertexGraph:
 
 _KIND = {
     TcpSourceVertex: "source/udsource",
+    GenSourceVertex: "source/udsource",
     KafkaSourceVertex: "source/kafka",
     StateVertex: "map/udf",
     KafkaEncoderVertex: "map/udf",
@@ -327,6 +336,8 @@ def describe_vertex(v: Vertex) -> str:
         bits: list[str] = []
         if w.decode:
             bits.append(f"{'tcp' if isinstance(v, TcpSourceVertex) else 'kafka'} source")
+        elif isinstance(v, GenSourceVertex):
+            bits.append("generator source")
         bits += [repr(name) for name in w.step_names]
         if w.sinks and isinstance(v, SinkVertex):
             bits.append(f"{sink_kind(w.sinks[0])} sink")

@@ -30,6 +30,7 @@ from nfbuilder.plan.graph import (
     Container,
     Edge,
     EnvVar,
+    GenSourceVertex,
     KafkaEncoderVertex,
     KafkaSinkVertex,
     KafkaSourceVertex,
@@ -44,11 +45,20 @@ from nfbuilder.plan.graph import (
     Work,
 )
 from nfbuilder.plan.names import MAX_PIPELINE_NAME, MAX_TAG, NameBook, shorten, slug
-from nfbuilder.topology import Application, KafkaSink, KafkaSource, Pipeline, Sink, Step
+from nfbuilder.topology import (
+    Application,
+    GenSource,
+    KafkaSink,
+    KafkaSource,
+    Pipeline,
+    Sink,
+    Step,
+)
 
 #: the gRPC service our container serves, per vertex kind (built-in vertices have none)
 SERVICE: dict[type[Vertex], str] = {
     TcpSourceVertex: "source",
+    GenSourceVertex: "source",
     KafkaSourceVertex: "sourcetransformer",
     MapVertex: "map",
     KafkaEncoderVertex: "map",
@@ -174,7 +184,8 @@ def _plan_doc(
             p.steps[i].stateful or p.steps[i].parallel for i in runs[0]
         ):
             lead = runs.pop(0)
-        nodes[src] = _source_node(src, p, doc_name, work(p, lead, decoder=p.source.decoder))
+        decoder = None if isinstance(p.source, GenSource) else p.source.decoder
+        nodes[src] = _source_node(src, p, doc_name, work(p, lead, decoder=decoder))
         chain.append(src)
         for run in runs:
             first = p.steps[run[0]]
@@ -196,9 +207,10 @@ def _plan_doc(
         chains[p.index] = chain
         sink_names[p.index] = []
         # The vertex of the last step runs the encoders (Wallaroo's placement; one hop without a
-        # (de)serialization). Not a TCP source feeding several sinks: a udsource cannot tag its
+        # (de)serialization). Not a udsource feeding several sinks: a udsource cannot tag its
         # messages, so there each sink vertex encodes (a Kafka sink with an encoder vertex).
-        at_last = not (nodes[chain[-1]].cls is TcpSourceVertex and len(p.sinks) > 1)
+        at_last = not (nodes[chain[-1]].cls in (TcpSourceVertex, GenSourceVertex)
+                       and len(p.sinks) > 1)
         for i, sink in enumerate(p.sinks):
             suffix = "" if i == 0 else f"-{i + 1}"
             if isinstance(sink, KafkaSink) and not at_last:
@@ -289,6 +301,8 @@ def _plan_doc(
 
 def _source_node(name: str, p: Pipeline, doc_name: str, w: Work) -> _Node:
     source = p.source
+    if isinstance(source, GenSource):
+        return _Node(name, GenSourceVertex, [w], {"generator": source.generator})
     if isinstance(source, KafkaSource):
         return _Node(name, KafkaSourceVertex, [w], {
             "topic": source.topic,

@@ -21,6 +21,7 @@ from nfbuilder.plan import (
     META_GROUP,
     META_PIPELINE,
     AppRef,
+    GenSourceVertex,
     KafkaSourceVertex,
     MapVertex,
     PlanOptions,
@@ -235,6 +236,11 @@ def serve_program(program: VertexProgram, settings: Settings) -> int:
         frames = TcpFrameSource(host, vertex.port, decoder.header_length(),
                                 decoder.payload_length)
         return serve("source", TcpSourceHandler(program, frames, settings.replica), settings)
+    if isinstance(vertex, GenSourceVertex):
+        from nfbuilder.runtime.gensource import GenSourceHandler
+
+        handler = GenSourceHandler(program, vertex.generator, settings.replica)
+        return serve("source", handler, settings)
     if isinstance(vertex, TcpSinkVertex):
         from nfbuilder.runtime.tcp import TcpSinkWriter
 
