@@ -31,6 +31,14 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
                    help="coalesce runs of stateless steps (and the first run into the source)")
     p.add_argument("--state-store", metavar="URL",
                    help="sqlite:///path, redis://host:port/db or memory://")
+    p.add_argument("--unordered", action="store_true",
+                   help="let serial steps (to) run unordered and autoscaled: more throughput, "
+                        "without Wallaroo's order")
+    p.add_argument("--sink-retry-interval", type=float, default=0.05, metavar="SECONDS",
+                   help="first wait before a sink retries a failed write (default 0.05)")
+    p.add_argument("--sink-retry-cap", type=float, default=2.0, metavar="SECONDS",
+                   help="longest wait between a sink's retries; it retries for as long as the "
+                        "receiver is away (default 2)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--namespace", help="Kubernetes namespace to put in metadata")
     c.add_argument("--state-store-secret", metavar="NAME[:KEY]",
                    help="take the state store URL from this Secret (key 'url' by default)")
+    c.add_argument("--isbsvc", metavar="NAME",
+                   help="the InterStepBufferService the pipelines use (Numaflow's default: "
+                        "'default')")
     _plan_args(c)
 
     g = sub.add_parser("graph", help="print the plan as a Mermaid flowchart or Graphviz dot")
@@ -133,6 +144,10 @@ def _options(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
             fuse=ns.fuse,
             state_store=ns.state_store,
             state_store_secret=getattr(ns, "state_store_secret", None),
+            ordered=not ns.unordered,
+            sink_retry_interval=ns.sink_retry_interval,
+            sink_retry_cap=ns.sink_retry_cap,
+            isbsvc=getattr(ns, "isbsvc", None),
         )
     except ValueError as exc:
         raise _UserError(f"bad option: {exc}") from None

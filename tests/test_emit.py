@@ -31,6 +31,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "partitions3": {"partitions": 3},
     "secret": {"state_store_secret": "st:url"},
     "namespaced": {"namespace": "streams", "image": "registry.example/app:1.2"},
+    "unordered": {"ordered": False},
+    "isbsvc": {"isbsvc": "jetstream", "sink_retry_cap": 60},
 }
 
 
@@ -147,10 +149,35 @@ def test_state_vertices_partitions() -> None:
     assert vertices(emitted("alphabet", partitions=3))["letter-state"]["partitions"] == 1
 
 
-def test_to_is_scale_one_and_to_parallel_is_scale_max() -> None:
+def test_to_is_ordered_and_to_parallel_is_scale_max() -> None:
     v = vertices(emitted("word_count", max_replicas=7))
     assert v["split-into-words"]["scale"] == {"min": 1, "max": 7}
-    assert vertices(emitted("celsius"))["add-32"]["scale"] == {"min": 1, "max": 1}
+    serial = vertices(emitted("celsius"))["add-32"]
+    assert (serial["partitions"], serial["ordered"], "scale" in serial) == (
+        1, {"enabled": True}, False)
+    assert vertices(emitted("celsius", ordered=False))["add-32"]["scale"] == {"min": 1, "max": 4}
+
+
+def test_sources_feeding_ordered_vertices_write_one_at_a_time() -> None:
+    assert vertices(emitted("celsius"))["source"]["limits"] == {"concurrency": 1}
+    # word count's source feeds the autoscaled split: nothing to keep in order there
+    assert "limits" not in vertices(emitted("word_count"))["source"]
+
+
+def test_sinks_retry_with_a_capped_backoff_as_long_as_the_receiver_is_away() -> None:
+    retry = vertices(emitted("reverse", sink_retry_interval=0.2, sink_retry_cap=30))["sink"][
+        "sink"]["retryStrategy"]
+    assert retry == {"backoff": {"interval": "200ms", "factor": 2.0, "cap": "30s"},
+                     "onFailure": "retry"}
+    with pytest.raises(ValueError, match=r"the sink retry cap \(0.01 s\) is below its first "
+                                         r"interval \(0.05 s\)"):
+        PlanOptions(sink_retry_cap=0.01)
+
+
+def test_isbsvc_names_the_inter_step_buffer_service() -> None:
+    (p,) = pipelines(emitted("reverse", isbsvc="jetstream"))
+    assert p["spec"]["interStepBufferServiceName"] == "jetstream"
+    assert "interStepBufferServiceName" not in pipelines(emitted("reverse"))[0]["spec"]
 
 
 def test_state_store_secret_uses_secret_key_ref_and_no_url() -> None:
@@ -206,9 +233,9 @@ def test_kafka_source_and_sink() -> None:
     assert kafka["consumerGroup"] == f"{p['metadata']['name']}-source"
     assert "transformer" in v["source"]["source"]
     assert "encode" not in v  # the last step's vertex encodes for the built-in Kafka sink
-    assert v["sink"]["sink"] == {"kafka": {
+    assert v["sink"]["sink"]["kafka"] == {
         "brokers": ["127.0.0.1:9092"], "topic": "test-out", "setKey": True,
-        "config": "linger.ms: 10\nmessage.max.bytes: 100000\n"}}
+        "config": "linger.ms: 10\nmessage.max.bytes: 100000\n"}
     assert p["spec"]["edges"][-1] == {"from": "add-32", "to": "sink"}
 
 

@@ -94,7 +94,20 @@ def test_to_is_a_serial_map() -> None:
     doc = only_doc(plan_of(one_pipeline().to(w.double).to_sink(w.tcp_sink()), max_replicas=9))
     v = doc.vertex("double")
     assert shape(v) == (MapVertex, "map")
-    assert (v.max_replicas, v.ordered, v.state_name, v.partitions) == (1, False, None, 1)
+    # Wallaroo's serial step keeps its order on Numaflow: an ordered vertex, one partition
+    assert (v.max_replicas, v.ordered, v.state_name, v.partitions) == (1, True, None, 1)
+    # its source writes one message at a time, in order
+    src = doc.vertex("source")
+    assert isinstance(src, TcpSourceVertex) and src.ordered_writes
+
+
+def test_unordered_option_autoscales_serial_steps() -> None:
+    ab = one_pipeline().to(w.double).to_sink(w.tcp_sink())
+    doc = only_doc(plan_of(ab, max_replicas=3, ordered=False))
+    v = doc.vertex("double")
+    assert (v.ordered, v.max_replicas) == (False, 3)
+    assert not doc.vertex("source").ordered_writes  # type: ignore[attr-defined]
+    assert plan_of(ab, ordered=False).digest == plan_of(ab).digest  # a deployment choice
     assert steps(v) == ("double",)
 
 

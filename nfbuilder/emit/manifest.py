@@ -65,15 +65,12 @@ def _pipeline(graph: VertexGraph, doc: PipelineDoc) -> dict[str, Any]:
     meta = _metadata(graph, doc.name)
     meta["annotations"] = {"nfbuilder.io/application": graph.app_name,
                            "nfbuilder.io/plan-digest": graph.digest}
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "Pipeline",
-        "metadata": meta,
-        "spec": {
-            "vertices": [_vertex(graph, v) for v in doc.vertices],
-            "edges": edges,
-        },
-    }
+    spec: dict[str, Any] = {}
+    if graph.options.isbsvc:
+        spec["interStepBufferServiceName"] = graph.options.isbsvc
+    spec["vertices"] = [_vertex(graph, v) for v in doc.vertices]
+    spec["edges"] = edges
+    return {"apiVersion": API_VERSION, "kind": "Pipeline", "metadata": meta, "spec": spec}
 
 
 def _container(graph: VertexGraph, c: Container | None) -> dict[str, Any]:
@@ -120,9 +117,25 @@ def _vertex(graph: VertexGraph, v: Vertex) -> dict[str, Any]:
         out["sink"] = {"blackhole": {}}
     else:
         raise TypeError(f"vertex {v.name!r}: no manifest form for {type(v).__name__}")
+    if isinstance(v, SinkVertex) and v.retry is not None:
+        out["sink"]["retryStrategy"] = {
+            "backoff": {"interval": duration(v.retry.interval_s), "factor": v.retry.factor,
+                        "cap": duration(v.retry.cap_s)},
+            "onFailure": "retry",
+        }
+    if isinstance(v, SourceVertex) and v.ordered_writes:
+        out["limits"] = {"concurrency": 1}  # numa writes one message at a time, in read order
     if isinstance(v, (SourceVertex, SinkVertex)):
         out["scale"] = {"min": 1, "max": 1}
     return out
+
+
+def duration(seconds: float) -> str:
+    """A Go duration as Numaflow reads it: ``duration(0.05)`` -> ``'50ms'``, ``duration(2)`` ->
+    ``'2s'``."""
+    if seconds < 1:
+        return f"{round(seconds * 1000):d}ms"
+    return f"{seconds:g}s"
 
 
 def _services(graph: VertexGraph, doc: PipelineDoc) -> list[dict[str, Any]]:

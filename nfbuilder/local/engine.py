@@ -54,6 +54,10 @@ from nfbuilder.plan import (
 from nfbuilder.plan.graph import BIND_HOST_ENV
 from nfbuilder.plan.names import slug
 
+#: replicas of an autoscaled (to_parallel) vertex on the engine: more than one, so results
+#: interleave as on Numaflow, and few, for a laptop
+LOCAL_REPLICAS = 2
+
 
 class EngineError(Exception):
     """The run cannot go on (a vertex keeps failing, an unsupported vertex...)."""
@@ -156,12 +160,15 @@ class Engine:
                 if v.container is None:
                     continue  # blackhole: handled in-engine
                 env = self._env(v)
+                # ordered: one pod per partition; autoscaled: a few, as numa scales them up
+                count = v.partitions if v.ordered else min(v.max_replicas, LOCAL_REPLICAS)
                 self.replicas[v.name] = [
                     Replica(ReplicaSpec(doc.name, v.name, v.container.service, r,
                                         v.container.command, v.ordered,
-                                        1 if v.ordered else 500), self.work_dir, env,
+                                        1 if v.ordered else 500, indexed=v.partitions > 1
+                                        or count > 1), self.work_dir, env,
                             len(self.vertices) * 100 + r)
-                    for r in range(v.partitions)
+                    for r in range(count)
                 ]
 
     def _open_state(self) -> None:

@@ -28,7 +28,7 @@ import attrs
 
 from nfbuilder.local.clients import ClientError, SinkDatum
 from nfbuilder.local.process import Replica
-from nfbuilder.plan import Edge, Router, Vertex, output_id, partition_of
+from nfbuilder.plan import Edge, Retry, Router, Vertex, output_id, partition_of
 
 log = logging.getLogger("nfbuilder.engine")
 
@@ -49,7 +49,8 @@ class Token:
 
 @attrs.define(slots=True)
 class Msg:
-    """One message in flight between two vertices."""
+    """One message in flight between two vertices; event time, watermark and headers come from
+    its source message, as numa carries them through maps."""
 
     id: str
     value: bytes
@@ -57,14 +58,22 @@ class Msg:
     event_time_ns: int
     meta: Any
     token: Token
+    watermark_ns: int | None = None
+    headers: Any = None
 
 
 @attrs.define
 class SourceState:
-    """A source replica and the offsets whose messages are all done (to ack on the next read)."""
+    """A source replica, the offsets whose messages are all done (to ack on the next read), and
+    its watermark: the oldest event time of its latest read, never going back."""
 
     replica: Replica
     done: list[tuple[bytes, int]] = attrs.Factory(list)
+    watermark_ns: int = -1
+
+    def advance(self, event_times: list[int]) -> None:
+        if event_times:
+            self.watermark_ns = max(self.watermark_ns, min(event_times))
 
 
 @attrs.frozen
@@ -88,6 +97,10 @@ class SourceResult:
     @property
     def user_metadata(self) -> Any:
         return self.record.user_metadata
+
+    @property
+    def event_time_ns(self) -> int:
+        return self.record.event_time_ns  # type: ignore[no-any-return]
 
 
 def child_id(producer: str, parent: str, index: int) -> str:
@@ -133,10 +146,18 @@ class Flow:
             found = self._routers[vertex] = Router(self.edges.get(vertex, ()))
         return found
 
-    async def route(self, vertex: str, parent_id: str, token: Token, results: Any) -> None:
-        """Send each of ``results`` (of ``vertex``) along the edges its tags select."""
+    async def route(self, vertex: str, parent_id: str, token: Token, results: Any,
+                    parent: Msg | None = None, *, watermark_ns: int | None = None,
+                    headers: Any = None) -> None:
+        """Send each of ``results`` (of ``vertex``) along the edges its tags select.
+
+        A map's results take the event time, watermark and headers of ``parent``; a source's
+        (or transformer's) results have their own event time and take ``watermark_ns`` and
+        ``headers``."""
         outs: list[tuple[Replica, Msg]] = []
         router = self.router(vertex)
+        if parent is not None:
+            watermark_ns, headers = parent.watermark_ns, parent.headers
         for i, r in enumerate(results):
             dsts = router.destinations(r.tags)
             if not dsts:
@@ -147,9 +168,11 @@ class Flow:
                 if reps is None:  # blackhole
                     continue
                 keys = tuple(r.keys)
-                idx = partition_of(keys, len(reps)) if self.vertices[dst].ordered else 0
-                outs.append((reps[idx], Msg(msg_id, r.value, keys, time.time_ns(),
-                                            r.user_metadata, token)))
+                # numa routes to an ordered vertex by key, else shards by the message
+                idx = partition_of(keys if self.vertices[dst].ordered else (msg_id,), len(reps))
+                event_time = parent.event_time_ns if parent is not None else r.event_time_ns
+                outs.append((reps[idx], Msg(msg_id, r.value, keys, event_time, r.user_metadata,
+                                            token, watermark_ns, headers)))
         token.add(len(outs) - 1)
         for rep, msg in outs:
             await rep.queue.put(msg)
@@ -169,7 +192,7 @@ class Flow:
         """The map results of ``msg``, or None when the replica failed (msg is redelivered)."""
         try:
             return await rep.connected().map(msg.id, msg.keys, msg.value, msg.event_time_ns,
-                                             None, None, msg.meta)
+                                             msg.watermark_ns, msg.headers, msg.meta)
         except ClientError as exc:
             rep.redeliver.append(msg)
             self.on_failure(rep, exc)
@@ -187,7 +210,7 @@ class Flow:
                 results = await call
                 if results is not None:
                     rep.processed += 1
-                    await self.route(rep.spec.vertex, msg.id, msg.token, results)
+                    await self.route(rep.spec.vertex, msg.id, msg.token, results, msg)
                 calls.task_done()
 
         router = asyncio.ensure_future(route_in_order())
@@ -201,8 +224,10 @@ class Flow:
             router.cancel()
 
     async def sink_worker(self, rep: Replica) -> None:
-        """Write batches of up to ``read_batch`` messages; retry failed writes with backoff."""
-        backoff = 0.05
+        """Write batches of up to ``read_batch`` messages; retry failed writes with the sink's
+        backoff (the manifest's ``retryStrategy``), for as long as they fail."""
+        retry = getattr(self.vertices[rep.spec.vertex], "retry", None) or Retry(0.05, 1.0)
+        backoff = retry.interval_s
         while True:
             batch = [await self._next(rep)]
             while len(batch) < self.read_batch:
@@ -213,8 +238,9 @@ class Flow:
                 else:
                     break
             while batch:
-                data = [SinkDatum(m.id, m.value, m.keys, m.event_time_ns,
-                                  user_metadata=m.meta or {}) for m in batch]
+                data = [SinkDatum(m.id, m.value, m.keys, m.event_time_ns, m.watermark_ns,
+                                  dict(m.headers or {}), user_metadata=m.meta or {})
+                        for m in batch]
                 try:
                     outcome = await rep.connected().write(data)
                 except ClientError as exc:
@@ -232,9 +258,9 @@ class Flow:
                     log.debug("%s: %d writes failed (%s); retrying", rep.spec.label, len(failed),
                               outcome[failed[0].id][1])
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
+                    backoff = min(backoff * retry.factor, retry.cap_s)
                 else:
-                    backoff = 0.05
+                    backoff = retry.interval_s
                 batch = failed
 
     async def source_worker(self, src: SourceState) -> None:
@@ -251,12 +277,14 @@ class Flow:
             except ClientError as exc:
                 self.on_failure(rep, exc)
                 continue
+            src.advance([r.event_time_ns for r in records])
             for r in records:
                 token = Token(src, (r.offset, r.partition_id))
                 msg_id = f"{rep.spec.vertex}-{base64.b64encode(r.offset).decode()}-0"
                 self.entered += 1
                 rep.processed += 1
-                await self.route(rep.spec.vertex, msg_id, token, [SourceResult(r)])
+                await self.route(rep.spec.vertex, msg_id, token, [SourceResult(r)],
+                                 watermark_ns=src.watermark_ns, headers=r.headers or None)
 
     async def ack_leftovers(self) -> None:
         """Ack the offsets done since the sources' last read (after a drain: all of them)."""

@@ -4,8 +4,9 @@
 The source is a consumer in the manifest's consumer group ``<doc>-<vertex>``, reading from the
 earliest offset with auto-commit off. A partition's offset is committed only once every record
 before it is done (:class:`OffsetTracker`), so a crash redelivers, never loses. The sink produces
-each message's value with its first key as the record key (``setKey: true``) and reports a
-message delivered only after the broker acknowledged it.
+each message's value with its keys joined by ``:`` as the record key (``setKey: true``) and the
+``__key_len``/``__key_<i>`` headers, as numa does, and reports a message delivered only after the
+broker acknowledged it.
 
 librdkafka calls block, so each consumer/producer is owned by one worker thread and the engine
 awaits it::
@@ -300,11 +301,11 @@ class KafkaSinkClient:
             return on_delivery
 
         for d in batch:
-            key = d.keys[0].encode() if d.keys else None
+            key, headers = record_key_and_headers(d, self.spec.set_key)
             while True:
                 try:
                     self._producer.produce(self.spec.topic, value=d.value, key=key,
-                                           on_delivery=report(d.id))
+                                           headers=headers, on_delivery=report(d.id))
                     break
                 except BufferError:  # librdkafka's local queue is full: let it drain
                     self._producer.poll(0.05)
@@ -322,6 +323,16 @@ class KafkaSinkClient:
             await self._worker.run(self._producer.flush, FLUSH_TIMEOUT_S)
         finally:
             self._worker.shutdown()
+
+
+def record_key_and_headers(d: SinkDatum, set_key: bool) -> tuple[bytes | None, list[Any]]:
+    """As numa's Kafka sink writes a message: the keys joined with ``:`` as the record key
+    (with ``setKey``), the message headers plus ``__key_len`` and ``__key_<i>``."""
+    headers = [(k, v.encode()) for k, v in (d.headers or {}).items()]
+    headers.append(("__key_len", str(len(d.keys)).encode()))
+    headers += [(f"__key_{i}", k.encode()) for i, k in enumerate(d.keys)]
+    key = ":".join(d.keys).encode() if set_key and d.keys else None
+    return key, headers
 
 
 class KafkaSinkReplica(Replica):

@@ -59,12 +59,14 @@ class KafkaSources:
             await consumer.commit()
             records = await consumer.poll(flow.read_batch, flow.read_timeout_ms)
             outs = await asyncio.gather(*(self._transform(rep, r) for r in records))
+            src.advance([r.event_time_ns for r in records])
             for r, results in zip(records, outs, strict=True):
                 flow.entered += 1
                 rep.processed += 1
                 token = Token(src, (r.offset_bytes, r.partition))
                 await flow.route(rep.spec.vertex, f"{rep.spec.vertex}-{r.offset_id}", token,
-                                 results)
+                                 results, watermark_ns=src.watermark_ns,
+                                 headers=r.headers or None)
 
     async def _transform(self, rep: Replica, r: KafkaRecord) -> Any:
         while True:  # numa retries a record until its transformer answers

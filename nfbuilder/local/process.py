@@ -46,10 +46,11 @@ class ReplicaSpec:
     command: tuple[str, ...]
     ordered: bool = False
     in_flight: int = 500
+    indexed: bool = False  # one of several replicas: its label shows which
 
     @property
     def label(self) -> str:
-        return f"{self.vertex}[{self.replica}]" if self.ordered else self.vertex
+        return f"{self.vertex}[{self.replica}]" if self.indexed else self.vertex
 
 
 class Replica:

@@ -52,6 +52,18 @@ class PlanOptions:
     fuse: bool = False
     state_store: str | None = None
     state_store_secret: str | None = None  # "secret-name:key" holding the store URL
+    #: sink retries: first interval and cap of the exponential backoff (factor 2), in seconds
+    sink_retry_interval: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))
+    sink_retry_cap: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
+    isbsvc: str | None = None  # the InterStepBufferService to use (Numaflow's default: default)
+    #: serial steps (``to``) keep their order: ordered vertices, one message at a time. False
+    #: trades Wallaroo's order for throughput: every stateless vertex is autoscaled.
+    ordered: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.sink_retry_cap < self.sink_retry_interval:
+            raise ValueError(f"the sink retry cap ({self.sink_retry_cap:g} s) is below its "
+                             f"first interval ({self.sink_retry_interval:g} s)")
 
 
 @attrs.frozen
@@ -152,7 +164,11 @@ class Vertex:
 
 @attrs.frozen(kw_only=True)
 class SourceVertex(Vertex):
-    """A source vertex (one replica: a Wallaroo source is one listener or one consumer)."""
+    """A source vertex (one replica: a Wallaroo source is one listener or one consumer);
+    ``ordered_writes``: it feeds an ordered vertex, so it writes one message at a time
+    (``limits.concurrency: 1``), in the order it read them."""
+
+    ordered_writes: bool = attrs.field(default=False, metadata=DEPLOY)
 
 
 @attrs.frozen(kw_only=True)
@@ -185,14 +201,20 @@ class KafkaSourceVertex(SourceVertex):
 
 @attrs.frozen(kw_only=True)
 class MapVertex(Vertex):
-    """A ``udf`` vertex running stateless steps; ``replicas`` > 1 is autoscaled
-    (``to_parallel``), 1 is serial (``to``)."""
+    """A ``udf`` vertex running stateless steps: serial (``to``: ``serial=True``, one ordered
+    partition, one message at a time, so Wallaroo's order holds) or autoscaled up to
+    ``replicas`` (``to_parallel``, or every step with ``PlanOptions(ordered=False)``)."""
 
     replicas: int = attrs.field(default=1, metadata=DEPLOY)
+    serial: bool = attrs.field(default=False, metadata=DEPLOY)
+
+    @property
+    def ordered(self) -> bool:  # type: ignore[override]
+        return self.serial
 
     @property
     def max_replicas(self) -> int:
-        return self.replicas
+        return 1 if self.serial else self.replicas
 
 
 @attrs.frozen(kw_only=True)
@@ -222,9 +244,22 @@ class StateVertex(MapVertex):
         return self.state.name
 
 
+@attrs.frozen
+class Retry:
+    """How a sink retries what it could not write: exponential backoff from ``interval_s``,
+    times ``factor``, up to ``cap_s`` between attempts, for as long as it fails (numa's
+    ``onFailure: retry``)."""
+
+    interval_s: float
+    cap_s: float
+    factor: float = 2.0
+
+
 @attrs.frozen(kw_only=True)
 class SinkVertex(Vertex):
-    """A sink vertex."""
+    """A sink vertex; ``retry`` is how it retries failed writes (None: it cannot fail)."""
+
+    retry: Retry | None = attrs.field(default=None, metadata=DEPLOY)
 
 
 @attrs.frozen(kw_only=True)
@@ -350,5 +385,5 @@ def describe_vertex(v: Vertex) -> str:
     if isinstance(v, StateVertex):
         extra = f"; state {v.state_name!r}, {v.partitions} partition(s), ordered"
     elif isinstance(v, MapVertex):
-        extra = f"; autoscaled to {v.max_replicas:d}" if v.max_replicas > 1 else "; 1 replica"
+        extra = "; serial, ordered" if v.ordered else f"; autoscaled to {v.max_replicas:d}"
     return f"{_KIND[type(v)]} " + "; ".join(parts) + extra

@@ -37,6 +37,7 @@ from nfbuilder.plan.graph import (
     MapVertex,
     PipelineDoc,
     PlanOptions,
+    Retry,
     StateVertex,
     TcpSinkVertex,
     TcpSourceVertex,
@@ -200,9 +201,10 @@ def _plan_doc(
             else:
                 label = first.name if len(run) == 1 else f"{first.name}-to-{p.steps[run[-1]].name}"
                 name = names.take(label, prefix)
-                parallel = any(p.steps[i].parallel for i in run)
+                parallel = any(p.steps[i].parallel for i in run) or not options.ordered
                 nodes[name] = _Node(name, MapVertex, [work(p, run)],
-                                    {"replicas": options.max_replicas if parallel else 1})
+                                    {"replicas": options.max_replicas if parallel else 1,
+                                     "serial": not parallel})
             chain.append(name)
         chains[p.index] = chain
         sink_names[p.index] = []
@@ -215,7 +217,8 @@ def _plan_doc(
             suffix = "" if i == 0 else f"-{i + 1}"
             if isinstance(sink, KafkaSink) and not at_last:
                 enc = names.take(_role_name(p, "encode", multi) + suffix)
-                nodes[enc] = _Node(enc, KafkaEncoderVertex, [work(p, sinks=(sink,))])
+                nodes[enc] = _Node(enc, KafkaEncoderVertex, [work(p, sinks=(sink,))],
+                                   {"serial": options.ordered})
                 out = names.take(_role_name(p, "sink", multi) + suffix)
                 nodes[out] = _Node(out, KafkaSinkVertex, [work(p, encoded=True)],
                                    _kafka_sink_fields(sink))
@@ -276,6 +279,13 @@ def _plan_doc(
         edges.append(Edge(a, b, edge_tags))
     conditional_src = {e.src for e in edges if e.tags}
 
+    retry = Retry(options.sink_retry_interval, options.sink_retry_cap)
+    ordered = {n.name for n in nodes.values() if n.cls is StateVertex or n.fields.get("serial")}
+    for node in nodes.values():
+        if node.cls in (TcpSinkVertex, KafkaSinkVertex):
+            node.fields["retry"] = retry
+        if node.cls in (TcpSourceVertex, KafkaSourceVertex, GenSourceVertex):
+            node.fields["ordered_writes"] = any(b in ordered for a, b in order if a == node.name)
     vertices = []
     for node in nodes.values():
         works = []

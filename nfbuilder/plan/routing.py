@@ -15,7 +15,6 @@ redelivery has outputs with the same ids.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Sequence
 
 from nfbuilder.plan.graph import Edge
@@ -52,10 +51,46 @@ class Router:
 
 
 def partition_of(keys: Sequence[str], partitions: int) -> int:
-    """The partition (pod) of an ordered vertex that a message with ``keys`` goes to."""
+    """The partition (pod) of an ordered vertex that a message with ``keys`` goes to: numa's
+    ``determine_partition``, Rust's ``DefaultHasher`` (SipHash-1-3, zero keys) over the keys
+    joined with ``:``, modulo the partition count."""
     if partitions <= 1:
         return 0
-    return zlib.crc32(":".join(keys).encode()) % partitions
+    return siphash13(":".join(keys).encode()) % partitions
+
+
+_MASK = 0xFFFFFFFFFFFFFFFF
+
+
+def siphash13(data: bytes) -> int:
+    """SipHash-1-3 with zero keys: what Rust's ``DefaultHasher::new()`` gives after
+    ``write(data)`` and ``finish()`` (one compression round, three finalization rounds)."""
+    v0, v1 = 0x736F6D6570736575, 0x646F72616E646F6D
+    v2, v3 = 0x6C7967656E657261, 0x7465646279746573
+    n = len(data)
+    tail = n - n % 8
+    words = [int.from_bytes(data[i:i + 8], "little") for i in range(0, tail, 8)]
+    words.append(((n & 0xFF) << 56) | int.from_bytes(data[tail:], "little"))
+    rounds = [1] * len(words)
+    for m, count in zip([*words, None], [*rounds, 3], strict=True):
+        if m is not None:
+            v3 ^= m
+        else:
+            v2 ^= 0xFF
+        for _ in range(count):
+            v0 = (v0 + v1) & _MASK
+            v1 = ((v1 << 13) | (v1 >> 51)) & _MASK ^ v0
+            v0 = ((v0 << 32) | (v0 >> 32)) & _MASK
+            v2 = (v2 + v3) & _MASK
+            v3 = ((v3 << 16) | (v3 >> 48)) & _MASK ^ v2
+            v0 = (v0 + v3) & _MASK
+            v3 = ((v3 << 21) | (v3 >> 43)) & _MASK ^ v0
+            v2 = (v2 + v1) & _MASK
+            v1 = ((v1 << 17) | (v1 >> 47)) & _MASK ^ v2
+            v2 = ((v2 << 32) | (v2 >> 32)) & _MASK
+        if m is not None:
+            v0 ^= m
+    return v0 ^ v1 ^ v2 ^ v3
 
 
 def output_id(producer: str, offset: str | int, index: int) -> str:
