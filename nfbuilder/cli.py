@@ -34,6 +34,9 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unordered", action="store_true",
                    help="let serial steps (to) run unordered and autoscaled: more throughput, "
                         "without Wallaroo's order")
+    p.add_argument("--id-retention", type=float, default=120.0, metavar="SECONDS",
+                   help="how long state keeps the ids of applied messages, to recognise a late "
+                        "redelivery (at least the ISB's ackWait; default 120)")
     p.add_argument("--sink-retry-interval", type=float, default=0.05, metavar="SECONDS",
                    help="first wait before a sink retries a failed write (default 0.05)")
     p.add_argument("--sink-retry-cap", type=float, default=2.0, metavar="SECONDS",
@@ -87,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--work-dir",
                    help="where sockets, logs and the default state store go (default: a new "
                         "temporary directory, so state starts empty; give the same one to resume)")
+    r.add_argument("--redelivery-delay", type=float, default=0.0, metavar="SECONDS",
+                   help="a restarted vertex gets its unacknowledged messages back only after "
+                        "SECONDS, newer ones flowing meanwhile, as JetStream's ackWait does")
     r.add_argument("--fresh", action="store_true",
                    help="delete the app's state in the state store before the run")
     return parser
@@ -145,6 +151,7 @@ def _options(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
             state_store=ns.state_store,
             state_store_secret=getattr(ns, "state_store_secret", None),
             ordered=not ns.unordered,
+            id_retention_s=ns.id_retention,
             sink_retry_interval=ns.sink_retry_interval,
             sink_retry_cap=ns.sink_retry_cap,
             isbsvc=getattr(ns, "isbsvc", None),
@@ -178,7 +185,9 @@ def _serve(ns: argparse.Namespace, app_args: list[str]) -> int:
     loaded = _load_app(ns.app, app_args)
     try:
         program = build_program(loaded, ns.vertex, fuse=ns.fuse,
-                                state_store=settings.state_store, digest=settings.plan_digest)
+                                state_store=settings.state_store, digest=settings.plan_digest,
+                                id_retention_s=settings.id_retention_s,
+                                partition=settings.replica)
     except KeyError as exc:
         raise _UserError(str(exc.args[0])) from None
     except PlanMismatch as exc:
@@ -197,6 +206,8 @@ def _run(ns: argparse.Namespace, app_args: list[str]) -> int:
 
     from nfbuilder.local.engine import Engine, EngineError, EngineOptions
 
+    if ns.redelivery_delay < 0:
+        raise _UserError(f"bad option: --redelivery-delay must be >= 0, got {ns.redelivery_delay}")
     for name in ("until_idle", "max_messages"):
         value = getattr(ns, name)
         if value is not None and value <= 0:
@@ -205,6 +216,7 @@ def _run(ns: argparse.Namespace, app_args: list[str]) -> int:
     options = EngineOptions(
         plan=_options(ns), until_idle=ns.until_idle, max_messages=ns.max_messages,
         quiet=ns.quiet, work_dir=ns.work_dir, fresh=ns.fresh,
+        redelivery_delay=ns.redelivery_delay,
     )
     loaded = _load_app(ns.app, app_args)
     logging.basicConfig(level=logging.WARNING)

@@ -253,6 +253,10 @@ def test_an_app_edited_after_compile_fails_at_serve_startup(tmp_path: Path) -> N
     (["--partitions", "0"], "nfbuilder run: bad option: 'partitions' must be >= 1: 0"),
     (["--max-replicas", "0"], "nfbuilder run: bad option: 'max_replicas' must be >= 1: 0"),
     (["--until-idle", "-1"], "nfbuilder run: bad option: --until-idle must be > 0, got -1.0"),
+    (["--redelivery-delay", "-2"],
+     "nfbuilder run: bad option: --redelivery-delay must be >= 0, got -2.0"),
+    (["--sink-retry-cap", "0.01"], "nfbuilder run: bad option: the sink retry cap (0.01 s) is "
+                                   "below its first interval (0.05 s)"),
 ])
 def test_run_rejects_bad_options_in_one_line(option: list[str], text: str,
                                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -307,3 +311,28 @@ def test_an_attribute_error_in_a_client_is_a_bug_not_a_restart(tmp_path: Path) -
         asyncio.run(_flow(failures)._call_map(rep, msg))
     assert failures == [] and not rep.redeliver
 
+
+
+def test_a_stopping_run_nacks_what_it_cancelled_and_acks_what_is_done(tmp_path: Path) -> None:
+    class Recording:
+        def __init__(self) -> None:
+            self.acked: list[object] = []
+            self.nacked: list[object] = []
+
+        async def ack(self, offsets: list[object]) -> None:
+            self.acked += offsets
+
+        async def nack(self, offsets: list[object]) -> None:
+            self.nacked += offsets
+
+    rep = _replica(tmp_path)
+    rep.client = client = Recording()
+    src = SourceState(rep)
+    flow = _flow([])
+    flow.sources.append(src)
+    done, cancelled = Token(src, (b"1", 0)), Token(src, (b"2", 0))
+    done.add(-1)  # its only message reached a sink
+    assert cancelled.count == 1
+    asyncio.run(flow.ack_leftovers())
+    assert (client.acked, client.nacked) == ([(b"1", 0)], [(b"2", 0)])
+    assert src.open == {} and src.done == []

@@ -21,6 +21,7 @@ import redis
 from redis_server import RedisServer, require_redis_server
 
 from nfbuilder.runtime.state import (
+    FencedError,
     Snapshot,
     StateStore,
     StateStoreError,
@@ -28,7 +29,7 @@ from nfbuilder.runtime.state import (
     merge_ids,
     open_store,
 )
-from nfbuilder.runtime.state.redis_store import hash_name
+from nfbuilder.runtime.state.redis_store import hash_name, times_name
 
 OpenStore = Callable[..., StateStore]
 
@@ -101,7 +102,7 @@ def test_namespaces_state_names_and_keys_are_independent(open_kind: OpenStore) -
 
 
 def test_retrying_the_same_save_leaves_the_same_result(open_kind: OpenStore) -> None:
-    store = open_kind(id_window=4)
+    store = open_kind(id_window=4, id_retention_s=0)
     store.save("s", "k", b"old", ["a", "b", "c"])
     store.save("s", "k", b"new", ["d", "e"])
     first = store.load("s", "k")
@@ -111,7 +112,7 @@ def test_retrying_the_same_save_leaves_the_same_result(open_kind: OpenStore) -> 
 
 
 def test_id_window_keeps_the_newest_ids_in_order(open_kind: OpenStore) -> None:
-    store = open_kind(id_window=1024)
+    store = open_kind(id_window=1024, id_retention_s=0)
     ids = [f"map-{i}-0" for i in range(3000)]
     store.save("s", "k", b"x", ids)
     snap = store.load("s", "k")
@@ -126,7 +127,7 @@ def test_id_window_keeps_the_newest_ids_in_order(open_kind: OpenStore) -> None:
 def test_every_store_follows_the_merge_rule(open_kind: OpenStore) -> None:
     """Random saves with repeated ids give exactly merge_ids' result, retries included."""
     rng = random.Random(7)
-    store = open_kind(id_window=5)
+    store = open_kind(id_window=5, id_retention_s=0)
     expected: tuple[str, ...] = ()
     for step in range(40):
         new = [f"m{rng.randrange(12)}" for _ in range(rng.randrange(0, 8))]
@@ -348,6 +349,10 @@ def test_redis_layout_is_one_hash_per_key(redis_server: RedisServer) -> None:
     assert hash_name("app", "counts", "user:1") == "nfbuilder:app:counts:user:1"
     stored = client.hgetall("nfbuilder:app:counts:user:1")
     assert stored[b"data"] == b"7" and json.loads(stored[b"ids"]) == ["m-1-0"]
+    # the ids kept by time, scored by when they were saved
+    (member, at), = client.zrange(times_name("app", "counts", "user:1"), 0, -1, withscores=True)
+    assert times_name("app", "counts", "user:1") == "nfbuilder-ids:app:counts:user:1"
+    assert member == b"m-1-0" and abs(at - time.time()) < 60
     client.close()
     store.close()
 
@@ -506,7 +511,7 @@ def test_missing_redis_server_fails_under_ci(monkeypatch: pytest.MonkeyPatch) ->
 def test_outputs_are_kept_with_their_ids_and_leave_with_them(open_kind: OpenStore) -> None:
     """Each applied id's outputs are stored in the same write and dropped when the id leaves
     the window, so a redelivered message can have its outputs re-emitted."""
-    store = open_kind(id_window=3)
+    store = open_kind(id_window=3, id_retention_s=0)
     store.save("s", "k", b"1", ["a", "b"], {"a": b"out-a", "b": b""})
     store.save("s", "k", b"2", ["c", "d"], {"c": b"out-c", "d": b"out-d"})
     snap = store.load("s", "k")
@@ -516,8 +521,30 @@ def test_outputs_are_kept_with_their_ids_and_leave_with_them(open_kind: OpenStor
 
 
 def test_saving_outputs_again_is_idempotent(open_kind: OpenStore) -> None:
-    store = open_kind(id_window=4)
+    store = open_kind(id_window=4, id_retention_s=0)
     for _ in range(2):  # a retried save after a lost reply
         store.save("s", "k", b"x", ["a"], {"a": b"A"})
     snap = store.load("s", "k")
     assert snap is not None and snap.applied_ids == ("a",) and dict(snap.outputs) == {"a": b"A"}
+
+
+# ---------------------------------------------------------------- fencing
+
+
+def test_a_save_under_a_stale_claim_is_refused_and_writes_nothing(open_kind: OpenStore) -> None:
+    old_owner = open_kind()
+    # two processes on one store (memory:// lives in one process: the same object)
+    new_owner = open_kind() if old_owner.durable else old_owner
+    first = old_owner.claim("s", 1)
+    old_owner.save("s", "k", b"by old", ["m-1"], fence=(1, first))
+    second = new_owner.claim("s", 1)  # a replacement pod takes partition 1 over
+    assert second > first
+    with pytest.raises(FencedError) as err:
+        old_owner.save("s", "k", b"lost update", ["m-2"], fence=(1, first))
+    assert "partition 1 was claimed by a newer process (this one holds epoch" in str(err.value)
+    assert new_owner.load("s", "k") == Snapshot(b"by old", ("m-1",))  # nothing written
+    new_owner.save("s", "k", b"by new", ["m-2"], fence=(1, second))
+    assert new_owner.load("s", "k") == Snapshot(b"by new", ("m-1", "m-2"))
+    # other partitions are claimed on their own; saves without a fence are not checked
+    assert old_owner.claim("s", 0) == 1
+    old_owner.save("s", "other", b"x", ["m-3"])

@@ -19,8 +19,10 @@ SPEC = StateSpec("tally", Tally)
 CODEC = Codec.for_module(None)
 
 
-def _table(tmp_path: Path) -> StateTable:
-    return StateTable(open_store("sqlite:///" + str(tmp_path / "s.db"), namespace="t"), CODEC)
+def _table(tmp_path: Path, retention_s: float = 0) -> StateTable:
+    """A table on SQLite; ``retention_s=0``: ids are kept by the count window alone."""
+    url = "sqlite:///" + str(tmp_path / "s.db")
+    return StateTable(open_store(url, namespace="t", id_retention_s=retention_s), CODEC)
 
 
 def test_a_step_that_never_saves_keeps_only_the_newest_window_of_ids(tmp_path: Path) -> None:
@@ -54,3 +56,29 @@ def test_a_step_that_never_saves_keeps_only_the_newest_window_of_ids(tmp_path: P
     assert restored.outputs_for("v-0-0") is None
     assert again.store is not None
     again.store.close()
+
+
+def test_ids_younger_than_the_retention_are_kept_beyond_the_window(tmp_path: Path) -> None:
+    """A late redelivery (after ackWait, while newer messages were applied) is still found."""
+    table = _table(tmp_path, retention_s=120)
+    assert table.store is not None
+    window = table.store.id_window
+    entry = table.entry(SPEC, "a")
+    total = window * 3
+    for i in range(total):
+        entry.obj.n += 1
+        table.applied(SPEC, "a", entry, f"v-{i}-0", save=i % 10 == 9, outputs=b"o%d" % i)
+    assert len(entry.persisted) + len(entry.pending) == total  # all within 120 s
+    table.store.close()
+    again = _table(tmp_path, retention_s=120)
+    restored = again.entry(SPEC, "a")
+    assert restored.outputs_for("v-0-0") == b"o0"  # the oldest, 3 windows back
+    assert again.store is not None
+    again.store.close()
+    # ids older than the retention fall back to the count window at the next save
+    aged = _table(tmp_path, retention_s=0)
+    entry = aged.entry(SPEC, "a")
+    aged.applied(SPEC, "a", entry, "v-last-0", save=True, outputs=b"")
+    assert len(entry.persisted) == window and entry.outputs_for("v-0-0") is None
+    assert aged.store is not None
+    aged.store.close()

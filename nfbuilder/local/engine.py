@@ -78,6 +78,9 @@ class EngineOptions:
     quiet: bool = False
     work_dir: str | None = None
     fresh: bool = False  # empty the state store before the run
+    #: seconds before a restarted vertex's unacknowledged messages come back, newer ones
+    #: flowing meanwhile (JetStream's ackWait); 0: at once
+    redelivery_delay: float = 0.0
     read_batch: int = 500
     read_timeout_ms: int = 100
 
@@ -100,7 +103,8 @@ class Engine:
         self.status = Status(quiet=options.quiet)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self.supervisor = Supervisor(self.status, stop=self._stop, tasks=self._tasks)
+        self.supervisor = Supervisor(self.status, stop=self._stop, tasks=self._tasks,
+                                     redelivery_delay=options.redelivery_delay)
         self.flow = Flow(self.vertices, self.replicas, read_batch=options.read_batch,
                          read_timeout_ms=options.read_timeout_ms,
                          on_failure=self.supervisor.failed)

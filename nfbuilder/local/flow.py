@@ -40,10 +40,12 @@ class Token:
 
     def __init__(self, src: SourceState, offset: tuple[bytes, int]) -> None:
         self.src, self.offset, self.count = src, offset, 1
+        src.open[offset] = self
 
     def add(self, n: int) -> None:
         self.count += n
         if self.count <= 0:
+            self.src.open.pop(self.offset, None)
             self.src.done.append(self.offset)
 
 
@@ -70,6 +72,8 @@ class SourceState:
     replica: Replica
     done: list[tuple[bytes, int]] = attrs.Factory(list)
     watermark_ns: int = -1
+    #: offsets read whose messages are not all done yet, to nack if the run stops first
+    open: dict[tuple[bytes, int], Token] = attrs.Factory(dict)
 
     def advance(self, event_times: list[int]) -> None:
         if event_times:
@@ -179,9 +183,11 @@ class Flow:
         self.last_move = time.monotonic()
 
     async def _next(self, rep: Replica) -> Msg:
+        """The next message for ``rep``: a redelivery once it is due (JetStream redelivers only
+        after ackWait: ``--redelivery-delay``), else the next new one."""
         while True:
             await rep.ready.wait()
-            if rep.redeliver:
+            if rep.redeliver and rep.redelivery_due():
                 return rep.redeliver.popleft()  # type: ignore[no-any-return]
             try:
                 return await asyncio.wait_for(rep.queue.get(), 0.2)
@@ -231,7 +237,7 @@ class Flow:
         while True:
             batch = [await self._next(rep)]
             while len(batch) < self.read_batch:
-                if rep.redeliver:
+                if rep.redeliver and rep.redelivery_due():
                     batch.append(rep.redeliver.popleft())
                 elif not rep.queue.empty():
                     batch.append(rep.queue.get_nowait())
@@ -287,9 +293,17 @@ class Flow:
                                  watermark_ns=src.watermark_ns, headers=r.headers or None)
 
     async def ack_leftovers(self) -> None:
-        """Ack the offsets done since the sources' last read (after a drain: all of them)."""
+        """Ack the offsets done since the sources' last read, and nack those whose messages a
+        stopping run cancelled, as numa does for writes cancelled at shutdown: the source keeps
+        them for a later read instead of losing them."""
         for src in self.sources:
-            if src.done and src.replica.client is not None:
-                done, src.done = src.done, []
-                with contextlib.suppress(ClientError):
-                    await src.replica.client.ack(done)
+            client = src.replica.client
+            if client is None:
+                continue
+            done, src.done = src.done, []
+            cancelled, src.open = list(src.open), {}
+            with contextlib.suppress(ClientError):
+                if done:
+                    await client.ack(done)
+                if cancelled:
+                    await client.nack(cancelled)

@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, cast
@@ -68,6 +69,7 @@ class Replica:
         self.ready = asyncio.Event()
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
         self.redeliver: deque[Any] = deque()
+        self.redeliver_at = 0.0  # time.monotonic() from which the redeliveries are sent
         self.restarts = 0
         self.processed = 0
         self.streak = 0  # consecutive failures without a processed message in between
@@ -143,6 +145,9 @@ class Replica:
             self.client = await SourceClient.open(self.channel,
                                                   supports_nack=server_info.supports_nack)
         self.ready.set()
+
+    def redelivery_due(self) -> bool:
+        return time.monotonic() >= self.redeliver_at
 
     def connected(self) -> Any:
         """The client, or :class:`NotConnected` while the replica is (re)starting or stopped."""

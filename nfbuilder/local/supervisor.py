@@ -34,8 +34,10 @@ class Supervisor:
     """
 
     def __init__(self, status: Status, *, stop: asyncio.Event,
-                 tasks: list[asyncio.Task[Any]]) -> None:
+                 tasks: list[asyncio.Task[Any]], redelivery_delay: float = 0.0) -> None:
         self.status = status
+        #: seconds after a restart before its unacknowledged messages come back (ackWait)
+        self.redelivery_delay = redelivery_delay
         self.stop = stop
         self.tasks = tasks
         #: why the run was given up, or None
@@ -76,6 +78,7 @@ class Supervisor:
             await asyncio.sleep(min(0.2 * 2 ** (failures - 1), 5))
             try:
                 await rep.start()
+                rep.redeliver_at = time.monotonic() + self.redelivery_delay
                 self.recoveries.append(
                     (rep.spec.label, time.monotonic() - failed_at, len(rep.redeliver)))
                 self.status.event(f"vertex {rep.spec.label} restarted (restart #{rep.restarts}); "

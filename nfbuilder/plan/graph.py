@@ -27,6 +27,7 @@ META_GROUP, META_PIPELINE = "nfbuilder", "pipeline"
 #: environment variables our containers read (``runtime.settings`` is where they are read)
 DIGEST_ENV = "NFBUILDER_PLAN_DIGEST"
 STATE_STORE_ENV = "NFBUILDER_STATE_STORE"
+ID_RETENTION_ENV = "NFBUILDER_STATE_ID_RETENTION"
 BIND_HOST_ENV = "NFBUILDER_TCP_BIND_HOST"
 
 
@@ -59,6 +60,8 @@ class PlanOptions:
     #: serial steps (``to``) keep their order: ordered vertices, one message at a time. False
     #: trades Wallaroo's order for throughput: every stateless vertex is autoscaled.
     ordered: bool = True
+    #: how long state vertices keep applied message ids (see runtime.state.store)
+    id_retention_s: float = attrs.field(default=120.0, validator=attrs.validators.ge(0))
 
     def __attrs_post_init__(self) -> None:
         if self.sink_retry_cap < self.sink_retry_interval:

@@ -24,6 +24,7 @@ import attrs
 from nfbuilder.plan.graph import (
     BIND_HOST_ENV,
     DIGEST_ENV,
+    ID_RETENTION_ENV,
     STATE_STORE_ENV,
     AppRef,
     BlackholeVertex,
@@ -55,6 +56,8 @@ from nfbuilder.topology import (
     Sink,
     Step,
 )
+
+DEFAULT_RETENTION_S = attrs.fields(PlanOptions).id_retention_s.default
 
 #: the gRPC service our container serves, per vertex kind (built-in vertices have none)
 SERVICE: dict[type[Vertex], str] = {
@@ -346,6 +349,8 @@ def _with_container(v: Vertex, doc: PipelineDoc, options: PlanOptions, ref: AppR
             env.append(EnvVar(STATE_STORE_ENV, secret=(name, key or "url")))
         else:
             env.append(EnvVar(STATE_STORE_ENV, options.state_store or "memory://"))
+        if options.id_retention_s != DEFAULT_RETENTION_S:
+            env.append(EnvVar(ID_RETENTION_ENV, f"{options.id_retention_s:g}"))
     command = serve_command(ref, v.name, options.fuse)
     return attrs.evolve(v, container=Container(service, command, tuple(env)))
 

@@ -82,6 +82,7 @@ class Settings:
     map_workers: int = 1
     tcp_bind_host: str | None = None  # overrides a TCP source's host (0.0.0.0 in a pod)
     plan_digest: str | None = None  # the digest of the plan the manifest was compiled from
+    id_retention_s: float = 120.0  # how long a state keeps applied message ids (>= ackWait)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -103,4 +104,5 @@ class Settings:
             map_workers=_int(environ, "NFBUILDER_MAP_WORKERS", 1, minimum=1),
             tcp_bind_host=_str(environ, "NFBUILDER_TCP_BIND_HOST"),
             plan_digest=_str(environ, "NFBUILDER_PLAN_DIGEST"),
+            id_retention_s=_float(environ, "NFBUILDER_STATE_ID_RETENTION", 120.0),
         )

@@ -19,22 +19,25 @@ With ``store=None`` nothing is durable: no id is ever redelivered into a later p
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from nfbuilder.codec import Codec
-from nfbuilder.runtime.state.store import StateStore
+from nfbuilder.runtime.state.store import Fence, StateStore
 from nfbuilder.topology import StateSpec
 
 
 class Entry:
     """A live state object with its applied-id bookkeeping."""
 
-    __slots__ = ("obj", "persisted", "pending")
+    __slots__ = ("at", "obj", "persisted", "pending")
 
-    def __init__(self, obj: Any, persisted: dict[str, bytes]) -> None:
+    def __init__(self, obj: Any, persisted: dict[str, bytes],
+                 at: dict[str, float] | None = None) -> None:
         self.obj = obj
         self.persisted = persisted  # id -> outputs, reflected in the stored snapshot
         self.pending: dict[str, bytes] = {}  # applied in memory since the last snapshot
+        self.at: dict[str, float] = at or {}  # id -> when it was applied (or saved)
 
     def outputs_for(self, msg_id: str) -> bytes | None:
         """The recorded outputs of ``msg_id`` if its effect is already in this state."""
@@ -45,9 +48,12 @@ class Entry:
 class StateTable:
     """All state entries of a process; ``store=None`` keeps them in memory only."""
 
-    def __init__(self, store: StateStore | None, codec: Codec) -> None:
+    def __init__(self, store: StateStore | None, codec: Codec,
+                 fence: Fence | None = None) -> None:
         self.store = store
         self.codec = codec
+        #: the claim this process's saves are made under (a state vertex partition's)
+        self.fence = fence
         self._by_name: dict[str, dict[str, Entry]] = {}  # state name -> key -> entry
 
     @property
@@ -71,7 +77,8 @@ class StateTable:
             else:
                 outputs = dict(snap.outputs)
                 persisted = {i: outputs.get(i, b"") for i in snap.applied_ids}
-                found = Entry(self.codec.loads(snap.data), persisted)
+                at = dict(zip(snap.applied_ids, snap.applied_at, strict=False))
+                found = Entry(self.codec.loads(snap.data), persisted, at)
             entries[key] = found
         return found
 
@@ -80,26 +87,23 @@ class StateTable:
     ) -> None:
         """Record that ``msg_id`` changed ``entry`` (producing ``outputs``); persist the state
         with every pending id and its outputs when ``save``. No effect without a store."""
-        if self.store is None:
+        store = self.store
+        if store is None:
             return
-        window = self.store.id_window
+        now = time.time()
+        horizon = now - store.id_retention_s
         if msg_id:
-            pending = entry.pending
-            pending[msg_id] = outputs
-            # a step that never saves must not grow without bound: keep the newest ``window``
-            # ids (what the store would keep of them), dropping the oldest (insertion order)
-            if len(pending) > window:
-                del pending[next(iter(pending))]
+            entry.pending[msg_id] = outputs
+            entry.at[msg_id] = now
+            # a step that never saves must not grow without bound: keep what the store would
+            # keep of these ids (the newest ``id_window`` and those within the retention)
+            _trim(entry.pending, entry.at, store.id_window, horizon)
         if save:
-            self.store.save(spec.name, key, self.codec.dumps(entry.obj), list(entry.pending),
-                            entry.pending)
+            store.save(spec.name, key, self.codec.dumps(entry.obj), list(entry.pending),
+                       entry.pending, fence=self.fence)
             entry.persisted.update(entry.pending)
             entry.pending = {}
-            # keep what the store keeps, the newest ids: drop the oldest (dicts keep insertion
-            # order), only as many as this save added beyond the window
-            persisted = entry.persisted
-            while len(persisted) > window:
-                del persisted[next(iter(persisted))]
+            _trim(entry.persisted, entry.at, store.id_window, horizon)
 
     def keys(self, state_name: str) -> list[str]:
         return list(self._by_name.get(state_name, ()))
@@ -107,3 +111,14 @@ class StateTable:
     def get(self, state_name: str, key: str) -> Any:
         """The live object (for tests and the in-process harness)."""
         return self._by_name[state_name][key].obj
+
+
+def _trim(ids: dict[str, bytes], at: dict[str, float], window: int, horizon: float) -> None:
+    """Drop the oldest of ``ids`` (dicts keep insertion order) while more than ``window`` are
+    kept and the oldest was applied before ``horizon``: the store's rule, applied in memory."""
+    while len(ids) > window:
+        oldest = next(iter(ids))
+        if at.get(oldest, 0.0) > horizon:
+            return
+        del ids[oldest]
+        at.pop(oldest, None)

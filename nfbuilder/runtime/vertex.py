@@ -41,6 +41,7 @@ from nfbuilder.runtime.messages import (
     SourceMessage,
 )
 from nfbuilder.runtime.settings import Settings
+from nfbuilder.runtime.state.store import DEFAULT_ID_RETENTION_S
 from nfbuilder.runtime.statetable import StateTable
 
 log = logging.getLogger("nfbuilder.vertex")
@@ -73,13 +74,16 @@ class PlanMismatch(Exception):
 
 def build_program(
     loaded: LoadedApp, vertex_name: str, *, fuse: bool, state_store: str | None,
-    digest: str | None = None,
+    digest: str | None = None, id_retention_s: float = DEFAULT_ID_RETENTION_S,
+    partition: int = 0,
 ) -> VertexProgram:
     """The vertex's program, with its state store opened when it serves a state.
 
     ``digest``: the plan digest the manifest carries; when given, the app planned here must
-    have the same one (raises :class:`PlanMismatch`). Raises ``KeyError`` for an unknown
-    vertex and ``StateStoreError`` for a store that cannot be opened."""
+    have the same one (raises :class:`PlanMismatch`). A state vertex claims ``partition`` (its
+    replica) in the store: saves of an earlier owner are refused from then on. Raises
+    ``KeyError`` for an unknown vertex and ``StateStoreError`` for a store that cannot be
+    opened."""
     graph = plan(loaded.app, PlanOptions(fuse=fuse), AppRef(loaded.module_name, loaded.args))
     _, vertex = graph.find(vertex_name)
     if digest and digest != graph.digest:
@@ -91,16 +95,21 @@ def build_program(
         )
     codec = Codec.for_module(loaded.module)
     store = None
+    fence = None
     if isinstance(vertex, StateVertex):
         from nfbuilder.runtime.state.store import open_store
 
         url = state_store or "memory://"
-        store = open_store(url, namespace=slug(loaded.app.name, "app"))
+        store = open_store(url, namespace=slug(loaded.app.name, "app"),
+                           id_retention_s=id_retention_s)
+        # this process owns its partition from now on: a save by an older owner still running
+        # (a pod being replaced) is refused, so no update is lost to last-writer-wins
+        fence = (partition, store.claim(vertex.state_name, partition))
         if not store.durable:
             log.warning("vertex %s: state %r is kept in memory only (%s): it will not survive a "
                         "restart; set NFBUILDER_STATE_STORE", vertex.name, vertex.state_name,
                         url)
-    return VertexProgram(vertex, codec, StateTable(store, codec))
+    return VertexProgram(vertex, codec, StateTable(store, codec, fence))
 
 
 def map_handler(program: VertexProgram) -> Any:

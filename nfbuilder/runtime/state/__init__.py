@@ -9,8 +9,10 @@ Example::
 """
 
 from nfbuilder.runtime.state.store import (
+    DEFAULT_ID_RETENTION_S,
     DEFAULT_ID_WINDOW,
     DEFAULT_TIMEOUT_S,
+    FencedError,
     Snapshot,
     StateStore,
     StateStoreError,
@@ -20,8 +22,10 @@ from nfbuilder.runtime.state.store import (
 )
 
 __all__ = [
+    "DEFAULT_ID_RETENTION_S",
     "DEFAULT_ID_WINDOW",
     "DEFAULT_TIMEOUT_S",
+    "FencedError",
     "Snapshot",
     "StateStore",
     "StateStoreError",

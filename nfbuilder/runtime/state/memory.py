@@ -13,13 +13,18 @@ Example::
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 
 from nfbuilder.runtime.state.store import (
+    DEFAULT_ID_RETENTION_S,
     DEFAULT_ID_WINDOW,
+    Fence,
     Snapshot,
     StateStoreError,
+    fenced,
     merge_ids,
+    timed_snapshot,
 )
 
 
@@ -29,17 +34,26 @@ class MemoryStore:
     durable = False
     url_for_display = "memory://"
 
-    def __init__(self, *, namespace: str, id_window: int = DEFAULT_ID_WINDOW) -> None:
+    def __init__(self, *, namespace: str, id_window: int = DEFAULT_ID_WINDOW,
+                 id_retention_s: float = DEFAULT_ID_RETENTION_S) -> None:
         self.namespace = namespace
         self.id_window = id_window
-        self._snapshots: dict[tuple[str, str], Snapshot] = {}
+        self.id_retention_s = id_retention_s
+        # (state, key) -> (data, count window, {id: (outputs, saved at)} oldest first)
+        self._snapshots: dict[tuple[str, str], tuple[bytes, tuple[str, ...],
+                                                      dict[str, tuple[bytes, float]]]] = {}
+        self._fences: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
         self._closed = False
 
     def load(self, state_name: str, key: str) -> Snapshot | None:
         with self._lock:
             self._check_open()
-            return self._snapshots.get((state_name, key))
+            found = self._snapshots.get((state_name, key))
+            if found is None:
+                return None
+            data, window, rows = found
+            return timed_snapshot(data, window, ((i, o, t) for i, (o, t) in rows.items()))
 
     def save(
         self,
@@ -48,14 +62,36 @@ class MemoryStore:
         data: bytes,
         applied_ids: Sequence[str],
         outputs: Mapping[str, bytes] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         with self._lock:
             self._check_open()
-            old = self._snapshots.get((state_name, key))
-            ids = merge_ids(old.applied_ids if old else (), applied_ids, self.id_window)
-            merged = {**(old.outputs if old else {}), **(outputs or {})}
-            kept = {i: merged[i] for i in ids if i in merged}
-            self._snapshots[(state_name, key)] = Snapshot(bytes(data), ids, kept)
+            if fence is not None and self._fences.get((state_name, fence[0])) != fence[1]:
+                raise fenced(self.url_for_display, state_name, key, fence)
+            _, old, rows = self._snapshots.get((state_name, key), (b"", (), {}))
+            window = merge_ids(old, applied_ids, self.id_window)
+            now = time.time()
+            got = outputs or {}
+            for msg_id in dict.fromkeys(applied_ids):
+                rows.pop(msg_id, None)  # saved again: to the newest position
+                rows[msg_id] = (bytes(got.get(msg_id, b"")), now)
+            horizon, keep = now - self.id_retention_s, set(window)
+            expired = []
+            for msg_id, (_, at) in rows.items():
+                if at > horizon:
+                    break  # the rest is newer
+                if msg_id not in keep:
+                    expired.append(msg_id)
+            for msg_id in expired:
+                del rows[msg_id]
+            self._snapshots[(state_name, key)] = (bytes(data), window, rows)
+
+    def claim(self, state_name: str, partition: int) -> int:
+        with self._lock:
+            self._check_open()
+            epoch = self._fences.get((state_name, partition), 0) + 1
+            self._fences[(state_name, partition)] = epoch
+            return epoch
 
     def count(self) -> int:
         with self._lock:

@@ -30,11 +30,15 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
 from urllib.parse import urlsplit
 
 from nfbuilder.runtime.state.store import (
+    DEFAULT_ID_RETENTION_S,
     DEFAULT_ID_WINDOW,
     DEFAULT_TIMEOUT_S,
+    Fence,
     Snapshot,
     StateStoreError,
+    fenced,
     mask_url,
+    timed_snapshot,
 )
 
 if TYPE_CHECKING:  # imported on first use (RedisStore.open): the 'redis' extra is optional
@@ -44,20 +48,29 @@ log = logging.getLogger("nfbuilder.state")
 
 T = TypeVar("T")
 
-# KEYS[1]: the hash; ARGV[1]: data; ARGV[2]: id window; ARGV[3]: n, the number of new ids;
-# ARGV[4 .. 3+n]: new ids, oldest first; ARGV[4+n ..]: pairs (id, outputs) to keep beside them.
-# Same id rule as store.merge_ids. Everything is computed before the writes, because Redis does
-# not roll back a script that fails halfway: a script error must leave the hash untouched.
-# Outputs live in fields 'o:<id>' of the same hash and leave with their id.
+# KEYS[1]: the hash; KEYS[2]: the sorted set of the ids kept, scored by the time they were saved
+# at; ARGV[1]: data; ARGV[2]: id window; ARGV[3]: n, the number of new ids; ARGV[4]: now;
+# ARGV[5]: horizon (ids saved after it are kept whatever the window); ARGV[6]: the epoch the save
+# is fenced by ('' for none), checked against KEYS[3]; ARGV[7 .. 6+n]: new ids, oldest first;
+# ARGV[7+n ..]: pairs (id, outputs) to keep beside them. The count window (JSON in
+# field 'ids') follows store.merge_ids; an id leaves (with its outputs, fields 'o:<id>') once it
+# is out of the window and saved at or before the horizon. Everything is read before the writes,
+# because Redis does not roll back a script that fails halfway: a script error must leave the
+# state untouched.
 _SAVE_LUA = """
 local window = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+local horizon = tonumber(ARGV[5])
+if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then
+  return redis.error_reply('FENCED')
+end
 local combined = {}
 local stored = redis.call('HGET', KEYS[1], 'ids')
 if stored then
   for _, id in ipairs(cjson.decode(stored)) do combined[#combined + 1] = id end
 end
-for i = 4, 3 + n do combined[#combined + 1] = ARGV[i] end
+for i = 7, 6 + n do combined[#combined + 1] = ARGV[i] end
 local newest_first, seen = {}, {}
 for i = #combined, 1, -1 do
   local id = combined[i]
@@ -71,21 +84,28 @@ for i = #newest_first, 1, -1 do
   kept[#kept + 1] = newest_first[i]
   keep[newest_first[i]] = true
 end
-local dropped = {}
-for id, _ in pairs(seen) do
-  if not keep[id] then dropped[#dropped + 1] = 'o:' .. id end
-end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
 local encoded = '[]'
 if #kept > 0 then encoded = cjson.encode(kept) end
 local fields = {'data', ARGV[1], 'ids', encoded}
-for i = 4 + n, #ARGV, 2 do
-  if keep[ARGV[i]] then
+for i = 7 + n, #ARGV, 2 do
+  if now > horizon or keep[ARGV[i]] then
     fields[#fields + 1] = 'o:' .. ARGV[i]
     fields[#fields + 1] = ARGV[i + 1]
   end
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-if #dropped > 0 then redis.call('HDEL', KEYS[1], unpack(dropped)) end
+for i = 7, 6 + n do
+  if now > horizon or keep[ARGV[i]] then redis.call('ZADD', KEYS[2], now, ARGV[i]) end
+end
+local dropped, gone = {}, {}
+for _, id in ipairs(expired) do
+  if not keep[id] then dropped[#dropped + 1] = 'o:' .. id; gone[#gone + 1] = id end
+end
+if #dropped > 0 then
+  redis.call('HDEL', KEYS[1], unpack(dropped))
+  redis.call('ZREM', KEYS[2], unpack(gone))
+end
 return #kept
 """
 
@@ -145,6 +165,17 @@ def hash_name(namespace: str, state_name: str, key: str) -> str:
     return f"nfbuilder:{_escape(namespace)}:{_escape(state_name)}:{key}"
 
 
+def fence_name(namespace: str, state_name: str, partition: int) -> str:
+    """The counter of the claims on one partition of a state (its newest epoch)."""
+    return f"nfbuilder-fence:{_escape(namespace)}:{_escape(state_name)}:{partition}"
+
+
+def times_name(namespace: str, state_name: str, key: str) -> str:
+    """The sorted set of the ids one key keeps, by the time they were saved at:
+    ``times_name("app", "counts", "user:1")`` -> ``'nfbuilder-ids:app:counts:user:1'``."""
+    return "nfbuilder-ids" + hash_name(namespace, state_name, key)[len("nfbuilder"):]
+
+
 def _escape(part: str) -> str:
     return part.replace("%", "%25").replace(":", "%3A")
 
@@ -161,11 +192,13 @@ class RedisStore:
         url: str,
         namespace: str,
         id_window: int = DEFAULT_ID_WINDOW,
+        id_retention_s: float = DEFAULT_ID_RETENTION_S,
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.url_for_display = mask_url(url)
         self.namespace = namespace
         self.id_window = id_window
+        self.id_retention_s = id_retention_s
         self.timeout = timeout
         self._client = client
         self._errors = _errors()
@@ -180,6 +213,7 @@ class RedisStore:
         *,
         namespace: str,
         id_window: int = DEFAULT_ID_WINDOW,
+        id_retention_s: float = DEFAULT_ID_RETENTION_S,
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> RedisStore:
         """Connect to `url` and PING it once, failing fast with StateStoreError if unreachable."""
@@ -204,7 +238,8 @@ class RedisStore:
                 f"Redis state store URL {shown} sets decode_responses, but snapshots are binary; "
                 f"remove decode_responses from the URL"
             )
-        store = cls(client, url=url, namespace=namespace, id_window=id_window, timeout=timeout)
+        store = cls(client, url=url, namespace=namespace, id_window=id_window,
+                    id_retention_s=id_retention_s, timeout=timeout)
         try:
             client.ping()
         except store._errors.any as exc:
@@ -230,7 +265,13 @@ class RedisStore:
         outputs = {
             k[2:].decode(): v for k, v in fields.items() if k.startswith(b"o:")
         }
-        return Snapshot(data, tuple(json.loads(fields.get(b"ids") or b"[]")), outputs)
+        scored = cast("list[tuple[bytes, float]]", self._retrying(
+            f"load state {state_name!r} key {key!r} from",
+            lambda: self._client.zrange(times_name(self.namespace, state_name, key), 0, -1,
+                                        withscores=True),
+        ))
+        rows = [(m.decode(), outputs.get(m.decode(), b""), float(t)) for m, t in scored]
+        return timed_snapshot(data, json.loads(fields.get(b"ids") or b"[]"), rows)
 
     def save(
         self,
@@ -239,30 +280,56 @@ class RedisStore:
         data: bytes,
         applied_ids: Sequence[str],
         outputs: Mapping[str, bytes] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         name = hash_name(self.namespace, state_name, key)
-        args: list[bytes | str | int] = [bytes(data), self.id_window, len(applied_ids),
-                                         *applied_ids]
+        now = time.time()  # fixed before the retries: a retried save merges the same
+        args: list[bytes | str | int | float] = [
+            bytes(data), self.id_window, len(applied_ids), repr(now),
+            repr(now - self.id_retention_s), str(fence[1]) if fence else "", *applied_ids]
+        fence_key = fence_name(self.namespace, state_name, fence[0] if fence else 0)
         for msg_id, blob in (outputs or {}).items():
             args += [msg_id, bytes(blob)]
         self._retrying(
             f"save state {state_name!r} key {key!r} to",
-            lambda: self._save_script(keys=[name], args=args),
+            lambda: self._fenced(
+                lambda: self._save_script(
+                    keys=[name, times_name(self.namespace, state_name, key), fence_key],
+                    args=args),
+                state_name, key, fence),
         )
+
+    def claim(self, state_name: str, partition: int) -> int:
+        name = fence_name(self.namespace, state_name, partition)
+        return int(cast(int, self._retrying(
+            f"claim partition {partition} of state {state_name!r} in",
+            lambda: self._client.incr(name))))
+
+    def _fenced(self, call: Callable[[], T], state_name: str, key: str,
+                fence: Fence | None) -> T:
+        """``call()``, with the script's FENCED refusal as a :class:`FencedError`."""
+        try:
+            return call()
+        except self._errors.any as exc:
+            if fence is not None and "FENCED" in str(exc):
+                raise fenced(self.url_for_display, state_name, key, fence) from None
+            raise
 
     def count(self) -> int:
         return len(self._names())
 
     def clear(self) -> int:
         names = self._names()
-        if names:
-            self._retrying("clear", lambda: self._client.delete(*names))
+        others = [*self._names("nfbuilder-ids"), *self._names("nfbuilder-fence")]
+        if names or others:
+            self._retrying("clear", lambda: self._client.delete(*names, *others))
         return len(names)
 
-    def _names(self) -> list[bytes]:
-        """Every snapshot hash of this namespace (SCAN: does not block the server)."""
+    def _names(self, prefix: str = "nfbuilder") -> list[bytes]:
+        """Every snapshot hash (or id set) of this namespace (SCAN: does not block the
+        server)."""
         # the namespace is the app's slug ([a-z0-9-]): nothing in it is a glob character
-        pattern = f"nfbuilder:{_escape(self.namespace)}:*"
+        pattern = f"{prefix}:{_escape(self.namespace)}:*"
         return cast("list[bytes]", self._retrying(
             "list the keys of", lambda: list(self._client.scan_iter(match=pattern, count=500))))
 

@@ -22,11 +22,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nfbuilder.runtime.state.store import (
+    DEFAULT_ID_RETENTION_S,
     DEFAULT_ID_WINDOW,
     DEFAULT_TIMEOUT_S,
+    Fence,
     Snapshot,
     StateStoreError,
+    fenced,
     merge_ids,
+    timed_snapshot,
 )
 
 _PREFIX = "sqlite:///"
@@ -49,17 +53,38 @@ CREATE TABLE IF NOT EXISTS nfbuilder_outputs (
     PRIMARY KEY (namespace, state_name, key, msg_id)
 );
 """
+# Each applied id has a row with its outputs and the time it was saved at (``at``): the ids kept
+# by time are rows, so a save writes only its own ids and deletes only the expired ones, whatever
+# the retention holds (the ``ids`` column is the count window, bounded by ``id_window``).
+_FENCES = """CREATE TABLE IF NOT EXISTS nfbuilder_fences (
+    namespace  TEXT NOT NULL,
+    state_name TEXT NOT NULL,
+    partition  INTEGER NOT NULL,
+    epoch      INTEGER NOT NULL,
+    PRIMARY KEY (namespace, state_name, partition)
+)"""
+_CLAIM = """INSERT INTO nfbuilder_fences VALUES (?, ?, ?, 1)
+ON CONFLICT (namespace, state_name, partition) DO UPDATE SET epoch = epoch + 1"""
+_EPOCH = ("SELECT epoch FROM nfbuilder_fences"
+          " WHERE namespace = ? AND state_name = ? AND partition = ?")
+_AT_COLUMN = "ALTER TABLE nfbuilder_outputs ADD COLUMN at REAL NOT NULL DEFAULT 0"
+_AT_INDEX = """CREATE INDEX IF NOT EXISTS nfbuilder_outputs_at
+ON nfbuilder_outputs (namespace, state_name, key, at)"""
 
 _SELECT = "SELECT data, ids FROM nfbuilder_state WHERE namespace = ? AND state_name = ? AND key = ?"
 _SELECT_IDS = "SELECT ids FROM nfbuilder_state WHERE namespace = ? AND state_name = ? AND key = ?"
 _SELECT_OUTPUTS = (
-    "SELECT msg_id, outputs FROM nfbuilder_outputs"
-    " WHERE namespace = ? AND state_name = ? AND key = ?"
+    "SELECT msg_id, outputs, at FROM nfbuilder_outputs"
+    " WHERE namespace = ? AND state_name = ? AND key = ? ORDER BY at"
 )
-_PUT_OUTPUT = "INSERT OR REPLACE INTO nfbuilder_outputs VALUES (?, ?, ?, ?, ?)"
-_DROP_OUTPUT = (
-    "DELETE FROM nfbuilder_outputs"
-    " WHERE namespace = ? AND state_name = ? AND key = ? AND msg_id = ?"
+_PUT_OUTPUT = (
+    "INSERT OR REPLACE INTO nfbuilder_outputs (namespace, state_name, key, msg_id, outputs, at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+# the expired rows: saved at or before the horizon and out of the count window (JSON list)
+_DROP_EXPIRED = (
+    "DELETE FROM nfbuilder_outputs WHERE namespace = ? AND state_name = ? AND key = ?"
+    " AND at <= ? AND msg_id NOT IN (SELECT value FROM json_each(?))"
 )
 _UPSERT = """
 INSERT INTO nfbuilder_state (namespace, state_name, key, data, ids) VALUES (?, ?, ?, ?, ?)
@@ -95,11 +120,13 @@ class SqliteStore:
         path: Path,
         namespace: str,
         id_window: int = DEFAULT_ID_WINDOW,
+        id_retention_s: float = DEFAULT_ID_RETENTION_S,
     ) -> None:
         self.url_for_display = url
         self.path = path
         self.namespace = namespace
         self.id_window = id_window
+        self.id_retention_s = id_retention_s
         self._conn = conn
         # One connection shared by the threads of a step server; sqlite3 needs it serialized.
         self._lock = threading.Lock()
@@ -111,6 +138,7 @@ class SqliteStore:
         *,
         namespace: str,
         id_window: int = DEFAULT_ID_WINDOW,
+        id_retention_s: float = DEFAULT_ID_RETENTION_S,
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> SqliteStore:
         """Open (creating the file, its parent directories and the table) the store at `url`."""
@@ -132,13 +160,19 @@ class SqliteStore:
                 raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL was refused")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(_SCHEMA)
+            columns = [r[1] for r in conn.execute("PRAGMA table_info(nfbuilder_outputs)")]
+            if "at" not in columns:  # a file written before ids had times
+                conn.execute(_AT_COLUMN)
+            conn.execute(_AT_INDEX)
+            conn.execute(_FENCES)
         except sqlite3.Error as exc:
             conn.close()
             raise StateStoreError(
                 f"cannot use SQLite state store {url} (file {path}): {exc}; "
                 f"check that it is a writable SQLite database on a local disk (WAL mode needs one)"
             ) from exc
-        return cls(conn, url=url, path=path, namespace=namespace, id_window=id_window)
+        return cls(conn, url=url, path=path, namespace=namespace, id_window=id_window,
+                   id_retention_s=id_retention_s)
 
     def load(self, state_name: str, key: str) -> Snapshot | None:
         with self._lock:
@@ -149,11 +183,11 @@ class SqliteStore:
             if row is None:
                 return None
             try:
-                outs = self._conn.execute(_SELECT_OUTPUTS, (self.namespace, state_name, key))
-                outputs = {msg_id: bytes(blob) for msg_id, blob in outs.fetchall()}
+                rows = self._conn.execute(_SELECT_OUTPUTS, (self.namespace, state_name, key))
+                timed = [(msg_id, bytes(blob), float(at)) for msg_id, blob, at in rows]
             except sqlite3.Error as exc:
                 raise self._error("load", state_name, key, exc) from exc
-        return Snapshot(bytes(row[0]), tuple(json.loads(row[1])), outputs)
+        return timed_snapshot(bytes(row[0]), json.loads(row[1]), timed)
 
     def save(
         self,
@@ -162,6 +196,7 @@ class SqliteStore:
         data: bytes,
         applied_ids: Sequence[str],
         outputs: Mapping[str, bytes] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         ident = (self.namespace, state_name, key)
         with self._lock:
@@ -170,16 +205,20 @@ class SqliteStore:
                 # IMMEDIATE takes the write lock before reading the old ids, so no other
                 # process can slip a save for this key in between (no lost id merge).
                 conn.execute("BEGIN IMMEDIATE")
+                if fence is not None:
+                    row = conn.execute(_EPOCH, (self.namespace, state_name, fence[0])).fetchone()
+                    if row is None or row[0] != fence[1]:
+                        conn.execute("ROLLBACK")
+                        raise fenced(self.url_for_display, state_name, key, fence)
                 row = conn.execute(_SELECT_IDS, ident).fetchone()
                 old = json.loads(row[0]) if row else []
-                ids = merge_ids(old, applied_ids, self.id_window)
-                conn.execute(_UPSERT, (*ident, bytes(data), json.dumps(ids)))
-                kept = set(ids)
-                for msg_id in set(old).union(applied_ids) - kept:
-                    conn.execute(_DROP_OUTPUT, (*ident, msg_id))
-                for msg_id, blob in (outputs or {}).items():
-                    if msg_id in kept:
-                        conn.execute(_PUT_OUTPUT, (*ident, msg_id, bytes(blob)))
+                window = json.dumps(merge_ids(old, applied_ids, self.id_window))
+                conn.execute(_UPSERT, (*ident, bytes(data), window))
+                now = time.time()
+                got = outputs or {}
+                conn.executemany(_PUT_OUTPUT, [(*ident, msg_id, bytes(got.get(msg_id, b"")), now)
+                                               for msg_id in dict.fromkeys(applied_ids)])
+                conn.execute(_DROP_EXPIRED, (*ident, now - self.id_retention_s, window))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:
@@ -188,6 +227,21 @@ class SqliteStore:
                 except sqlite3.Error:
                     pass  # the connection itself is unusable; its transaction died with it
                 raise self._error("save", state_name, key, exc) from exc
+
+    def claim(self, state_name: str, partition: int) -> int:
+        ident = (self.namespace, state_name, partition)
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_CLAIM, ident)
+                epoch = int(conn.execute(_EPOCH, ident).fetchone()[0])
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise self._error("claim partition of", state_name, str(partition), exc) from exc
+        return epoch
 
     def count(self) -> int:
         with self._lock:
@@ -207,6 +261,8 @@ class SqliteStore:
                 n = conn.execute("DELETE FROM nfbuilder_state WHERE namespace = ?",
                                  (self.namespace,)).rowcount
                 conn.execute("DELETE FROM nfbuilder_outputs WHERE namespace = ?",
+                             (self.namespace,))
+                conn.execute("DELETE FROM nfbuilder_fences WHERE namespace = ?",
                              (self.namespace,))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:

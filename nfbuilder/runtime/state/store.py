@@ -15,19 +15,23 @@ Store URLs::
 
 The id window
 -------------
-A snapshot keeps only the newest ``id_window`` message ids (default 1024). That is enough because
-an id only has to be recognised while its message can still be redelivered, and Numaflow only
-redelivers messages that were read but not yet acknowledged. Per partition (so per key) those are
-bounded by the vertex's in-flight limit, ``limits.concurrency + limits.readBatchSize``
-(concurrency defaults to readBatchSize, 500, hence at most 1000 with defaults; ordered map vertices
-process them one at a time but read ahead the same way). Every message older than the newest 1000
-applied ones has been acknowledged and cannot come back. 1024 covers the default with some margin;
-a vertex configured with larger limits must pass ``id_window >= concurrency + readBatchSize``.
+A snapshot keeps the ids of the messages applied to it for as long as they can be redelivered:
+every id younger than ``id_retention_s`` (default 120 s), and at least the newest ``id_window``
+(default 1024) whatever their age. Numaflow redelivers a message that was read but not
+acknowledged when its pod dies, but only after JetStream's ``ackWait`` (60 s by default), while
+newer messages keep flowing and are applied meanwhile. A count alone cannot cover that: a key
+receiving more than ``id_window / ackWait`` messages a second (17/s with the defaults) would push
+the redelivered id out before it came back and apply it twice. Retention by time covers any rate,
+for ``id_retention_s >= ackWait`` (2 x the default here); its memory is what the ids and their
+recorded outputs of ``id_retention_s`` seconds take: per key, about ``rate x id_retention_s x
+(60 bytes + the outputs' size)``, e.g. 100 messages/s -> 12,000 ids, ~0.7 MB plus outputs.
 
-Merging rule (identical in every store): the new ids are appended after the stored ones, an id
-that appears twice is kept once at its newest position, and the list is cut to the newest
-``id_window``. Retrying the same ``save`` therefore leaves exactly the same result (idempotent),
-which the Redis store relies on when a reply is lost after the write happened.
+Rule (identical in every store): a save records each of its ids with the save's time (an id saved
+again moves to the newest position); kept are the newest ``id_window`` ids (:func:`merge_ids`) and
+every id saved less than ``id_retention_s`` ago (``id_retention_s=0``: the count alone). The ids
+kept by time are stored one record per id, so a save costs its own ids plus the expired ones, not
+the whole retention. Retrying the same ``save`` leaves the same ids (idempotent), which the Redis
+store relies on when a reply is lost after the write happened.
 
 Example::
 
@@ -47,6 +51,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 DEFAULT_ID_WINDOW = 1024
+DEFAULT_ID_RETENTION_S = 120.0  # 2 x JetStream's default ackWait
 DEFAULT_TIMEOUT_S = 30.0
 
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
@@ -60,8 +65,22 @@ class StateStoreError(Exception):
     """
 
 
+class FencedError(StateStoreError):
+    """A save by a process whose claim on its partition is no longer the newest: another process
+    (a replacement pod) took the partition over. The process must stop, so that numa redelivers
+    its unacknowledged messages to the new owner."""
+
+
+#: ``(partition, epoch)``: the claim a save is made under (see :meth:`StateStore.claim`)
+Fence = tuple[int, int]
+
+
 def _to_tuple(ids: Iterable[str]) -> tuple[str, ...]:
     return tuple(ids)
+
+
+def _to_floats(times: Iterable[float]) -> tuple[float, ...]:
+    return tuple(times)
 
 
 @attrs.frozen
@@ -79,6 +98,9 @@ class Snapshot:
     #: per applied id still in the window, the outputs its message produced (opaque bytes), so
     #: a redelivered message can have its outputs re-emitted without being applied again
     outputs: Mapping[str, bytes] = attrs.field(factory=dict, eq=False, repr=False)
+    #: when each applied id was saved (epoch seconds; 0.0 when the store did not record it)
+    applied_at: tuple[float, ...] = attrs.field(default=(), converter=_to_floats, eq=False,
+                                                repr=False)
     # A set for O(1) lookups: contains() is called once per incoming message.
     _id_set: frozenset[str] = attrs.field(init=False, repr=False, eq=False)
 
@@ -100,9 +122,15 @@ class StateStore(Protocol):
     durable: bool
     """False for ``memory://``: callers warn that state does not survive a restart."""
     id_window: int
+    id_retention_s: float
 
     def load(self, state_name: str, key: str) -> Snapshot | None:
         """The last saved snapshot of (state_name, key), or None if it was never saved."""
+        ...
+
+    def claim(self, state_name: str, partition: int) -> int:
+        """Take ``partition`` of ``state_name`` over: a new epoch, greater than every earlier
+        claim's. Saves made under an older epoch are refused from now on (fencing)."""
         ...
 
     def save(
@@ -112,9 +140,13 @@ class StateStore(Protocol):
         data: bytes,
         applied_ids: Sequence[str],
         outputs: Mapping[str, bytes] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         """Atomically replace the data, merge `applied_ids` into the id window and keep the
         `outputs` of those ids (dropping the outputs of ids that fall out of the window).
+
+        With ``fence=(partition, epoch)`` the save is refused (:class:`FencedError`, nothing
+        written) unless ``epoch`` is still the partition's newest claim.
 
         Returns only once the write is durable in the store; raises StateStoreError otherwise.
         Safe to retry with the same arguments.
@@ -135,7 +167,8 @@ class StateStore(Protocol):
 
 
 def merge_ids(old: Iterable[str], new: Iterable[str], window: int) -> tuple[str, ...]:
-    """The id window after appending `new` to `old` (see the module docstring for the rule).
+    """The count window after appending `new` to `old`: the newest ``window`` ids, an id that
+    appears twice kept at its newest position.
 
     Example::
 
@@ -154,6 +187,31 @@ def merge_ids(old: Iterable[str], new: Iterable[str], window: int) -> tuple[str,
             break
     kept.reverse()
     return tuple(kept)
+
+
+def timed_snapshot(
+    data: bytes, window: Sequence[str], rows: Iterable[tuple[str, bytes, float]]
+) -> Snapshot:
+    """The snapshot of a store that keeps the count ``window`` (oldest first) and one ``(id,
+    outputs, saved at)`` row per id kept (oldest first): the ids kept by time only, then the
+    window; a window id without a row counts as saved at 0."""
+    in_window = set(window)
+    saved = {msg_id: (out, at) for msg_id, out, at in rows}
+    older = [msg_id for msg_id in saved if msg_id not in in_window]
+    ids = [*older, *window]
+    at = [saved[i][1] if i in saved else 0.0 for i in ids]
+    outputs = {i: saved[i][0] for i in ids if i in saved}
+    return Snapshot(data, ids, outputs, at)
+
+
+def fenced(shown: str, state_name: str, key: str, fence: Fence) -> FencedError:
+    """The refusal of a save under a stale claim."""
+    partition, epoch = fence
+    return FencedError(
+        f"state store {shown}: save of state {state_name!r} key {key!r} refused: partition "
+        f"{partition} was claimed by a newer process (this one holds epoch {epoch}); stopping so "
+        "that the new owner gets the unacknowledged messages"
+    )
 
 
 def mask_url(url: str) -> str:
@@ -180,6 +238,7 @@ def open_store(
     *,
     namespace: str,
     id_window: int = DEFAULT_ID_WINDOW,
+    id_retention_s: float = DEFAULT_ID_RETENTION_S,
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> StateStore:
     """Open the state store named by `url`, keeping `namespace` (the app) apart from others.
@@ -201,19 +260,27 @@ def open_store(
             f"state store {shown}: id_window must be >= 1, got {id_window}; "
             f"use at least concurrency + readBatchSize of the vertex (default {DEFAULT_ID_WINDOW})"
         )
+    if not id_retention_s >= 0:
+        raise StateStoreError(
+            f"state store {shown}: id_retention_s must be >= 0 seconds, got {id_retention_s}; "
+            f"use at least the ISB's ackWait (default {DEFAULT_ID_RETENTION_S:g})"
+        )
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "sqlite":
         from nfbuilder.runtime.state.sqlite import SqliteStore
 
-        return SqliteStore.open(url, namespace=namespace, id_window=id_window, timeout=timeout)
+        return SqliteStore.open(url, namespace=namespace, id_window=id_window,
+                                id_retention_s=id_retention_s, timeout=timeout)
     if scheme in ("redis", "rediss"):
         from nfbuilder.runtime.state.redis_store import RedisStore
 
-        return RedisStore.open(url, namespace=namespace, id_window=id_window, timeout=timeout)
+        return RedisStore.open(url, namespace=namespace, id_window=id_window,
+                               id_retention_s=id_retention_s, timeout=timeout)
     if scheme == "memory":
         from nfbuilder.runtime.state.memory import MemoryStore
 
-        return MemoryStore(namespace=namespace, id_window=id_window)
+        return MemoryStore(namespace=namespace, id_window=id_window,
+                           id_retention_s=id_retention_s)
     raise StateStoreError(
         f"unknown state store URL {shown!r}: use sqlite:///path.db, "
         f"redis://[user:password@]host:port/db, rediss://... or memory://"
