@@ -50,3 +50,16 @@ def test_partition_choice_matches_numas(vector: dict) -> None:
 def test_sequence_window_keys_land_on_both_partitions() -> None:
     # the audit's known answer: with crc32 both "0" and "1" went to partition 1
     assert (partition_of(("0",), 2), partition_of(("1",), 2)) == (0, 1)
+
+
+def test_kafka_records_are_keyed_and_headed_as_numa_writes_them() -> None:
+    from nfbuilder.local.kafka import record_key_and_headers
+    from nfbuilder.local.sourcesink import SinkDatum
+
+    datum = SinkDatum("v-1-0", b"x", ("a", "b"), headers={"h": "1"})
+    key, headers = record_key_and_headers(datum, set_key=True)
+    assert key == b"a:b"
+    assert headers == [("h", b"1"), ("__key_len", b"2"), ("__key_0", b"a"), ("__key_1", b"b")]
+    assert record_key_and_headers(datum, set_key=False)[0] is None
+    assert record_key_and_headers(SinkDatum("v", b"x"), set_key=True) == (
+        None, [("__key_len", b"0")])
