@@ -35,6 +35,26 @@ async def wait_idle(engine: Engine, quiet_s: float, timeout_s: float = 60) -> No
     raise AssertionError(f"engine not idle after {timeout_s} s ({engine.in_flight()} in flight)")
 
 
+async def until_delivered(loaded: Any, count: int, work_dir: str,
+                          plan: PlanOptions | None = None, timeout_s: float = 60) -> Engine:
+    """Run ``loaded`` on the engine until ``count`` messages reached its sinks, then drain and
+    stop; fails the test if it takes longer than ``timeout_s`` or a vertex keeps failing."""
+    engine = Engine(loaded, EngineOptions(plan or PlanOptions(), quiet=True, work_dir=work_dir))
+    await engine.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while engine.delivered < count and not engine.failure:
+            assert time.monotonic() < deadline, (
+                f"{engine.delivered}/{count} delivered after {timeout_s:g} s "
+                f"({engine.in_flight()} queued)")
+            await asyncio.sleep(0.05)
+        await engine.drain()
+    finally:
+        await engine.stop_processes()
+    assert engine.failure is None, engine.failure
+    return engine
+
+
 async def run_app_on_engine(
     name: str, inputs: list[list[bytes]] | None = None, *, work_dir: str, state_store: str,
     during: Any = None, **plan: Any,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_harness import free_port, wait_idle
+from engine_harness import free_port, until_delivered, wait_idle
 from kafka_broker import kafka_broker  # noqa: F401  (the fixture)
 
 import nfbuilder as wallaroo
@@ -55,24 +55,6 @@ def on_engine(app: Path, frames: list[bytes], tmp_path: Path, **plan_opts: Any) 
         return rx.data()
 
     return asyncio.run(go())
-
-
-async def until_delivered(loaded: Any, count: int, tmp_path: Path,
-                          plan_options: PlanOptions | None = None) -> Engine:
-    """Run ``loaded`` on the engine until ``count`` messages reached its sinks, then drain."""
-    engine = Engine(loaded, EngineOptions(plan_options or PlanOptions(), quiet=True,
-                                          work_dir=str(tmp_path / "run")))
-    await engine.start()
-    try:
-        deadline = asyncio.get_running_loop().time() + 60
-        while engine.delivered < count and not engine.failure:
-            assert asyncio.get_running_loop().time() < deadline, engine.delivered
-            await asyncio.sleep(0.05)
-        await engine.drain()
-    finally:
-        await engine.stop_processes()
-    assert engine.failure is None, engine.failure
-    return engine
 
 
 # ------------------------------------------------------------ partition keys
@@ -311,8 +293,8 @@ def test_kafka_cli_parsers_on_the_engine(kafka_broker: Any,  # noqa: F811
     args = ["--numbers_in_topic", in_topic, "--numbers_in_brokers", kafka_broker.address,
             "--kafka_sink_topic", out_topic, "--kafka_sink_brokers", kafka_broker.address]
 
-    asyncio.run(until_delivered(load_app(str(APPS / "kafka_parsers.py"), args), 3, tmp_path,
-                                PlanOptions(state_store="memory://")))
+    asyncio.run(until_delivered(load_app(str(APPS / "kafka_parsers.py"), args), 3,
+                                str(tmp_path / "run"), PlanOptions(state_store="memory://")))
     assert sorted(v for _, v in kafka_broker.consume(out_topic, 3)) == [b"APPLE", b"FIG", b"KIWI"]
 
 
@@ -342,7 +324,8 @@ def test_gen_source_compiles_to_a_udsource_and_runs_on_the_engine(tmp_path: Path
         rx = await TcpReceiver.start()
         try:
             await until_delivered(load_app(str(APPS / "gen_source.py"), [
-                "--out", f"127.0.0.1:{rx.address[1]}", "--count", "300"]), 300, tmp_path)
+                "--out", f"127.0.0.1:{rx.address[1]}", "--count", "300"]), 300,
+                str(tmp_path / "run"))
         finally:
             await rx.close()
         return rx.data()

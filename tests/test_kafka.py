@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_harness import ROOT
+from engine_harness import ROOT, until_delivered
 from kafka_broker import KafkaBroker, kafka_broker  # noqa: F401  (the fixture)
 
 from apps.data import celsius_kafka as data
@@ -70,20 +70,8 @@ def _args(broker: str, in_topic: str, out_topic: str, sink_broker: str | None = 
 
 async def _run(app: str, args: list[str], expect: int, work_dir: Path) -> Engine:
     """Start the engine, wait until ``expect`` messages were delivered, drain, stop."""
-    engine = Engine(load_app(app, args), EngineOptions(
-        plan=PlanOptions(state_store="memory://"), quiet=True, work_dir=str(work_dir)))
-    await engine.start()
-    try:
-        deadline = time.monotonic() + 40
-        while engine.delivered < expect and not engine.failure:
-            assert time.monotonic() < deadline, (
-                f"{engine.delivered}/{expect} delivered after 40 s ({engine.in_flight()} queued)")
-            await asyncio.sleep(0.05)
-        await engine.drain()
-    finally:
-        await engine.stop_processes()
-    assert engine.failure is None, engine.failure
-    return engine
+    return await until_delivered(load_app(app, args), expect, str(work_dir),
+                                 PlanOptions(state_store="memory://"), timeout_s=40)
 
 
 @pytest.fixture(scope="module")
