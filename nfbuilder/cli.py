@@ -171,6 +171,7 @@ def _load(spec: str, args: list[str], ns: argparse.Namespace):  # type: ignore[n
 def _serve(ns: argparse.Namespace, app_args: list[str]) -> int:
     import logging
 
+    from nfbuilder.runtime.server import bind_to_parent
     from nfbuilder.runtime.settings import Settings, SettingsError
     from nfbuilder.runtime.state.store import StateStoreError
     from nfbuilder.runtime.vertex import PlanMismatch, build_program, serve_program
@@ -182,6 +183,7 @@ def _serve(ns: argparse.Namespace, app_args: list[str]) -> int:
         settings = Settings.from_env()
     except SettingsError as exc:
         raise _UserError(str(exc)) from None
+    bind_to_parent(settings.parent_pid)
     loaded = _load_app(ns.app, app_args)
     try:
         program = build_program(loaded, ns.vertex, fuse=ns.fuse,
@@ -230,8 +232,10 @@ def _compile(ns: argparse.Namespace, app_args: list[str]) -> int:
     from nfbuilder import __version__
     from nfbuilder.emit.artifacts import render_artifacts, write_artifacts
 
-    store = ns.state_store or ""
-    if store.split(":", 1)[0].lower() in ("redis", "rediss"):
+    store = (ns.state_store or "").strip()
+    # any Redis form (redis://, rediss://, redis+tls://, ...), and any URL with credentials
+    authority = store.partition("://")[2].split("/", 1)[0]
+    if store.split(":", 1)[0].lower().startswith("redis") or "@" in authority:
         raise _UserError(
             "a Redis URL would be written into the manifest as plain text; keep it in a Secret "
             "instead: kubectl create secret generic NAME --from-literal=url=<redis URL>, then "

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from engine_harness import ROOT
 
@@ -31,6 +32,15 @@ def test_plain_redis_url_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "keep it in a Secret" in done.stderr and "--state-store-secret" in done.stderr
     assert "s3cret" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("url", [" redis://app:s3cret@redis:6379/0",
+                                 "redis+tls://app:s3cret@redis:6380/0",
+                                 "REDISS://app:s3cret@redis:6380/0"])
+def test_every_redis_form_is_refused(tmp_path: Path, url: str) -> None:
+    done = compile_(tmp_path, "--state-store", url)
+    assert done.returncode == 2 and "keep it in a Secret" in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()
 
 

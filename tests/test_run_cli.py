@@ -129,3 +129,31 @@ def test_unreachable_state_store_is_a_clear_error_with_the_password_masked(tmp_p
     assert code == 1
     assert "redis://app:***@127.0.0.1:1/0" in err and "s3cret" not in err
     assert "letter-state" in err
+
+
+def test_sigkill_of_the_run_leaves_no_vertex_process_behind(tmp_path: Path) -> None:
+    import psutil
+
+    async def go() -> tuple[list[psutil.Process], tuple[str, int]]:
+        rx = await TcpReceiver.start()
+        src = ("127.0.0.1", free_port())
+        proc = await start_run(os.path.join(ROOT, "apps", "reverse.py"),
+                               ["--in", f"{src[0]}:{src[1]}",
+                                "--out", f"127.0.0.1:{rx.address[1]}"],
+                               "--quiet", cwd=tmp_path)
+        await send_frames(src, [frame(b"w")], connect_timeout_s=60)
+        assert await rx.wait_for(lambda d: d.count(b"\n") >= 1, 60)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 3  # source, map, sink
+        proc.kill()
+        await proc.wait()
+        await rx.close()
+        return children, src
+
+    children, src = asyncio.run(go())
+    gone, alive = psutil.wait_procs(children, timeout=20)
+    assert alive == [], [p.cmdline() for p in alive]
+    import socket
+
+    with socket.socket() as s:  # the TCP source's port was released
+        assert s.connect_ex(src) != 0

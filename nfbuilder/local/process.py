@@ -94,6 +94,8 @@ class Replica:
             "NUMAFLOW_REPLICA": str(self.spec.replica),
             "NUMAFLOW_VERTEX_NAME": self.spec.vertex,
             "NUMAFLOW_PIPELINE_NAME": self.spec.doc,
+            # the process stops when the engine dies, even by SIGKILL (no orphans)
+            "NFBUILDER_PARENT_PID": str(os.getpid()),
         }
         cmd = list(self.spec.command)
         if cmd and cmd[0] == "python":

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -260,6 +261,22 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
     except ImportError:  # uvloop is not available on Windows
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def bind_to_parent(parent_pid: int | None) -> None:
+    """Have this process get SIGTERM (a clean stop) when ``parent_pid``, the embedded engine that
+    started it, dies, even by SIGKILL: no vertex is left running, holding its port (Linux
+    ``PR_SET_PDEATHSIG``; elsewhere nothing is done). Exits at once if the parent is already
+    gone."""
+    if not parent_pid or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # it died before the call above
+        raise SystemExit(0)
 
 
 def serve(

@@ -83,6 +83,7 @@ class Settings:
     tcp_bind_host: str | None = None  # overrides a TCP source's host (0.0.0.0 in a pod)
     plan_digest: str | None = None  # the digest of the plan the manifest was compiled from
     id_retention_s: float = 120.0  # how long a state keeps applied message ids (>= ackWait)
+    parent_pid: int | None = None  # the embedded engine that started this vertex process
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -105,4 +106,5 @@ class Settings:
             tcp_bind_host=_str(environ, "NFBUILDER_TCP_BIND_HOST"),
             plan_digest=_str(environ, "NFBUILDER_PLAN_DIGEST"),
             id_retention_s=_float(environ, "NFBUILDER_STATE_ID_RETENTION", 120.0),
+            parent_pid=_int(environ, "NFBUILDER_PARENT_PID", 0, minimum=0) or None,
         )
