@@ -174,7 +174,7 @@ def _serve(ns: argparse.Namespace, app_args: list[str]) -> int:
     from nfbuilder.runtime.server import bind_to_parent
     from nfbuilder.runtime.settings import Settings, SettingsError
     from nfbuilder.runtime.state.store import StateStoreError
-    from nfbuilder.runtime.vertex import PlanMismatch, build_program, serve_program
+    from nfbuilder.runtime.vertex import ServeError, build_program, serve_program
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -192,14 +192,11 @@ def _serve(ns: argparse.Namespace, app_args: list[str]) -> int:
                                 partition=settings.replica)
     except KeyError as exc:
         raise _UserError(str(exc.args[0])) from None
-    except PlanMismatch as exc:
+    except ServeError as exc:  # a built-in vertex, or a plan other than the manifest's
         raise _UserError(str(exc)) from None
     except StateStoreError as exc:  # unreachable store: say which (password masked) and stop
         raise _UserError(f"vertex {ns.vertex!r}: {exc}", code=1) from None
-    try:
-        return serve_program(program, settings)
-    except PlanMismatch as exc:
-        raise _UserError(str(exc)) from None
+    return serve_program(program, settings)
 
 
 def _run(ns: argparse.Namespace, app_args: list[str]) -> int:

@@ -22,14 +22,21 @@ async def start_run(app: str, args: list[str], *opts: str, cwd: Path) -> asyncio
         *args, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
 
 
+async def start_reverse(
+    tmp_path: Path, *opts: str
+) -> tuple[asyncio.subprocess.Process, TcpReceiver, tuple[str, int]]:
+    """``nfbuilder run apps/reverse.py`` with a receiver: (the run, the receiver, its source)."""
+    rx = await TcpReceiver.start()
+    src = ("127.0.0.1", free_port())
+    proc = await start_run(os.path.join(ROOT, "apps", "reverse.py"),
+                           ["--in", f"{src[0]}:{src[1]}", "--out", f"127.0.0.1:{rx.address[1]}"],
+                           *opts, cwd=tmp_path)
+    return proc, rx, src
+
+
 def reverse_run(tmp_path: Path, *opts: str, n: int = 20) -> tuple[int, str, bytes]:
     async def go() -> tuple[int, str, bytes]:
-        rx = await TcpReceiver.start()
-        src = ("127.0.0.1", free_port())
-        proc = await start_run(os.path.join(ROOT, "apps", "reverse.py"),
-                               ["--in", f"{src[0]}:{src[1]}",
-                                "--out", f"127.0.0.1:{rx.address[1]}"],
-                               *opts, cwd=tmp_path)
+        proc, rx, src = await start_reverse(tmp_path, *opts)
         await send_frames(src, [frame(f"w{i}".encode()) for i in range(n)], connect_timeout_s=60)
         _, err = await asyncio.wait_for(proc.communicate(), 120)
         await rx.close()
@@ -53,12 +60,7 @@ def test_max_messages_ends_the_run(tmp_path: Path) -> None:
 
 def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
     async def go() -> tuple[int, bytes]:
-        rx = await TcpReceiver.start()
-        src = ("127.0.0.1", free_port())
-        proc = await start_run(os.path.join(ROOT, "apps", "reverse.py"),
-                               ["--in", f"{src[0]}:{src[1]}",
-                                "--out", f"127.0.0.1:{rx.address[1]}"],
-                               "--quiet", cwd=tmp_path)
+        proc, rx, src = await start_reverse(tmp_path, "--quiet")
         await send_frames(src, [frame(f"w{i}".encode()) for i in range(50)], connect_timeout_s=60)
         assert await rx.wait_for(lambda d: d.count(b"\n") >= 50, 60)
         proc.send_signal(signal.SIGTERM)
@@ -135,12 +137,7 @@ def test_sigkill_of_the_run_leaves_no_vertex_process_behind(tmp_path: Path) -> N
     import psutil
 
     async def go() -> tuple[list[psutil.Process], tuple[str, int]]:
-        rx = await TcpReceiver.start()
-        src = ("127.0.0.1", free_port())
-        proc = await start_run(os.path.join(ROOT, "apps", "reverse.py"),
-                               ["--in", f"{src[0]}:{src[1]}",
-                                "--out", f"127.0.0.1:{rx.address[1]}"],
-                               "--quiet", cwd=tmp_path)
+        proc, rx, src = await start_reverse(tmp_path, "--quiet")
         await send_frames(src, [frame(b"w")], connect_timeout_s=60)
         assert await rx.wait_for(lambda d: d.count(b"\n") >= 1, 60)
         children = psutil.Process(proc.pid).children(recursive=True)

@@ -21,7 +21,7 @@ from nfbuilder.plan import (
     Vertex,
     VertexGraph,
 )
-from nfbuilder.plan.graph import sink_address, sink_kind
+from nfbuilder.plan.graph import sink_address
 
 T = TypeVar("T")
 
@@ -38,7 +38,7 @@ def _label(v: Vertex) -> list[str]:
         lines += list(w.step_names)
         for sink in w.sinks:
             where = sink_address(sink)
-            lines.append(f"{sink_kind(sink)} sink {where}" if isinstance(v, SinkVertex)
+            lines.append(f"{sink.kind} sink {where}" if isinstance(v, SinkVertex)
                          else f"encode for {where}")
         if isinstance(v, TcpSinkVertex) and w.encoded:
             lines.append(f"tcp sink {v.host}:{v.port}")

@@ -28,7 +28,7 @@ import attrs
 
 from nfbuilder.local.clients import ClientError, SinkDatum
 from nfbuilder.local.process import Replica
-from nfbuilder.plan import Edge, Retry, Router, Vertex, output_id, partition_of
+from nfbuilder.plan import Edge, Router, SinkVertex, Vertex, output_id, partition_of
 
 log = logging.getLogger("nfbuilder.engine")
 
@@ -232,7 +232,9 @@ class Flow:
     async def sink_worker(self, rep: Replica) -> None:
         """Write batches of up to ``read_batch`` messages; retry failed writes with the sink's
         backoff (the manifest's ``retryStrategy``), for as long as they fail."""
-        retry = getattr(self.vertices[rep.spec.vertex], "retry", None) or Retry(0.05, 1.0)
+        vertex = self.vertices[rep.spec.vertex]
+        assert isinstance(vertex, SinkVertex) and vertex.retry is not None, vertex  # the planner's
+        retry = vertex.retry
         backoff = retry.interval_s
         while True:
             batch = [await self._next(rep)]

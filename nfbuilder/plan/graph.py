@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from nfbuilder.topology import KafkaSink, Sink, StateSpec, Step, TcpSink
+from nfbuilder.topology import Sink, StateSpec, Step, TcpSink
 
 #: user-metadata group and key that carry a message's pipeline index between vertices
 META_GROUP, META_PIPELINE = "nfbuilder", "pipeline"
@@ -359,10 +359,6 @@ _KIND = {
 }
 
 
-def sink_kind(sink: Sink) -> str:
-    return "kafka" if isinstance(sink, KafkaSink) else "tcp"
-
-
 def sink_address(sink: Sink) -> str:
     return f"{sink.host}:{sink.port}" if isinstance(sink, TcpSink) else f"topic {sink.topic}"
 
@@ -378,9 +374,9 @@ def describe_vertex(v: Vertex) -> str:
             bits.append("generator source")
         bits += [repr(name) for name in w.step_names]
         if w.sinks and isinstance(v, SinkVertex):
-            bits.append(f"{sink_kind(w.sinks[0])} sink")
+            bits.append(f"{w.sinks[0].kind} sink")
         elif w.sinks:
-            bits.append("encode for " + ", ".join(f"{sink_kind(k)} sink" for k in w.sinks))
+            bits.append("encode for " + ", ".join(f"{k.kind} sink" for k in w.sinks))
         elif isinstance(v, TcpSinkVertex):
             bits.append("tcp sink")
         parts.append(f"[{w.pipeline_name}] " + " -> ".join(bits or ["(built-in)"]))

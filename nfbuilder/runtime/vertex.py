@@ -68,7 +68,12 @@ def pipeline_of(user_metadata: Any) -> int | None:
     return int(raw) if raw else None
 
 
-class PlanMismatch(Exception):
+class ServeError(Exception):
+    """This vertex cannot be served here: it is a Numaflow built-in, or the plan rebuilt in the
+    container is not the one the manifest was compiled from (:class:`PlanMismatch`)."""
+
+
+class PlanMismatch(ServeError):
     """The plan rebuilt in the container is not the one the manifest was compiled from."""
 
 
@@ -80,7 +85,8 @@ def build_program(
     """The vertex's program, with its state store opened when it serves a state.
 
     ``digest``: the plan digest the manifest carries; when given, the app planned here must
-    have the same one (raises :class:`PlanMismatch`). A state vertex claims ``partition`` (its
+    have the same one (raises :class:`PlanMismatch`); a built-in vertex raises
+    :class:`ServeError`. A state vertex claims ``partition`` (its
     replica) in the store: saves of an earlier owner are refused from then on. Raises
     ``KeyError`` for an unknown vertex and ``StateStoreError`` for a store that cannot be
     opened."""
@@ -93,6 +99,9 @@ def build_program(
             "its arguments changed since 'nfbuilder compile'. Compile again and apply the new "
             "manifest (and image)."
         )
+    if vertex.container is None:
+        raise ServeError(f"vertex {vertex.name!r} is a Numaflow built-in "
+                         f"({type(vertex).__name__}); it has no container to serve")
     codec = Codec.for_module(loaded.module)
     store = None
     fence = None
@@ -256,5 +265,4 @@ def serve_program(program: VertexProgram, settings: Settings) -> int:
         writer = TcpSinkWriter(vertex.host, vertex.port)
         peer = f"{vertex.host}:{vertex.port}"
         return serve("sink", sink_handler(program, writer, peer), settings)
-    raise PlanMismatch(f"vertex {vertex.name!r} is a Numaflow built-in "
-                       f"({type(vertex).__name__}); it has no container to serve")
+    raise AssertionError(f"build_program made a program for {type(vertex).__name__}")
