@@ -140,6 +140,10 @@ class Vertex:
 
     #: ordered processing (one message at a time per partition pod, routed by key hash)
     ordered: ClassVar[bool] = False
+    #: the gRPC service our container serves (None: a Numaflow built-in, no container of ours)
+    grpc_service: ClassVar[str | None] = None
+    #: how ``describe`` names the kind: ``"map/udf"``
+    manifest_kind: ClassVar[str] = "?"
 
     @property
     def partitions(self) -> int:
@@ -179,6 +183,9 @@ class TcpSourceVertex(SourceVertex):
     """``source.udsource``: our container listens on ``host:port`` and decodes frames; a
     ``Service`` named ``service`` exposes the port in the cluster."""
 
+    grpc_service: ClassVar[str | None] = "source"
+    manifest_kind: ClassVar[str] = "source/udsource"
+
     host: str
     port: int
     service: str = attrs.field(metadata=DEPLOY)
@@ -189,6 +196,9 @@ class GenSourceVertex(SourceVertex):
     """``source.udsource`` whose container serves the messages of a Wallaroo 0.5.4
     ``GenSourceConfig`` generator (``initial_value()``, then ``apply(previous)``)."""
 
+    grpc_service: ClassVar[str | None] = "source"
+    manifest_kind: ClassVar[str] = "source/udsource"
+
     generator: Any
 
 
@@ -196,6 +206,9 @@ class GenSourceVertex(SourceVertex):
 class KafkaSourceVertex(SourceVertex):
     """Numaflow's built-in ``source.kafka`` in ``consumer_group``; our container is its
     ``transformer`` and decodes each record."""
+
+    grpc_service: ClassVar[str | None] = "sourcetransformer"
+    manifest_kind: ClassVar[str] = "source/kafka"
 
     topic: str
     brokers: tuple[str, ...]
@@ -207,6 +220,9 @@ class MapVertex(Vertex):
     """A ``udf`` vertex running stateless steps: serial (``to``: ``serial=True``, one ordered
     partition, one message at a time, so Wallaroo's order holds) or autoscaled up to
     ``replicas`` (``to_parallel``, or every step with ``PlanOptions(ordered=False)``)."""
+
+    grpc_service: ClassVar[str | None] = "map"
+    manifest_kind: ClassVar[str] = "map/udf"
 
     replicas: int = attrs.field(default=1, metadata=DEPLOY)
     serial: bool = attrs.field(default=False, metadata=DEPLOY)
@@ -269,6 +285,9 @@ class SinkVertex(Vertex):
 class TcpSinkVertex(SinkVertex):
     """``sink.udsink``: our container encodes and writes to ``host:port``."""
 
+    grpc_service: ClassVar[str | None] = "sink"
+    manifest_kind: ClassVar[str] = "sink/udsink"
+
     host: str
     port: int
 
@@ -277,6 +296,8 @@ class TcpSinkVertex(SinkVertex):
 class KafkaSinkVertex(SinkVertex):
     """Numaflow's built-in ``sink.kafka`` writing the encoder vertex's records to ``topic``,
     with librdkafka ``producer`` settings."""
+
+    manifest_kind: ClassVar[str] = "sink/kafka"
 
     topic: str
     brokers: tuple[str, ...]
@@ -287,6 +308,8 @@ class KafkaSinkVertex(SinkVertex):
 @attrs.frozen(kw_only=True)
 class BlackholeVertex(SinkVertex):
     """Numaflow's built-in ``sink.blackhole``: where a ``done()`` pipeline ends."""
+
+    manifest_kind: ClassVar[str] = "sink/blackhole"
 
 
 @attrs.frozen
@@ -346,19 +369,6 @@ class VertexGraph:
                 for v in doc.vertices]
 
 
-_KIND = {
-    TcpSourceVertex: "source/udsource",
-    GenSourceVertex: "source/udsource",
-    KafkaSourceVertex: "source/kafka",
-    StateVertex: "map/udf",
-    KafkaEncoderVertex: "map/udf",
-    MapVertex: "map/udf",
-    TcpSinkVertex: "sink/udsink",
-    KafkaSinkVertex: "sink/kafka",
-    BlackholeVertex: "sink/blackhole",
-}
-
-
 def sink_address(sink: Sink) -> str:
     return f"{sink.host}:{sink.port}" if isinstance(sink, TcpSink) else f"topic {sink.topic}"
 
@@ -385,4 +395,4 @@ def describe_vertex(v: Vertex) -> str:
         extra = f"; state {v.state_name!r}, {v.partitions} partition(s), ordered"
     elif isinstance(v, MapVertex):
         extra = "; serial, ordered" if v.ordered else f"; autoscaled to {v.max_replicas:d}"
-    return f"{_KIND[type(v)]} " + "; ".join(parts) + extra
+    return f"{v.manifest_kind} " + "; ".join(parts) + extra

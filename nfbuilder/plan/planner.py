@@ -59,18 +59,6 @@ from nfbuilder.topology import (
 
 DEFAULT_RETENTION_S = attrs.fields(PlanOptions).id_retention_s.default
 
-#: the gRPC service our container serves, per vertex kind (built-in vertices have none)
-SERVICE: dict[type[Vertex], str] = {
-    TcpSourceVertex: "source",
-    GenSourceVertex: "source",
-    KafkaSourceVertex: "sourcetransformer",
-    MapVertex: "map",
-    KafkaEncoderVertex: "map",
-    StateVertex: "map",
-    TcpSinkVertex: "sink",
-}
-
-
 def serve_command(ref: AppRef, vertex: str, fuse: bool = False) -> tuple[str, ...]:
     """The container command of a vertex (what ``nfbuilder run`` starts locally, too)."""
     cmd = ["python", "-m", "nfbuilder", "serve", "--app", ref.module, "--vertex", vertex]
@@ -337,7 +325,7 @@ def _kafka_sink_fields(sink: KafkaSink) -> dict[str, Any]:
 
 def _with_container(v: Vertex, doc: PipelineDoc, options: PlanOptions, ref: AppRef,
                     digest: str) -> Vertex:
-    service = SERVICE.get(type(v))
+    service = v.grpc_service
     if service is None:
         return v  # a Numaflow built-in: no container of ours
     env = [EnvVar("PYTHONUNBUFFERED", "1"), EnvVar(DIGEST_ENV, digest)]
