@@ -2,7 +2,8 @@
 
 Redis refuses ``--port 0``, so a free port is found by binding a socket to port 0 first. The
 server runs with ``--save '' --appendonly yes --dir <data_dir>``: every write goes to the AOF,
-which a SIGTERM shutdown flushes, so data survives :meth:`RedisServer.restart`.
+which a SIGTERM shutdown flushes, so data survives :meth:`RedisServer.restart`
+(``appendonly=False``: no persistence at all, as a misconfigured production server).
 
 Without `redis-server` on PATH the tests using it are skipped, unless the environment variable
 ``CI`` is set (to anything but ``0``/``false``): then they fail, so CI cannot skip them silently.
@@ -61,9 +62,10 @@ def free_port() -> int:
 class RedisServer:
     """One `redis-server` process on 127.0.0.1 keeping its AOF in `data_dir`."""
 
-    def __init__(self, exe: str, data_dir: Path) -> None:
+    def __init__(self, exe: str, data_dir: Path, *, appendonly: bool = True) -> None:
         self.exe = exe
         self.data_dir = data_dir
+        self.appendonly = appendonly
         self.port = 0
         self.log_path = data_dir / "redis.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -109,8 +111,8 @@ class RedisServer:
             proc = subprocess.Popen(
                 [
                     self.exe, "--port", str(self.port), "--bind", "127.0.0.1",
-                    "--save", "", "--appendonly", "yes", "--dir", str(self.data_dir),
-                    "--daemonize", "no",
+                    "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                    "--dir", str(self.data_dir), "--daemonize", "no",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -143,9 +145,9 @@ class RedisServer:
             return "(no log)"
 
 
-def start_redis_server(data_dir: Path) -> RedisServer:
+def start_redis_server(data_dir: Path, *, appendonly: bool = True) -> RedisServer:
     """A running RedisServer with its data in `data_dir` (skips/fails without redis-server)."""
-    server = RedisServer(require_redis_server(), data_dir)
+    server = RedisServer(require_redis_server(), data_dir, appendonly=appendonly)
     server.start()
     return server
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis_server import RedisServer, require_redis_server
+from redis_server import RedisServer, require_redis_server, start_redis_server
 
 from nfbuilder.runtime.state import (
     FencedError,
@@ -489,6 +489,59 @@ def test_redis_saves_ride_through_a_server_restart(
     snap = store.load("counts", "k")
     assert snap == Snapshot(str(count - 1).encode(), tuple(f"m-{i}" for i in range(count)))
     store.close()
+
+
+def _persistence_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and "persistence" in r.getMessage()]
+
+
+def test_redis_without_persistence_warns_at_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_redis_server(tmp_path / "redis", appendonly=False)  # --save '' too
+    try:
+        with caplog.at_level(logging.WARNING, logger="nfbuilder.state"):
+            open_store(server.url, namespace="app").close()
+    finally:
+        server.stop()
+    assert _persistence_warnings(caplog) == [
+        f"state store {server.url}: Redis persistence is off (save '' and appendonly no): every "
+        "state resets when redis-server restarts; set appendonly yes (or a save schedule) in its "
+        "configuration"
+    ]
+
+
+def test_redis_with_an_aof_does_not_warn_about_persistence(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="nfbuilder.state"):
+        open_store(redis_server.url, namespace="app").close()
+    assert _persistence_warnings(caplog) == []
+
+
+def test_redis_refusing_config_skips_the_persistence_check(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_redis_server(tmp_path / "redis", appendonly=False)
+    admin = redis.Redis.from_url(server.url)
+    try:
+        # a managed Redis: the application's user may not run CONFIG
+        admin.execute_command("ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all", "-config")
+        url = f"redis://app:pw@127.0.0.1:{server.port}/0"
+        with caplog.at_level(logging.DEBUG, logger="nfbuilder.state"):
+            store = open_store(url, namespace="app")
+        store.save("s", "k", b"x", ["m-1"])  # the store itself works
+        assert store.load("s", "k") == Snapshot(b"x", ("m-1",))
+        store.close()
+    finally:
+        admin.close()
+        server.stop()
+    assert _persistence_warnings(caplog) == []
+    skipped = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any(m.startswith("state store redis://app:***@127.0.0.1:") and
+               "cannot read CONFIG" in m and m.endswith("; persistence not checked")
+               for m in skipped), skipped
 
 
 # ---------------------------------------------------------------- the redis-server helper

@@ -6,8 +6,12 @@ Example::
 
     store = open_store("sqlite:///state.db", namespace="word-count")
     snap = store.load("counts", "apple")  # None until the first save
+
+Set ``NFBUILDER_STATE_KEY`` so that SQLite and Redis stores sign what they write and refuse a
+snapshot nobody with the key wrote (:mod:`.signing`) before it is unpickled.
 """
 
+from nfbuilder.runtime.state.signing import KEY_ENV, StateIntegrityError
 from nfbuilder.runtime.state.store import (
     DEFAULT_ID_RETENTION_S,
     DEFAULT_ID_WINDOW,
@@ -25,8 +29,10 @@ __all__ = [
     "DEFAULT_ID_RETENTION_S",
     "DEFAULT_ID_WINDOW",
     "DEFAULT_TIMEOUT_S",
+    "KEY_ENV",
     "FencedError",
     "Snapshot",
+    "StateIntegrityError",
     "StateStore",
     "StateStoreError",
     "mask_url",

@@ -11,7 +11,10 @@ backoff until the store's timeout (default 30 s), then StateStoreError is raised
 is safe even when the lost reply hid a successful write: the merge is idempotent. A save returns
 only after Redis answered the script, so success is never reported for a write that did not run.
 ``ns`` and ``state`` have ``%`` and ``:`` percent-encoded in the hash name so that distinct
-(namespace, state, key) triples never share a hash.
+(namespace, state, key) triples never share a hash. ``data`` and the ``o:<id>`` outputs are
+signed with ``NFBUILDER_STATE_KEY`` when it is set (see :mod:`.signing`): anyone who can write
+the database must not be able to run code in the vertices. Opening warns when Redis keeps
+nothing on disk (``save ''`` and ``appendonly no``): every state would reset on its restart.
 
 Example::
 
@@ -29,6 +32,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
 from urllib.parse import urlsplit
 
+from nfbuilder.runtime.state.signing import Seal
 from nfbuilder.runtime.state.store import (
     DEFAULT_ID_RETENTION_S,
     DEFAULT_ID_WINDOW,
@@ -194,6 +198,7 @@ class RedisStore:
         id_window: int = DEFAULT_ID_WINDOW,
         id_retention_s: float = DEFAULT_ID_RETENTION_S,
         timeout: float = DEFAULT_TIMEOUT_S,
+        signing_key: bytes | None = None,
     ) -> None:
         self.url_for_display = mask_url(url)
         self.namespace = namespace
@@ -203,6 +208,7 @@ class RedisStore:
         self._client = client
         self._errors = _errors()
         self._save_script = client.register_script(_SAVE_LUA)
+        self._seal = Seal(signing_key, shown=self.url_for_display, namespace=namespace)
         parts = urlsplit(url)
         self._address = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
@@ -215,8 +221,10 @@ class RedisStore:
         id_window: int = DEFAULT_ID_WINDOW,
         id_retention_s: float = DEFAULT_ID_RETENTION_S,
         timeout: float = DEFAULT_TIMEOUT_S,
+        signing_key: bytes | None = None,
     ) -> RedisStore:
-        """Connect to `url` and PING it once, failing fast with StateStoreError if unreachable."""
+        """Connect to `url` and PING it once, failing fast with StateStoreError if unreachable;
+        with `signing_key` its blobs are signed and checked (:class:`.signing.Seal`)."""
         shown = mask_url(url)
         redis_py = _import_redis(shown)
         try:
@@ -239,13 +247,30 @@ class RedisStore:
                 f"remove decode_responses from the URL"
             )
         store = cls(client, url=url, namespace=namespace, id_window=id_window,
-                    id_retention_s=id_retention_s, timeout=timeout)
+                    id_retention_s=id_retention_s, timeout=timeout, signing_key=signing_key)
         try:
             client.ping()
         except store._errors.any as exc:
             client.close()
             raise store._error("connect to", exc, retried=False) from exc
+        store._warn_without_persistence()
         return store
+
+    def _warn_without_persistence(self) -> None:
+        """Warn when the server keeps nothing on disk: its restart would reset every state."""
+        try:
+            save = self._client.config_get("save").get("save", "")
+            appendonly = self._client.config_get("appendonly").get("appendonly", "")
+        except self._errors.any as exc:  # CONFIG refused by an ACL or renamed (managed Redis)
+            log.debug("state store %s: cannot read CONFIG (%s); persistence not checked",
+                      self.url_for_display, exc)
+            return
+        if not save and appendonly == "no":
+            log.warning(
+                "state store %s: Redis persistence is off (save '' and appendonly no): every "
+                "state resets when redis-server restarts; set appendonly yes (or a save "
+                "schedule) in its configuration", self.url_for_display,
+            )
 
     def load(self, state_name: str, key: str) -> Snapshot | None:
         name = hash_name(self.namespace, state_name, key)
@@ -262,6 +287,8 @@ class RedisStore:
         if data is None:
             return None
         assert isinstance(data, bytes)
+        check = self._seal.check
+        data = check(data, state_name, key)
         outputs = {
             k[2:].decode(): v for k, v in fields.items() if k.startswith(b"o:")
         }
@@ -270,7 +297,9 @@ class RedisStore:
             lambda: self._client.zrange(times_name(self.namespace, state_name, key), 0, -1,
                                         withscores=True),
         ))
-        rows = [(m.decode(), outputs.get(m.decode(), b""), float(t)) for m, t in scored]
+        ids = [(m.decode(), float(t)) for m, t in scored]
+        rows = [(i, check(outputs[i], state_name, key, i) if i in outputs else b"", t)
+                for i, t in ids]
         return timed_snapshot(data, json.loads(fields.get(b"ids") or b"[]"), rows)
 
     def save(
@@ -283,13 +312,14 @@ class RedisStore:
         fence: Fence | None = None,
     ) -> None:
         name = hash_name(self.namespace, state_name, key)
+        sign = self._seal.sign
         now = time.time()  # fixed before the retries: a retried save merges the same
         args: list[bytes | str | int | float] = [
-            bytes(data), self.id_window, len(applied_ids), repr(now),
+            sign(data, state_name, key), self.id_window, len(applied_ids), repr(now),
             repr(now - self.id_retention_s), str(fence[1]) if fence else "", *applied_ids]
         fence_key = fence_name(self.namespace, state_name, fence[0] if fence else 0)
         for msg_id, blob in (outputs or {}).items():
-            args += [msg_id, bytes(blob)]
+            args += [msg_id, sign(blob, state_name, key, msg_id)]
         self._retrying(
             f"save state {state_name!r} key {key!r} to",
             lambda: self._fenced(

@@ -6,6 +6,8 @@ WAL mode with a busy timeout, so several processes (one writer per partition, ea
 keys) can share it: a writer waits for another's short transaction instead of failing.
 ``synchronous=NORMAL``: in WAL mode a committed save survives a crash of the process (what the
 local engine restarts from); only an OS crash or power loss may lose the newest commits.
+``data`` and ``outputs`` are signed with ``NFBUILDER_STATE_KEY`` when it is set (see
+:mod:`.signing`): anyone who can write the file must not be able to run code in the vertices.
 
 Example::
 
@@ -21,6 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from nfbuilder.runtime.state.signing import Seal
 from nfbuilder.runtime.state.store import (
     DEFAULT_ID_RETENTION_S,
     DEFAULT_ID_WINDOW,
@@ -50,6 +53,7 @@ CREATE TABLE IF NOT EXISTS nfbuilder_outputs (
     key        TEXT NOT NULL,
     msg_id     TEXT NOT NULL,
     outputs    BLOB NOT NULL,
+    at         REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (namespace, state_name, key, msg_id)
 );
 """
@@ -121,6 +125,7 @@ class SqliteStore:
         namespace: str,
         id_window: int = DEFAULT_ID_WINDOW,
         id_retention_s: float = DEFAULT_ID_RETENTION_S,
+        signing_key: bytes | None = None,
     ) -> None:
         self.url_for_display = url
         self.path = path
@@ -128,6 +133,7 @@ class SqliteStore:
         self.id_window = id_window
         self.id_retention_s = id_retention_s
         self._conn = conn
+        self._seal = Seal(signing_key, shown=url, namespace=namespace)
         # One connection shared by the threads of a step server; sqlite3 needs it serialized.
         self._lock = threading.Lock()
 
@@ -140,8 +146,10 @@ class SqliteStore:
         id_window: int = DEFAULT_ID_WINDOW,
         id_retention_s: float = DEFAULT_ID_RETENTION_S,
         timeout: float = DEFAULT_TIMEOUT_S,
+        signing_key: bytes | None = None,
     ) -> SqliteStore:
-        """Open (creating the file, its parent directories and the table) the store at `url`."""
+        """Open (creating the file, its parent directories and the table) the store at `url`;
+        with `signing_key` its blobs are signed and checked (:class:`.signing.Seal`)."""
         path = sqlite_path(url)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +170,11 @@ class SqliteStore:
             conn.executescript(_SCHEMA)
             columns = [r[1] for r in conn.execute("PRAGMA table_info(nfbuilder_outputs)")]
             if "at" not in columns:  # a file written before ids had times
-                conn.execute(_AT_COLUMN)
+                try:
+                    conn.execute(_AT_COLUMN)
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):  # else: another process added it
+                        raise
             conn.execute(_AT_INDEX)
             conn.execute(_FENCES)
         except sqlite3.Error as exc:
@@ -172,7 +184,7 @@ class SqliteStore:
                 f"check that it is a writable SQLite database on a local disk (WAL mode needs one)"
             ) from exc
         return cls(conn, url=url, path=path, namespace=namespace, id_window=id_window,
-                   id_retention_s=id_retention_s)
+                   id_retention_s=id_retention_s, signing_key=signing_key)
 
     def load(self, state_name: str, key: str) -> Snapshot | None:
         with self._lock:
@@ -187,7 +199,9 @@ class SqliteStore:
                 timed = [(msg_id, bytes(blob), float(at)) for msg_id, blob, at in rows]
             except sqlite3.Error as exc:
                 raise self._error("load", state_name, key, exc) from exc
-        return timed_snapshot(bytes(row[0]), json.loads(row[1]), timed)
+        check = self._seal.check
+        return timed_snapshot(check(bytes(row[0]), state_name, key), json.loads(row[1]),
+                              [(i, check(b, state_name, key, i), at) for i, b, at in timed])
 
     def save(
         self,
@@ -199,6 +213,10 @@ class SqliteStore:
         fence: Fence | None = None,
     ) -> None:
         ident = (self.namespace, state_name, key)
+        # signed before the write lock is taken, to keep the transaction short
+        sign, got = self._seal.sign, outputs or {}
+        blob = sign(data, state_name, key)
+        signed = {i: sign(got.get(i, b""), state_name, key, i) for i in dict.fromkeys(applied_ids)}
         with self._lock:
             conn = self._conn
             try:
@@ -213,11 +231,10 @@ class SqliteStore:
                 row = conn.execute(_SELECT_IDS, ident).fetchone()
                 old = json.loads(row[0]) if row else []
                 window = json.dumps(merge_ids(old, applied_ids, self.id_window))
-                conn.execute(_UPSERT, (*ident, bytes(data), window))
+                conn.execute(_UPSERT, (*ident, blob, window))
                 now = time.time()
-                got = outputs or {}
-                conn.executemany(_PUT_OUTPUT, [(*ident, msg_id, bytes(got.get(msg_id, b"")), now)
-                                               for msg_id in dict.fromkeys(applied_ids)])
+                conn.executemany(_PUT_OUTPUT, [(*ident, msg_id, out, now)
+                                               for msg_id, out in signed.items()])
                 conn.execute(_DROP_EXPIRED, (*ident, now - self.id_retention_s, window))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:

@@ -33,6 +33,14 @@ kept by time are stored one record per id, so a save costs its own ids plus the 
 the whole retention. Retrying the same ``save`` leaves the same ids (idempotent), which the Redis
 store relies on when a reply is lost after the write happened.
 
+Trust
+-----
+Snapshots and recorded outputs are pickles, and loading a pickle runs code: the store must be
+trusted. With ``NFBUILDER_STATE_KEY`` set, the durable stores sign every blob for its record and
+refuse one that does not check before it is unpickled (:mod:`.signing`), so write access to the
+database no longer means running code in the vertices; it can still delete records, put back an
+older blob of the same record or rewrite the applied ids. Without the key, opening a store warns.
+
 Example::
 
     store = open_store("sqlite:///state.db", namespace="word-count")
@@ -44,6 +52,8 @@ Example::
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
@@ -53,6 +63,8 @@ import attrs
 DEFAULT_ID_WINDOW = 1024
 DEFAULT_ID_RETENTION_S = 120.0  # 2 x JetStream's default ackWait
 DEFAULT_TIMEOUT_S = 30.0
+
+log = logging.getLogger("nfbuilder.state")
 
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
@@ -240,11 +252,14 @@ def open_store(
     id_window: int = DEFAULT_ID_WINDOW,
     id_retention_s: float = DEFAULT_ID_RETENTION_S,
     timeout: float = DEFAULT_TIMEOUT_S,
+    environ: Mapping[str, str] | None = None,
 ) -> StateStore:
     """Open the state store named by `url`, keeping `namespace` (the app) apart from others.
 
     `timeout` bounds how long one load/save may keep retrying (Redis reconnects) or waiting for
-    a lock (SQLite) before StateStoreError is raised.
+    a lock (SQLite) before StateStoreError is raised. SQLite and Redis stores sign their
+    blobs with ``NFBUILDER_STATE_KEY``, read here from ``environ`` (default: the process's; see
+    Trust above); without it they warn.
 
     Example::
 
@@ -266,22 +281,35 @@ def open_store(
             f"use at least the ISB's ackWait (default {DEFAULT_ID_RETENTION_S:g})"
         )
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    if scheme == "sqlite":
-        from nfbuilder.runtime.state.sqlite import SqliteStore
-
-        return SqliteStore.open(url, namespace=namespace, id_window=id_window,
-                                id_retention_s=id_retention_s, timeout=timeout)
-    if scheme in ("redis", "rediss"):
-        from nfbuilder.runtime.state.redis_store import RedisStore
-
-        return RedisStore.open(url, namespace=namespace, id_window=id_window,
-                               id_retention_s=id_retention_s, timeout=timeout)
-    if scheme == "memory":
+    if scheme == "memory":  # nothing outside this process can write it: nothing to sign
         from nfbuilder.runtime.state.memory import MemoryStore
 
         return MemoryStore(namespace=namespace, id_window=id_window,
                            id_retention_s=id_retention_s)
-    raise StateStoreError(
-        f"unknown state store URL {shown!r}: use sqlite:///path.db, "
-        f"redis://[user:password@]host:port/db, rediss://... or memory://"
-    )
+    from nfbuilder.runtime.state.signing import KEY_ENV, state_key
+
+    key = state_key(os.environ if environ is None else environ)
+    store: StateStore
+    if scheme == "sqlite":
+        from nfbuilder.runtime.state.sqlite import SqliteStore
+
+        store = SqliteStore.open(url, namespace=namespace, id_window=id_window,
+                                 id_retention_s=id_retention_s, timeout=timeout, signing_key=key)
+    elif scheme in ("redis", "rediss"):
+        from nfbuilder.runtime.state.redis_store import RedisStore
+
+        store = RedisStore.open(url, namespace=namespace, id_window=id_window,
+                                id_retention_s=id_retention_s, timeout=timeout, signing_key=key)
+    else:
+        raise StateStoreError(
+            f"unknown state store URL {shown!r}: use sqlite:///path.db, "
+            f"redis://[user:password@]host:port/db, rediss://... or memory://"
+        )
+    if key is None:
+        log.warning(
+            "state store %s: %s is not set, so snapshots are trusted without a check: whoever "
+            "can write the store can run code in this process when a snapshot is loaded; set "
+            "%s (e.g. from a Kubernetes Secret) to sign them", store.url_for_display, KEY_ENV,
+            KEY_ENV,
+        )
+    return store

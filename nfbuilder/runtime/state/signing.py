@@ -1,0 +1,100 @@
+"""Signed blobs: an HMAC-SHA256 over each snapshot and recorded outputs a durable store writes.
+
+Both are pickles, and unpickling runs code, so whoever can write the store's database could run
+code in every state vertex. With ``NFBUILDER_STATE_KEY`` set (a Kubernetes Secret as env), a
+blob is stored as ``b"\\x00nfb1" + HMAC-SHA256(key, record + payload) + payload``, the record
+being (namespace, state, key, message id); a blob that is unsigned, altered, signed with another
+key or moved to another record is refused before anything unpickles it.
+
+Example::
+
+    seal = Seal(b"secret", shown="sqlite:///s.db", namespace="app")
+    blob = seal.sign(b"payload", "counts", "apple")
+    seal.check(blob, "counts", "apple")  # b'payload'
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from collections.abc import Mapping
+
+from nfbuilder.runtime.state.store import StateStoreError
+
+KEY_ENV = "NFBUILDER_STATE_KEY"
+
+__all__ = ["KEY_ENV", "PREFIX", "Seal", "StateIntegrityError", "state_key"]
+#: what a signed blob starts with: a NUL (no pickle or text starts so) and the format version
+PREFIX = b"\x00nfb1"
+_MAC_SIZE = 32  # SHA-256
+
+
+class StateIntegrityError(StateStoreError):
+    """A stored snapshot or recorded outputs failed its signature check and was not loaded."""
+
+
+def state_key(environ: Mapping[str, str] = os.environ) -> bytes | None:
+    """The signing key: ``NFBUILDER_STATE_KEY`` as UTF-8, None when unset or empty.
+
+    The only place that reads the variable. Example::
+
+        state_key({"NFBUILDER_STATE_KEY": "s3cret"})  # b's3cret'
+    """
+    raw = environ.get(KEY_ENV, "")
+    return raw.encode() if raw else None
+
+
+class Seal:
+    """Signs and checks the blobs of one store's namespace; with ``key=None`` blobs pass as
+    they are (only a signed one is refused: it needs the key it was written with)."""
+
+    __slots__ = ("_key", "_namespace", "_shown")
+
+    def __init__(self, key: bytes | None, *, shown: str, namespace: str) -> None:
+        self._key = key
+        self._shown = shown
+        self._namespace = namespace
+
+    def sign(self, blob: bytes, state_name: str, key: str, msg_id: str | None = None) -> bytes:
+        """``blob`` as stored: signed for this record (``msg_id`` for recorded outputs)."""
+        if self._key is None:
+            return bytes(blob)
+        return PREFIX + self._mac(self._key, blob, state_name, key, msg_id) + blob
+
+    def check(self, blob: bytes, state_name: str, key: str, msg_id: str | None = None) -> bytes:
+        """The payload of a stored ``blob``, or StateIntegrityError if it may not be loaded."""
+        signed = blob.startswith(PREFIX)
+        if self._key is None:
+            if signed:
+                raise self._refused(state_name, key, msg_id, (
+                    f"it is signed, but {KEY_ENV} is not set; set it to the key the store was "
+                    "written with"))
+            return blob
+        if not signed:
+            raise self._refused(state_name, key, msg_id, (
+                f"it is not signed (written without {KEY_ENV}, or by someone else); if the "
+                f"store was written before {KEY_ENV} was set, start over with an empty store "
+                "(nfbuilder run --fresh, or delete this namespace's keys)"))
+        mac, payload = blob[len(PREFIX):len(PREFIX) + _MAC_SIZE], blob[len(PREFIX) + _MAC_SIZE:]
+        if not hmac.compare_digest(mac, self._mac(self._key, payload, state_name, key, msg_id)):
+            raise self._refused(state_name, key, msg_id, (
+                f"its signature does not match: {KEY_ENV} changed since it was written, or the "
+                "bytes were altered or copied from another record; restore the key it was "
+                "written with, or start over with an empty store (nfbuilder run --fresh, or "
+                "delete this namespace's keys)"))
+        return payload
+
+    def _mac(self, secret: bytes, payload: bytes, state_name: str, key: str,
+             msg_id: str | None) -> bytes:
+        # JSON makes the record unambiguous (no field can run into the next) and has no "\n"
+        record = json.dumps([self._namespace, state_name, key, msg_id]).encode()
+        return hmac.digest(secret, PREFIX + record + b"\n" + payload, "sha256")
+
+    def _refused(self, state_name: str, key: str, msg_id: str | None,
+                 why: str) -> StateIntegrityError:
+        what = "snapshot" if msg_id is None else f"recorded outputs of message {msg_id!r}"
+        return StateIntegrityError(
+            f"state store {self._shown}: refusing to load the {what} of state {state_name!r} "
+            f"key {key!r}: {why}"
+        )
