@@ -118,7 +118,8 @@ def test_parser_oversize_header_keeps_earlier_frames() -> None:
     assert str(info.value) == (
         "payload_length returned 4294967295 for header ffffffff (hex), outside the allowed "
         "0..16777216 bytes (max_frame); the stream is not framed as the decoder expects, or "
-        "max_frame is too small for this application"
+        "this application's frames are larger than max_frame: raise it with the environment "
+        "variable NFBUILDER_MAX_FRAME (bytes)"
     )
     assert info.value.frames == (b"ok1", b"ok2")
     # The stream position is lost: the parser refuses anything more.

@@ -14,11 +14,29 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 
-__all__ = ["DEFAULT_MAX_FRAME", "FrameParser", "FramingError"]
+__all__ = [
+    "DEFAULT_MAX_BUFFERED_BYTES",
+    "DEFAULT_MAX_FRAME",
+    "DEFAULT_MAX_PARTIAL_BYTES",
+    "FrameParser",
+    "FramingError",
+]
 
 #: Largest payload accepted by default (16 MiB): a bound on memory per connection, so one
-#: corrupt or hostile length header cannot make the source allocate gigabytes.
+#: corrupt or hostile length header cannot make the source allocate gigabytes. Deployments set
+#: it with ``NFBUILDER_MAX_FRAME`` (read by :class:`~nfbuilder.runtime.settings.Settings`).
 DEFAULT_MAX_FRAME = 16 * 2**20
+
+# The TCP source's byte bounds live here, next to DEFAULT_MAX_FRAME, so that Settings can name
+# the defaults without importing the asyncio listener.
+
+#: Default bound on the payload bytes of the frames a TCP source holds, complete but not yet
+#: acked (``NFBUILDER_SOURCE_BUFFER_BYTES``).
+DEFAULT_MAX_BUFFERED_BYTES = 64 * 2**20
+
+#: Default bound on the bytes of partially received frames over all of a TCP source's
+#: connections (``NFBUILDER_SOURCE_PARTIAL_BYTES``).
+DEFAULT_MAX_PARTIAL_BYTES = 64 * 2**20
 
 # Wallaroo accepts header lengths 1..8 (anything else fell back to 4 with a printed error).
 _MIN_HEADER, _MAX_HEADER = 1, 8
@@ -169,6 +187,7 @@ class FrameParser:
             raise FramingError(
                 f"payload_length returned {size} for header {header.hex()} (hex), outside the "
                 f"allowed 0..{self._max_frame} bytes (max_frame); the stream is not framed as "
-                f"the decoder expects, or max_frame is too small for this application"
+                "the decoder expects, or this application's frames are larger than max_frame: "
+                "raise it with the environment variable NFBUILDER_MAX_FRAME (bytes)"
             )
         return size

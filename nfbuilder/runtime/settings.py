@@ -13,6 +13,12 @@ from collections.abc import Mapping
 
 import attrs
 
+from nfbuilder.runtime.framing import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_PARTIAL_BYTES,
+)
+
 DEFAULT_SOCKET_DIR = "/var/run/numaflow"
 DEFAULT_RUNTIME_DIR = "/var/numaflow/runtime"
 
@@ -84,6 +90,10 @@ class Settings:
     plan_digest: str | None = None  # the digest of the plan the manifest was compiled from
     id_retention_s: float = 120.0  # how long a state keeps applied message ids (>= ackWait)
     parent_pid: int | None = None  # the embedded engine that started this vertex process
+    # TCP source memory bounds, in bytes (see nfbuilder.runtime.tcpsource):
+    max_frame: int = DEFAULT_MAX_FRAME  # largest payload one frame may declare
+    source_buffer_bytes: int = DEFAULT_MAX_BUFFERED_BYTES  # complete frames held, not acked
+    source_partial_bytes: int = DEFAULT_MAX_PARTIAL_BYTES  # partial frames, all connections
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -107,4 +117,11 @@ class Settings:
             plan_digest=_str(environ, "NFBUILDER_PLAN_DIGEST"),
             id_retention_s=_float(environ, "NFBUILDER_STATE_ID_RETENTION", 120.0),
             parent_pid=_int(environ, "NFBUILDER_PARENT_PID", 0, minimum=0) or None,
+            max_frame=_int(environ, "NFBUILDER_MAX_FRAME", DEFAULT_MAX_FRAME, minimum=1),
+            source_buffer_bytes=_int(
+                environ, "NFBUILDER_SOURCE_BUFFER_BYTES", DEFAULT_MAX_BUFFERED_BYTES, minimum=1
+            ),
+            source_partial_bytes=_int(
+                environ, "NFBUILDER_SOURCE_PARTIAL_BYTES", DEFAULT_MAX_PARTIAL_BYTES, minimum=1
+            ),
         )

@@ -7,12 +7,20 @@ The pieces live in :mod:`~nfbuilder.runtime.framing` (Wallaroo framing),
     from nfbuilder.runtime.tcp import TcpFrameSource, TcpSinkWriter
 """
 
-from nfbuilder.runtime.framing import DEFAULT_MAX_FRAME, FrameParser, FramingError
+from nfbuilder.runtime.framing import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_PARTIAL_BYTES,
+    FrameParser,
+    FramingError,
+)
 from nfbuilder.runtime.tcpsink import TcpSinkWriter
 from nfbuilder.runtime.tcpsource import Frame, TcpFrameSource
 
 __all__ = [
+    "DEFAULT_MAX_BUFFERED_BYTES",
     "DEFAULT_MAX_FRAME",
+    "DEFAULT_MAX_PARTIAL_BYTES",
     "Frame",
     "FrameParser",
     "FramingError",
