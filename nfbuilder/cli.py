@@ -42,6 +42,12 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sink-retry-cap", type=float, default=2.0, metavar="SECONDS",
                    help="longest wait between a sink's retries; it retries for as long as the "
                         "receiver is away (default 2)")
+    p.add_argument("--max-frame", type=int, metavar="BYTES",
+                   help="the largest frame a TCP source accepts (default 16 MiB); a bigger one "
+                        "closes that connection")
+    p.add_argument("--dead-letter-sink", default="log", metavar="SINK",
+                   help="where dead letters go on Numaflow: log (the built-in log sink, "
+                        "default), kafka://BROKER[,BROKER]/TOPIC or tcp://HOST:PORT")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--namespace", help="Kubernetes namespace to put in metadata")
     c.add_argument("--state-store-secret", metavar="NAME[:KEY]",
                    help="take the state store URL from this Secret (key 'url' by default)")
+    c.add_argument("--state-key-secret", metavar="NAME[:KEY]",
+                   help="sign state snapshots with the key in this Secret (key 'key' by "
+                        "default), given to state vertices as NFBUILDER_STATE_KEY")
     c.add_argument("--isbsvc", metavar="NAME",
                    help="the InterStepBufferService the pipelines use (Numaflow's default: "
                         "'default')")
@@ -78,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--app", required=True)
     s.add_argument("--vertex", required=True)
     s.add_argument("--fuse", action="store_true")
+    s.add_argument("--dead-letter-sink", default="log")
+    s.add_argument("--transformer", action="store_true",
+                   help="serve the TCP source vertex's transformer (it decodes the frames)")
 
     r = sub.add_parser("run", help="run the whole application locally (embedded engine)")
     r.add_argument("app")
@@ -95,6 +107,16 @@ def _parser() -> argparse.ArgumentParser:
                         "SECONDS, newer ones flowing meanwhile, as JetStream's ackWait does")
     r.add_argument("--fresh", action="store_true",
                    help="delete the app's state in the state store before the run")
+    r.add_argument("--state-store-file", metavar="PATH",
+                   help="read the state store URL from this file (keeps a password out of ps; "
+                        "NFBUILDER_STATE_STORE in the environment does too)")
+    r.add_argument("--dead-letters", metavar="FILE",
+                   help="append dead letters here, one JSON object per line (default: "
+                        "dead-letters.jsonl in the work dir)")
+    r.add_argument("--busy-warning", type=float, default=10.0, metavar="SECONDS",
+                   help="report a step busy on one message for longer than this (default 10)")
+    r.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+                   help="how long a stopping run waits for messages in flight (default 10)")
     return parser
 
 
@@ -150,11 +172,14 @@ def _options(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
             fuse=ns.fuse,
             state_store=ns.state_store,
             state_store_secret=getattr(ns, "state_store_secret", None),
+            state_key_secret=getattr(ns, "state_key_secret", None),
             ordered=not ns.unordered,
             id_retention_s=ns.id_retention,
             sink_retry_interval=ns.sink_retry_interval,
             sink_retry_cap=ns.sink_retry_cap,
             isbsvc=getattr(ns, "isbsvc", None),
+            dead_letters=ns.dead_letter_sink,
+            max_frame=ns.max_frame,
         )
     except ValueError as exc:
         raise _UserError(f"bad option: {exc}") from None
@@ -189,14 +214,18 @@ def _serve(ns: argparse.Namespace, app_args: list[str]) -> int:
         program = build_program(loaded, ns.vertex, fuse=ns.fuse,
                                 state_store=settings.state_store, digest=settings.plan_digest,
                                 id_retention_s=settings.id_retention_s,
-                                partition=settings.replica)
+                                partition=settings.replica,
+                                dead_letters=ns.dead_letter_sink)
     except KeyError as exc:
         raise _UserError(str(exc.args[0])) from None
     except ServeError as exc:  # a built-in vertex, or a plan other than the manifest's
         raise _UserError(str(exc)) from None
     except StateStoreError as exc:  # unreachable store: say which (password masked) and stop
         raise _UserError(f"vertex {ns.vertex!r}: {exc}", code=1) from None
-    return serve_program(program, settings)
+    try:
+        return serve_program(program, settings, transformer=ns.transformer)
+    except ServeError as exc:  # --transformer for a vertex without one (checked first)
+        raise _UserError(str(exc)) from None
 
 
 def _run(ns: argparse.Namespace, app_args: list[str]) -> int:
@@ -205,9 +234,12 @@ def _run(ns: argparse.Namespace, app_args: list[str]) -> int:
 
     from nfbuilder.local.engine import Engine, EngineError, EngineOptions
 
-    if ns.redelivery_delay < 0:
-        raise _UserError(f"bad option: --redelivery-delay must be >= 0, got {ns.redelivery_delay}")
-    for name in ("until_idle", "max_messages"):
+    for name in ("redelivery_delay", "grace"):
+        if getattr(ns, name) < 0:
+            flag = "--" + name.replace("_", "-")
+            raise _UserError(f"bad option: {flag} must be >= 0, got {getattr(ns, name)}")
+    ns.state_store = _run_store_url(ns)
+    for name in ("until_idle", "max_messages", "busy_warning"):
         value = getattr(ns, name)
         if value is not None and value <= 0:
             flag = "--" + name.replace("_", "-")
@@ -215,7 +247,8 @@ def _run(ns: argparse.Namespace, app_args: list[str]) -> int:
     options = EngineOptions(
         plan=_options(ns), until_idle=ns.until_idle, max_messages=ns.max_messages,
         quiet=ns.quiet, work_dir=ns.work_dir, fresh=ns.fresh,
-        redelivery_delay=ns.redelivery_delay,
+        redelivery_delay=ns.redelivery_delay, dead_letters=ns.dead_letters,
+        busy_warning_s=ns.busy_warning, grace_s=ns.grace,
     )
     loaded = _load_app(ns.app, app_args)
     logging.basicConfig(level=logging.WARNING)
@@ -223,6 +256,33 @@ def _run(ns: argparse.Namespace, app_args: list[str]) -> int:
         return asyncio.run(Engine(loaded, options).run())
     except EngineError as exc:
         raise _UserError(str(exc), code=1) from None
+
+
+def _run_store_url(ns: argparse.Namespace) -> str | None:
+    """The store URL of ``run``: ``--state-store`` (refused with a password in it: every user
+    sees a command line in ``ps``), else ``--state-store-file``, else NFBUILDER_STATE_STORE."""
+    import os
+
+    from nfbuilder.plan.graph import STATE_STORE_ENV
+
+    if ns.state_store:
+        if "@" in ns.state_store.partition("://")[2].split("/", 1)[0]:
+            raise _UserError(
+                "--state-store has credentials in it, which every user of this machine can "
+                f"read in ps; put the URL in a file (--state-store-file PATH) or in "
+                f"{STATE_STORE_ENV}")
+        return str(ns.state_store)
+    if ns.state_store_file:
+        try:
+            with open(ns.state_store_file, encoding="utf-8") as f:
+                url = f.read().strip()
+        except OSError as exc:
+            raise _UserError(f"--state-store-file {ns.state_store_file}: {exc.strerror}") \
+                from None
+        if not url:
+            raise _UserError(f"--state-store-file {ns.state_store_file} is empty")
+        return url
+    return os.environ.get(STATE_STORE_ENV, "").strip() or None
 
 
 def _compile(ns: argparse.Namespace, app_args: list[str]) -> int:
@@ -247,6 +307,9 @@ def _compile(ns: argparse.Namespace, app_args: list[str]) -> int:
     if any(v.state_name for v in graph.vertices()) and not store:
         print("note: no --state-store given: state vertices use memory:// (not durable); "
               "use --state-store-secret NAME for a Redis URL kept in a Secret", file=sys.stderr)
+    elif any(v.state_name for v in graph.vertices()) and not graph.options.state_key_secret:
+        print("note: no --state-key-secret given: state snapshots are not signed, so whoever "
+              "can write the store can run code in the state vertices", file=sys.stderr)
     print(f"wrote {ns.output}/pipeline.yaml, {ns.output}/Dockerfile and "
           f"{sum(1 for f in files if f.startswith('entrypoints/'))} entrypoints")
     return 0

@@ -33,6 +33,47 @@ def _tuple(value: Any) -> tuple[Any, ...]:
     return tuple(tuple(v) if isinstance(v, list) else v for v in value)
 
 
+#: what a step does with a message its user code cannot handle
+DEAD_LETTER, FAIL = "dead-letter", "fail"
+
+
+@attrs.frozen
+class ErrorPolicy:
+    """What happens to a message that user code (decoder, step, encoder, serialize) cannot
+    handle: retried ``retries`` times, ``backoff_s`` apart (doubling each time), then
+    ``dead-letter``: recorded and skipped, processing goes on; or ``fail``: the vertex exits and
+    is restarted, as Numaflow itself does (the message comes back).
+
+        ErrorPolicy()                       # dead-letter after 3 retries, 50 ms, 100 ms, 200 ms
+        ErrorPolicy(FAIL)
+
+    The dsl validates what the user gives (``dsl.validate.on_error_policy``).
+    """
+
+    action: str = DEAD_LETTER
+    retries: int = 3
+    backoff_s: float = 0.05
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (0 first), capped at 2 s."""
+        return float(min(self.backoff_s * 2 ** attempt, 2.0))
+
+    @classmethod
+    def of(cls, value: Any) -> ErrorPolicy:
+        """An ``ErrorPolicy`` from what the API takes: an action name, or
+        ``(action, retries, backoff_s)`` with None for a default."""
+        if isinstance(value, str):
+            return cls(value)
+        action, retries, backoff = (tuple(value) + (None, None))[:3]
+        default = cls()
+        return cls(action, default.retries if retries is None else retries,
+                   default.backoff_s if backoff is None else backoff)
+
+
+#: the attribute a decorated step carries its own policy in (``@computation(on_error=...)``)
+ON_ERROR_ATTR = "nfbuilder_on_error"
+
+
 @attrs.frozen
 class TcpSource:
     host: str
@@ -154,6 +195,8 @@ class Step:
     name: str
     computation: Any
     state: StateSpec | None = None
+    #: this step's own error policy (None: the application's)
+    on_error: ErrorPolicy | None = None
 
     @property
     def multi(self) -> bool:
@@ -183,6 +226,8 @@ class Pipeline:
 class Application:
     name: str
     pipelines: tuple[Pipeline, ...]
+    #: the error policy of every step that has none of its own (``ab.on_error(...)``)
+    on_error: ErrorPolicy = ErrorPolicy()
 
     def states(self) -> dict[str, StateSpec]:
         """Every state name used, with its spec (shared names appear once)."""
@@ -215,8 +260,10 @@ def _sink(config: Any) -> Sink:
 def _step(action: Sequence[Any]) -> Step:
     kind, comp = action[0], action[1]
     name = comp.name()
+    own = getattr(comp, ON_ERROR_ATTR, None)
+    policy = None if own is None else ErrorPolicy.of(own)
     if kind in (TO, TO_PARALLEL):
-        return Step(kind, name, comp)
+        return Step(kind, name, comp, on_error=policy)
     builder, state_name = action[2], action[3]
     if kind == TO_STATEFUL:
         state = StateSpec(state_name, builder.state_cls)
@@ -232,7 +279,7 @@ def _step(action: Sequence[Any]) -> Step:
             state.declared()
         except ValueError as exc:
             raise TopologyError(f"step {name!r}, state {state_name!r}: declared {exc}") from None
-    return Step(kind, name, comp, state)
+    return Step(kind, name, comp, state, on_error=policy)
 
 
 def from_actions(actions: Sequence[Sequence[Any]]) -> Application:
@@ -242,6 +289,7 @@ def from_actions(actions: Sequence[Sequence[Any]]) -> Application:
     app_name = actions[0][1]
     pipelines: list[Pipeline] = []
     open_: dict[str, Any] | None = None
+    on_error = ErrorPolicy()
 
     def close(sinks: tuple[Sink, ...]) -> None:
         nonlocal open_
@@ -268,7 +316,9 @@ def from_actions(actions: Sequence[Sequence[Any]]) -> Application:
             close(tuple(_sink(c) for c in action[1]))
         elif kind == "done":
             close(())
+        elif kind == "on_error":
+            on_error = ErrorPolicy.of(action[1:])
         else:
             raise TopologyError(f"unknown action {kind!r}")
     close(())
-    return Application(app_name, tuple(pipelines))
+    return Application(app_name, tuple(pipelines), on_error)

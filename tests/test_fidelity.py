@@ -130,7 +130,7 @@ def test_serialize_returning_no_bytes_names_the_step_and_the_type() -> None:
 def test_the_same_computation_three_times_in_a_pipeline(tmp_path: Path) -> None:
     graph = plan(load_app(str(APPS / "twice.py"), ARGS).app)
     assert [v.name for v in graph.vertices()] == ["source", "double", "double-2", "double-3",
-                                                  "sink"]
+                                                  "sink", "dead-letters"]
     assert run_app(str(APPS / "twice.py"), ARGS, {0: [frame(b"1"), frame(b"5")]}) == {
         "sink": [b"8\n", b"40\n"]}
     assert on_engine(APPS / "twice.py", [frame(b"1"), frame(b"5")], tmp_path) == b"8\n40\n"

@@ -7,14 +7,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import wallaroo_objects as w
 
 import nfbuilder
+import nfbuilder as wallaroo
 from nfbuilder import ApplicationBuilder
 from nfbuilder.loader import load_app
 from nfbuilder.plan import (
     BlackholeVertex,
+    GenSourceVertex,
     KafkaEncoderVertex,
     KafkaSinkVertex,
     KafkaSourceVertex,
@@ -29,7 +32,7 @@ from nfbuilder.plan import (
     VertexGraph,
     plan,
 )
-from nfbuilder.topology import from_actions
+from nfbuilder.topology import ErrorPolicy, from_actions
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the example apps live in the repository, not in the package
@@ -39,13 +42,19 @@ from apps import goldens  # noqa: E402 - importable only after ROOT is on sys.pa
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
+# These tests are about the shape of the topology: they plan with the ``fail`` error policy, so
+# no dead-letter sink and edges are added (tests/test_dead_letters.py plans those).
+FAIL = ErrorPolicy("fail")
+
+
 def plan_of(ab: ApplicationBuilder, **options: Any) -> VertexGraph:
-    return plan(from_actions(ab.build()), PlanOptions(**options))
+    app = attrs.evolve(from_actions(ab.build()), on_error=FAIL)
+    return plan(app, PlanOptions(**options))
 
 
 def plan_app(name: str, **options: Any) -> VertexGraph:
     loaded = load_app(str(goldens.app_path(name)), goldens.ARGS[name])
-    return plan(loaded.app, PlanOptions(**options))
+    return plan(attrs.evolve(loaded.app, on_error=FAIL), PlanOptions(**options))
 
 
 def only_doc(graph: VertexGraph) -> PipelineDoc:
@@ -178,16 +187,35 @@ def test_to_sinks_encodes_once_per_sink_with_a_tag_per_sink() -> None:
         ("sink", ("sink",)), ("sink-2", ("sink-2",)), ("sink-3", ("sink-3",))]
 
 
-def test_a_tcp_source_feeding_several_sinks_leaves_the_encoding_to_them() -> None:
-    # a udsource cannot tag its messages: each sink vertex (or a Kafka encoder vertex) encodes
+def test_a_tcp_source_feeding_several_sinks_encodes_and_tags_in_its_transformer() -> None:
+    # the TCP source's transformer can tag: the source vertex encodes once per sink
     doc = only_doc(plan_of(one_pipeline().to_sinks([w.tcp_sink("7002"), w.kafka_sink()])))
     assert [(v.name, type(v)) for v in doc.vertices] == [
-        ("source", TcpSourceVertex), ("sink", TcpSinkVertex), ("encode-2", KafkaEncoderVertex),
+        ("source", TcpSourceVertex), ("sink", TcpSinkVertex), ("sink-2", KafkaSinkVertex)]
+    assert len(doc.vertex("source").works[0].sinks) == 2
+    assert [e.tags for e in doc.edges] == [("sink",), ("sink-2",)]
+
+
+def test_a_generator_source_feeding_several_sinks_leaves_the_encoding_to_them() -> None:
+    # a udsource without a transformer cannot tag its messages: each sink vertex (or a Kafka
+    # encoder vertex) encodes
+    ab = ApplicationBuilder("App").new_pipeline("p", wallaroo.GenSourceConfig(Counting()))
+    doc = only_doc(plan_of(ab.to_sinks([w.tcp_sink("7002"), w.kafka_sink()])))
+    assert [(v.name, type(v)) for v in doc.vertices] == [
+        ("source", GenSourceVertex), ("sink", TcpSinkVertex), ("encode-2", KafkaEncoderVertex),
         ("sink-2", KafkaSinkVertex)]
     assert not doc.vertex("source").works[0].sinks
     assert doc.vertex("sink").works[0].sinks and not doc.vertex("sink").works[0].encoded
     assert doc.vertex("encode-2").works[0].sinks and doc.vertex("sink-2").works[0].encoded
     assert all(e.tags == () for e in doc.edges)  # broadcast
+
+
+class Counting:
+    def initial_value(self) -> int:
+        return 1
+
+    def apply(self, previous: int) -> int | None:
+        return previous + 1 if previous < 3 else None
 
 
 def test_done_pipeline_without_sink_gets_a_blackhole_when_needed() -> None:

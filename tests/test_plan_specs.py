@@ -17,7 +17,7 @@ from engine_harness import free_port, wait_idle
 from nfbuilder.cli import main
 from nfbuilder.loader import load_app
 from nfbuilder.local.engine import Engine, EngineOptions
-from nfbuilder.local.flow import Flow, Msg, SourceState, Token
+from nfbuilder.local.flow import Flow, Msg, SourceState, Tally, Token
 from nfbuilder.local.process import NotConnected, Replica, ReplicaSpec
 from nfbuilder.local.tcptools import TcpReceiver, send_frames
 from nfbuilder.plan import (
@@ -103,6 +103,7 @@ def test_pipelines_whose_names_slug_alike_get_distinct_tags(tmp_path: Path) -> N
     state = doc.vertex("seen")
     assert [w.tag for w in state.works] == ["orders-eu", "orders-eu-2"]
     assert sorted((e.src, e.dst, e.tags) for e in doc.edges if e.src == "seen") == [
+        ("seen", "dead-letters", ("nfbuilder-dead-letter",)),
         ("seen", "orders-eu-sink", ("orders-eu",)),
         ("seen", "orders-eu-sink-2", ("orders-eu-2",))]
 
@@ -233,7 +234,8 @@ def test_an_app_edited_after_compile_fails_at_serve_startup(tmp_path: Path) -> N
     assert proc.returncode == 2, proc.stderr
     # the renamed step is another vertex: the manifest's one is gone
     assert proc.stderr.strip() == (
-        "nfbuilder serve: no vertex named 'reverse'; the plan has: source, reversed, sink")
+        "nfbuilder serve: no vertex named 'reverse'; the plan has: source, reversed, sink, "
+        "dead-letters")
     # same vertex name, other arguments: the digest catches it
     app.write_text((ROOT / "apps" / "reverse.py").read_text())
     cmd[cmd.index("127.0.0.1:7010")] = "127.0.0.1:7999"
@@ -273,7 +275,8 @@ def test_serve_unknown_vertex_is_one_line(capsys: pytest.CaptureFixture[str]) ->
                  "--in", "127.0.0.1:7010", "--out", "127.0.0.1:7002"])
     assert code == 2
     assert capsys.readouterr().err.strip() == (
-        "nfbuilder serve: no vertex named 'nope'; the plan has: source, reverse, sink")
+        "nfbuilder serve: no vertex named 'nope'; the plan has: source, reverse, sink, "
+        "dead-letters")
 
 
 # ------------------------------------------------------------ not connected vs a real bug
@@ -291,7 +294,7 @@ def _flow(failures: list[BaseException]) -> Flow:
 def test_a_replica_without_client_is_a_failure_to_restart(tmp_path: Path) -> None:
     failures: list[BaseException] = []
     rep = _replica(tmp_path)
-    src = SourceState(rep)
+    src = SourceState(rep, Tally("p"))
     msg = Msg("m-0", b"x", (), 0, None, Token(src, (b"0", 0)))
     assert asyncio.run(_flow(failures)._call_map(rep, msg)) is None
     assert len(failures) == 1 and isinstance(failures[0], NotConnected)
@@ -307,7 +310,7 @@ def test_an_attribute_error_in_a_client_is_a_bug_not_a_restart(tmp_path: Path) -
     failures: list[BaseException] = []
     rep = _replica(tmp_path)
     rep.client = Broken()
-    msg = Msg("m-0", b"x", (), 0, None, Token(SourceState(rep), (b"0", 0)))
+    msg = Msg("m-0", b"x", (), 0, None, Token(SourceState(rep, Tally("p")), (b"0", 0)))
     with pytest.raises(AttributeError):
         asyncio.run(_flow(failures)._call_map(rep, msg))
     assert failures == [] and not rep.redeliver
@@ -328,13 +331,14 @@ def test_a_stopping_run_nacks_what_it_cancelled_and_acks_what_is_done(tmp_path: 
 
     rep = _replica(tmp_path)
     rep.client = client = Recording()
-    src = SourceState(rep)
+    src = SourceState(rep, Tally("p"))
     flow = _flow([])
     flow.sources.append(src)
     done, cancelled = Token(src, (b"1", 0)), Token(src, (b"2", 0))
     done.add(-1)  # its only message reached a sink
     assert cancelled.count == 1
     asyncio.run(flow.ack_leftovers())
+    assert src.tally.lost == 1  # counted in the run's summary
     assert (client.acked, client.nacked) == ([(b"1", 0)], [(b"2", 0)])
     assert src.open == {} and src.done == []
 

@@ -81,6 +81,7 @@ BOOM_APP = textwrap.dedent('''
         ab.new_pipeline("p", wallaroo.TCPSourceConfig(ih, ip, decode))
         ab.to(explode)
         ab.to_sink(wallaroo.TCPSinkConfig(oh, op, encode))
+        ab.on_error("fail")  # Numaflow's own behaviour: the vertex exits, restarted
         return ab.build()
 
     @wallaroo.decoder(header_length=4, length_fmt=">I")
@@ -99,7 +100,8 @@ BOOM_APP = textwrap.dedent('''
 ''')
 
 
-def test_user_code_error_is_reported_with_step_function_and_traceback(tmp_path: Path) -> None:
+def test_user_code_error_under_fail_is_reported_with_step_function_and_traceback(
+        tmp_path: Path) -> None:
     app = tmp_path / "boom.py"
     app.write_text(BOOM_APP)
 
@@ -122,9 +124,11 @@ def test_user_code_error_is_reported_with_step_function_and_traceback(tmp_path: 
 
 def test_unreachable_state_store_is_a_clear_error_with_the_password_masked(tmp_path: Path) -> None:
     async def go() -> tuple[int, str]:
+        url = tmp_path / "store-url"  # not on the command line: ps shows it to every user
+        url.write_text("redis://app:s3cret@127.0.0.1:1/0\n")
         proc = await start_run(os.path.join(ROOT, "apps", "alphabet.py"),
                                ["--in", f"127.0.0.1:{free_port()}", "--out", "127.0.0.1:9"],
-                               "--state-store", "redis://app:s3cret@127.0.0.1:1/0", cwd=tmp_path)
+                               "--state-store-file", str(url), cwd=tmp_path)
         _, err = await asyncio.wait_for(proc.communicate(), 120)
         return proc.returncode or 0, err.decode()
     code, err = asyncio.run(go())

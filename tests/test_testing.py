@@ -250,9 +250,21 @@ def test_undeclared_partition_key_is_dropped_counted_and_logged(caplog: Any) -> 
     assert result.outputs == {"sink": [b"1\n", b"1\n", b"2\n"]}
     assert result.unknown_keys == {"tally": 1}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("partition key 'z' is not among the declared partition_keys" in w
-               and "dropped (1 so far)" in w for w in warnings), warnings
+    assert any("1 message(s) dropped: partition key not among the declared partition_keys "
+               "(e.g. 'z'" in w for w in warnings), warnings
     assert result.state("tally", "a").n == 2
+
+
+def test_drops_for_undeclared_keys_are_logged_once_per_interval_with_a_count(
+        caplog: Any) -> None:
+    # one bad key per message must not mean one log line per message
+    app = _linear(("to_state_partition", count_and_save, Tally, "tally", first_letter, ["a"]))
+    with caplog.at_level(logging.WARNING, logger="nfbuilder.core"):
+        result = run(app, inputs={0: ["zebra"] * 500 + ["apple"]})
+    assert result.outputs == {"sink": [b"1\n"]}
+    assert result.unknown_keys == {"tally": 500}
+    lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("pipeline 'p', step 'count and save': 1 "), lines
 
 
 def test_state_lookup_error_lists_known_keys() -> None:
@@ -370,7 +382,8 @@ def pass_on(data: Any) -> Any:
 def test_serialize_catches_outputs_a_deployment_could_not_send() -> None:
     app = _linear(("to", make_unpicklable), ("to", pass_on))
     assert run_app(app, inputs={0: ["x"]}) == {"sink": [b"U\n"]}  # objects: not noticed
-    with pytest.raises(TypeError, match="cannot pickle 'Unpicklable' object"):
+    with pytest.raises(UserCodeError, match="step 'make unpicklable': an output of type "
+                       "Unpicklable cannot be pickled"):
         run_app(app, inputs={0: ["x"]}, serialize=True)
 
 

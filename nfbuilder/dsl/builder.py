@@ -95,6 +95,18 @@ class ApplicationBuilder:
         self._actions.append(("to_sinks", [_to_tuple(c) for c in sink_configs]))
         return self
 
+    def on_error(self, action: str, retries: int | None = None,
+                 backoff: float | None = None) -> ApplicationBuilder:
+        """What every step (unless its decorator says otherwise) does with a message its code
+        cannot handle: retry ``retries`` times (default 3), ``backoff`` seconds apart (default
+        0.05, doubling), then ``"dead-letter"`` (record it, go on: the default) or ``"fail"``
+        (the vertex exits and is restarted, as Numaflow does). An nfbuilder extension::
+
+            ab.on_error("dead-letter", retries=1)
+        """
+        self._actions.append(("on_error", action, retries, backoff))
+        return self
+
     def done(self) -> ApplicationBuilder:
         self._actions.append(("done",))
         return self

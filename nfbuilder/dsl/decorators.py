@@ -104,8 +104,14 @@ class _Wrapped:
 
 
 class _Named(_Wrapped):
-    def __init__(self, func: Callable[..., Any], name: str) -> None:
+    def __init__(self, func: Callable[..., Any], name: str, on_error: Any = None) -> None:
         super().__init__(func)
+        if on_error is not None:
+            from nfbuilder.dsl.validate import on_error_policy  # validate imports this module
+
+            # checked now, so a bad policy is an error where the step is declared; topology
+            # reads the attribute (its name: topology.ON_ERROR_ATTR)
+            self.nfbuilder_on_error = on_error_policy(f"{_describe(func)}: on_error", on_error)
         if not isinstance(name, str) or not name:
             raise WallarooParameterError(
                 f"A computation needs a non-empty string name, got {name!r} for {_describe(func)}."
@@ -222,24 +228,40 @@ def _own_class(base: type[W], func: Callable[..., Any]) -> type[W]:
     return cls
 
 
-def computation(name: str) -> Callable[[Callable[..., Any]], Computation]:
-    """``@computation(name="double")`` — a stateless one-in/one-out step."""
-    return lambda func: _own_class(Computation, func)(func, name)
+def computation(
+    name: str, *, on_error: Any = None
+) -> Callable[[Callable[..., Any]], Computation]:
+    """``@computation(name="double")`` — a stateless one-in/one-out step.
+
+    ``on_error``: this step's own error policy (see ``ApplicationBuilder.on_error``)."""
+    return lambda func: _own_class(Computation, func)(func, name, on_error)
 
 
-def computation_multi(name: str) -> Callable[[Callable[..., Any]], ComputationMulti]:
-    """``@computation_multi(name="split")`` — a stateless step returning a list."""
-    return lambda func: _own_class(ComputationMulti, func)(func, name)
+def computation_multi(
+    name: str, *, on_error: Any = None
+) -> Callable[[Callable[..., Any]], ComputationMulti]:
+    """``@computation_multi(name="split")`` — a stateless step returning a list.
+
+    ``on_error``: this step's own error policy (see ``ApplicationBuilder.on_error``)."""
+    return lambda func: _own_class(ComputationMulti, func)(func, name, on_error)
 
 
-def state_computation(name: str) -> Callable[[Callable[..., Any]], StateComputation]:
-    """``@state_computation(name="add votes")`` — ``f(data, state) -> (out, save)``."""
-    return lambda func: _own_class(StateComputation, func)(func, name)
+def state_computation(
+    name: str, *, on_error: Any = None
+) -> Callable[[Callable[..., Any]], StateComputation]:
+    """``@state_computation(name="add votes")`` — ``f(data, state) -> (out, save)``.
+
+    ``on_error``: this step's own error policy (see ``ApplicationBuilder.on_error``)."""
+    return lambda func: _own_class(StateComputation, func)(func, name, on_error)
 
 
-def state_computation_multi(name: str) -> Callable[[Callable[..., Any]], StateComputationMulti]:
-    """``@state_computation_multi(name="...")`` — ``f(data, state) -> ([outs], save)``."""
-    return lambda func: _own_class(StateComputationMulti, func)(func, name)
+def state_computation_multi(
+    name: str, *, on_error: Any = None
+) -> Callable[[Callable[..., Any]], StateComputationMulti]:
+    """``@state_computation_multi(name="...")`` — ``f(data, state) -> ([outs], save)``.
+
+    ``on_error``: this step's own error policy (see ``ApplicationBuilder.on_error``)."""
+    return lambda func: _own_class(StateComputationMulti, func)(func, name, on_error)
 
 
 def partition(func: Callable[..., Any]) -> Partition:

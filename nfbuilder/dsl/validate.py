@@ -69,6 +69,9 @@ def validate_actions(actions: Sequence[tuple[Any, ...]]) -> None:
                     "before done()."
                 )
             current = None
+        elif kind == "on_error":
+            on_error_policy("ab.on_error", action[1:])
+            continue  # not a pipeline action: ``previous`` stays what it was
         elif kind in _STEPS or kind in _SINKS:
             if current is None:
                 if previous in _SINKS:
@@ -102,6 +105,28 @@ def validate_actions(actions: Sequence[tuple[Any, ...]]) -> None:
         )
     if not has_sink:
         raise WallarooParameterError("At least one pipeline must define a sink")
+
+
+def on_error_policy(where: str, value: Any) -> tuple[str, int | None, float | None]:
+    """``value`` (an action name, or ``(action, retries, backoff_s)``) as that triple, or the
+    ``WallarooParameterError`` that says what is wrong with it."""
+    parts = (value,) if isinstance(value, str) else tuple(value) if isinstance(
+        value, (tuple, list)) else (value,)
+    action, retries, backoff = (parts + (None, None))[:3]
+    problem = None
+    if action not in ("dead-letter", "fail"):
+        problem = f"the action must be 'dead-letter' or 'fail', got {action!r}"
+    elif retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)
+                                  or retries < 0):
+        problem = f"retries must be an int >= 0, got {retries!r}"
+    elif backoff is not None and (isinstance(backoff, bool)
+                                  or not isinstance(backoff, (int, float)) or not backoff >= 0):
+        problem = f"backoff must be a number of seconds >= 0, got {backoff!r}"
+    if problem:
+        raise WallarooParameterError(
+            f"{where}: {problem}. Use \"dead-letter\" or \"fail\", or (action, retries, "
+            "backoff_seconds).")
+    return action, retries, backoff
 
 
 def _where(pipeline: _Pipeline, kind: str, comp: Any) -> str:

@@ -9,9 +9,11 @@ from typing import TypeVar
 
 from nfbuilder.plan import (
     BlackholeVertex,
+    Edge,
     GenSourceVertex,
     KafkaSinkVertex,
     KafkaSourceVertex,
+    LogSinkVertex,
     MapVertex,
     SinkVertex,
     SourceVertex,
@@ -46,6 +48,8 @@ def _label(v: Vertex) -> list[str]:
         lines.append(f"built-in kafka sink topic {v.topic}")
     elif isinstance(v, BlackholeVertex):
         lines.append("built-in blackhole sink")
+    elif isinstance(v, LogSinkVertex):
+        lines.append("built-in log sink (dead letters)")
     if isinstance(v, StateVertex):
         lines.append(f"state {v.state_name!r}, {v.partitions} partition(s)")
     elif isinstance(v, MapVertex) and v.max_replicas > 1:
@@ -62,6 +66,13 @@ def _shape(v: Vertex, shapes: tuple[T, T, T, T]) -> T:
     return shapes[2] if isinstance(v, StateVertex) else shapes[3]
 
 
+def _condition(e: Edge) -> str:
+    """An edge's tag condition as text: ``a or b``, ``not dead-letter``."""
+    if e.operator == "not":
+        return "not " + " or ".join(e.tags)
+    return f" {e.operator} ".join(e.tags)
+
+
 def _id(doc: str, name: str) -> str:
     return f"{doc}__{name}".replace("-", "_")
 
@@ -76,7 +87,7 @@ def mermaid(graph: VertexGraph) -> str:
             out.append(f'    {_id(doc.name, v.name)}{left}"{text}"{right}')
         out.append("  end")
         for e in doc.edges:
-            arrow = f"-->|{' or '.join(e.tags)}|" if e.tags else "-->"
+            arrow = f"-->|{_condition(e)}|" if e.tags else "-->"
             out.append(f"  {_id(doc.name, e.src)} {arrow} {_id(doc.name, e.dst)}")
     return "\n".join(out) + "\n"
 
@@ -92,7 +103,7 @@ def dot(graph: VertexGraph) -> str:
             out.append(f'    "{_id(doc.name, v.name)}" [shape={shape}, label="{text}"];')
         out.append("  }")
         for e in doc.edges:
-            attr = f' [label="{" or ".join(e.tags)}"]' if e.tags else ""
+            attr = f' [label="{_condition(e)}"]' if e.tags else ""
             out.append(f'  "{_id(doc.name, e.src)}" -> "{_id(doc.name, e.dst)}"{attr};')
     out.append("}")
     return "\n".join(out) + "\n"

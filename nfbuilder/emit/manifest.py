@@ -23,6 +23,7 @@ from nfbuilder.plan import (
     GenSourceVertex,
     KafkaSinkVertex,
     KafkaSourceVertex,
+    LogSinkVertex,
     MapVertex,
     PipelineDoc,
     SinkVertex,
@@ -60,7 +61,7 @@ def _pipeline(graph: VertexGraph, doc: PipelineDoc) -> dict[str, Any]:
     for e in doc.edges:
         edge: dict[str, Any] = {"from": e.src, "to": e.dst}
         if e.tags:
-            edge["conditions"] = {"tags": {"operator": "or", "values": list(e.tags)}}
+            edge["conditions"] = {"tags": {"operator": e.operator, "values": list(e.tags)}}
         edges.append(edge)
     meta = _metadata(graph, doc.name)
     meta["annotations"] = {"nfbuilder.io/application": graph.app_name,
@@ -100,6 +101,8 @@ def _vertex(graph: VertexGraph, v: Vertex) -> dict[str, Any]:
         }
     elif isinstance(v, (TcpSourceVertex, GenSourceVertex)):
         out["source"] = {"udsource": {"container": _container(graph, v.container)}}
+        if isinstance(v, TcpSourceVertex):
+            out["source"]["transformer"] = {"container": _container(graph, v.transformer)}
     elif isinstance(v, MapVertex):
         out["udf"] = {"container": _container(graph, v.container)}
         if v.ordered:
@@ -115,6 +118,8 @@ def _vertex(graph: VertexGraph, v: Vertex) -> dict[str, Any]:
                                  "setKey": v.set_key, "config": config}}
     elif isinstance(v, BlackholeVertex):
         out["sink"] = {"blackhole": {}}
+    elif isinstance(v, LogSinkVertex):
+        out["sink"] = {"log": {}}
     else:
         raise TypeError(f"vertex {v.name!r}: no manifest form for {type(v).__name__}")
     if isinstance(v, SinkVertex) and v.retry is not None:

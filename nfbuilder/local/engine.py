@@ -3,9 +3,10 @@
 Every vertex with a container runs as a real process from its manifest command (one per partition
 for ordered vertices) and is driven over real gRPC the way Numaflow's ``numa`` drives it: source
 read/ack, map streams with bounded in-flight requests, sink batches, key-hash routing into
-partitions, tag conditions, DROP. Buffers between vertices are bounded, so a slow sink pushes back
-on the sources (and TCP on the senders); a source offset is acked only once every message derived
-from it was written by a sink or dropped. A process that dies is restarted with backoff and its
+partitions, tag conditions, DROP, dead letters (written to a file). Buffers between vertices are
+bounded in messages and in bytes, so a slow sink pushes back on the sources (and TCP on the
+senders); a source offset is acked only once every message derived from it was written by a sink,
+dropped or dead-lettered. A process that dies is restarted with backoff and its
 unacknowledged messages are sent again with the same ids.
 
 This module builds and orchestrates; message movement is in :mod:`nfbuilder.local.flow`,
@@ -22,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -33,7 +36,7 @@ from typing import Any
 import attrs
 
 from nfbuilder.loader import LoadedApp
-from nfbuilder.local.flow import Flow, SourceState
+from nfbuilder.local.flow import DeadLetterFile, Flow, SourceState
 from nfbuilder.local.kafka import KafkaUnavailable
 from nfbuilder.local.kafka_flow import KafkaSources, kafka_sink_replica
 from nfbuilder.local.process import Replica, ReplicaSpec
@@ -41,18 +44,21 @@ from nfbuilder.local.status import Status
 from nfbuilder.local.supervisor import Supervisor
 from nfbuilder.plan import (
     AppRef,
+    Container,
     KafkaSinkVertex,
     KafkaSourceVertex,
     MapVertex,
     PlanOptions,
     SinkVertex,
     SourceVertex,
+    TcpSourceVertex,
     Vertex,
     VertexGraph,
     plan,
 )
 from nfbuilder.plan.graph import BIND_HOST_ENV
 from nfbuilder.plan.names import slug
+from nfbuilder.runtime.state.signing import KEY_ENV
 
 #: replicas of an autoscaled (to_parallel) vertex on the engine: more than one, so results
 #: interleave as on Numaflow, and few, for a laptop
@@ -83,6 +89,12 @@ class EngineOptions:
     redelivery_delay: float = 0.0
     read_batch: int = 500
     read_timeout_ms: int = 100
+    #: where dead letters go (default: ``dead-letters.jsonl`` in the work dir)
+    dead_letters: str | None = None
+    #: a message a step works on for longer than this many seconds is reported while it runs
+    busy_warning_s: float = 10.0
+    #: seconds a stopping run waits for the messages in flight to reach the sinks
+    grace_s: float = 10.0
 
 
 class Engine:
@@ -91,10 +103,14 @@ class Engine:
     def __init__(self, loaded: LoadedApp, options: EngineOptions = EngineOptions()) -> None:
         self.loaded = loaded
         self.options = options
+        #: a work dir of our own making is removed after a clean run
+        self._own_work_dir = options.work_dir is None
         self.work_dir = Path(options.work_dir or tempfile.mkdtemp(prefix="nfbuilder-run-"))
         # The default store lives in the work dir: a new run (new temp dir) starts empty, as
         # Wallaroo without resilience did; the same --work-dir resumes.
         self._store_url = options.plan.state_store or f"sqlite:///{self.work_dir / 'state.db'}"
+        #: what the vertex processes (and the engine's own look at the store) sign state with
+        self._key_env = self._state_key(options.plan.state_store is None)
         self.graph: VertexGraph = plan(
             loaded.app, attrs.evolve(options.plan, state_store=self._store_url),
             AppRef(loaded.module_name, loaded.args))
@@ -109,6 +125,13 @@ class Engine:
                          read_timeout_ms=options.read_timeout_ms,
                          on_failure=self.supervisor.failed)
         self.kafka = KafkaSources(self.flow)
+        self.dead_letter_path = Path(options.dead_letters or self.work_dir / "dead-letters.jsonl")
+        self.flow.dead_letters = DeadLetterFile(self.dead_letter_path)
+        #: transformer replica of each TCP source vertex (its second container)
+        self.transformers: dict[str, list[Replica]] = {}
+        self._reported_busy: set[str] = set()
+        #: why messages count as lost beyond those in flight (a source process that died)
+        self.loss_notes: list[str] = []
 
     # -- what the flow and the supervisor count, read as the engine's own ----------------------
     @property
@@ -137,10 +160,28 @@ class Engine:
         return self.supervisor.recoveries
 
     # -- set-up ------------------------------------------------------------------------------
-    def _env(self, v: Vertex) -> dict[str, str]:
-        """The vertex container's environment from its spec, plus what a local process needs."""
-        assert v.container is not None
-        secrets = [e.name for e in v.container.env if e.secret is not None]
+    def _state_key(self, default_store: bool) -> dict[str, str]:
+        """``{NFBUILDER_STATE_KEY: key}`` for the vertex processes: the environment's, else for
+        the default store a key of the work dir's own (made once, kept next to the state, so
+        the same --work-dir resumes); else none (the store warns)."""
+        if os.environ.get(KEY_ENV):
+            return {KEY_ENV: os.environ[KEY_ENV]}
+        if not default_store:
+            return {}
+        path = self.work_dir / "state.key"
+        if not path.exists():
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return {KEY_ENV: path.read_text().strip()}
+
+    def _env(self, v: Vertex, container: Container | None = None) -> dict[str, str]:
+        """The environment of the vertex's ``container`` (default: its main one) from its spec,
+        plus what a local process needs."""
+        container = container or v.container
+        assert container is not None
+        secrets = [e.name for e in container.env if e.secret is not None]
         if secrets:
             raise EngineError(f"vertex {v.name}: {', '.join(secrets)} come(s) from a Kubernetes "
                               "Secret, which the embedded engine cannot read; give the value "
@@ -148,15 +189,19 @@ class Engine:
         candidates = (self.loaded.search_dir, os.getcwd(), os.environ.get("PYTHONPATH"))
         paths = [p for p in candidates if p]
         # A local TCP source listens where the app says, not on every interface as in a pod.
-        return {**v.container.values(), BIND_HOST_ENV: "",
+        return {**container.values(), **self._key_env, BIND_HOST_ENV: "",
                 "PYTHONPATH": os.pathsep.join(paths)}
 
     def _build(self) -> None:
         for doc in self.graph.docs:
             for v in doc.vertices:
                 self.flow.edges[v.name] = list(doc.edges_from(v.name))
+            if doc.dead_letters:  # written by the engine to its dead-letter file
+                self.flow.dead_letter_vertices.add(doc.dead_letters)
             for v in doc.vertices:
                 self.vertices[v.name] = v
+                if v.name in self.flow.dead_letter_vertices:
+                    continue
                 if isinstance(v, KafkaSinkVertex):
                     self.replicas[v.name] = [kafka_sink_replica(
                         doc.name, v, self.work_dir, len(self.vertices) * 100)]
@@ -174,6 +219,16 @@ class Engine:
                             len(self.vertices) * 100 + r)
                     for r in range(count)
                 ]
+                if isinstance(v, TcpSourceVertex) and v.transformer is not None:
+                    # the source pod's second container: one per source replica
+                    env = self._env(v, v.transformer)
+                    self.transformers[v.name] = [
+                        Replica(ReplicaSpec(doc.name, v.name, "sourcetransformer", r,
+                                            v.transformer.command, in_flight=500,
+                                            role="transformer"), self.work_dir, env,
+                                len(self.vertices) * 100 + 50 + r)
+                        for r in range(count)
+                    ]
 
     def _open_state(self) -> None:
         """Say which state store the run uses and what it resumes (``fresh``: empty it first)."""
@@ -187,7 +242,8 @@ class Engine:
         from nfbuilder.runtime.state.store import StateStoreError, open_store
 
         try:
-            store = open_store(url, namespace=slug(self.loaded.app.name, "app"))
+            store = open_store(url, namespace=slug(self.loaded.app.name, "app"),
+                               environ=self._key_env)
         except StateStoreError as exc:
             raise EngineError(str(exc)) from None
         try:
@@ -228,7 +284,7 @@ class Engine:
         self._build()
         if any(v.state_name for v in self.vertices.values()):
             self._open_state()
-        all_reps = [r for reps in self.replicas.values() for r in reps]
+        all_reps = self._all_replicas()
         results = await asyncio.gather(*(r.start() for r in all_reps), return_exceptions=True)
         for rep, res in zip(all_reps, results, strict=True):
             if isinstance(res, BaseException):
@@ -246,8 +302,13 @@ class Engine:
                 if isinstance(v, KafkaSourceVertex):
                     self._spawn(self.kafka.worker(name))
                 elif isinstance(v, SourceVertex):
-                    src = SourceState(rep)
+                    transformer = self.transformers.get(name, [None])[rep.spec.replica]
+                    src = SourceState(rep, self.flow.tally(v.works[0].pipeline_name),
+                                      transformer)
                     self.flow.sources.append(src)
+                    self.flow.states.append(src)
+                    if transformer is not None:
+                        self._spawn(self.supervisor.watch(transformer))
                     self._spawn(self.flow.source_worker(src))
                 elif isinstance(v, MapVertex):
                     self._spawn(self.flow.map_worker(rep))
@@ -256,9 +317,30 @@ class Engine:
         self.status.event(f"running {self.loaded.app.name!r}: {len(all_reps)} processes, "
                           f"work dir {self.work_dir}")
 
+    def _all_replicas(self) -> list[Replica]:
+        return [r for group in (self.replicas, self.transformers) for reps in group.values()
+                for r in reps]
+
     def in_flight(self) -> int:
         """Messages queued or waiting for redelivery, over all replicas."""
         return self.flow.in_flight()
+
+    def idle(self) -> bool:
+        """Nothing in flight: every message read is done (a step busy on one is not idle)."""
+        return self.flow.open_count() == 0
+
+    def busy(self) -> list[tuple[str, str, float]]:
+        """``(replica, message id, seconds)`` of each message a replica is working on."""
+        now = time.monotonic()
+        return [(r.spec.label, msg_id, now - t0) for r in self._all_replicas()
+                for msg_id, t0 in r.busy.items()]
+
+    def _report_busy(self) -> None:
+        for label, msg_id, seconds in self.busy():
+            if seconds >= self.options.busy_warning_s and msg_id not in self._reported_busy:
+                self._reported_busy.add(msg_id)
+                self.status.event(f"warning: vertex {label} has been busy on message {msg_id} "
+                                  f"for {seconds:.0f} s", always=True)
 
     async def wait(self) -> None:
         """Until Ctrl-C/SIGTERM, idleness, the message limit or a fatal failure."""
@@ -267,18 +349,21 @@ class Engine:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 0.1)
             self.status.update(self)
+            self._report_busy()
             if opts.max_messages is not None and self.delivered >= opts.max_messages:
                 break
-            if (opts.until_idle is not None and self.entered
+            if (opts.until_idle is not None and self.entered and self.idle()
                     and time.monotonic() - self.last_move >= opts.until_idle):
                 break
 
-    async def drain(self, timeout_s: float = 10.0) -> None:
-        """Stop reading the sources, let what is in flight reach the sinks, ack it."""
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Stop reading the sources, let what is in flight reach the sinks (for up to the grace
+        period), ack it."""
         self.flow.draining = True
-        deadline = time.monotonic() + timeout_s
-        # Polled: in_flight() is derived from several queues, with no single event to wait on.
-        while self.in_flight() and time.monotonic() < deadline and not self.failure:  # noqa: ASYNC110
+        deadline = time.monotonic() + (self.options.grace_s if timeout_s is None else timeout_s)
+        # Polled: the open count is derived from several sources, with no single event.
+        while not self.idle() and time.monotonic() < deadline and not self.failure:  # noqa: ASYNC110
+            self._report_busy()
             await asyncio.sleep(0.05)
         await self.flow.ack_leftovers()
 
@@ -287,7 +372,7 @@ class Engine:
         for t in self._tasks:
             t.cancel()
         await self.kafka.close()
-        reps = [r for reps in self.replicas.values() for r in reps]
+        reps = self._all_replicas()
         for r in reps:
             r.stopping = True
         await asyncio.gather(*(r.stop() for r in reps), return_exceptions=True)
@@ -296,21 +381,83 @@ class Engine:
         """End ``wait()`` (as Ctrl-C does)."""
         self._stop.set()
 
+    def summary(self) -> list[str]:
+        """The end-of-run accounting: a line per pipeline, then what was not delivered."""
+        lines = []
+        for src in self.flow.states:  # still open (a Kafka source's: read again next run)
+            for token in src.open.values():
+                token.tally.lost += 1
+            src.open.clear()
+        for tally in self.flow.tallies.values():
+            lines.append(tally.line())
+        if any(t.lost for t in self.flow.tallies.values()):
+            where = [f"vertex {label} busy on message {msg_id} for {seconds:.0f} s"
+                     for label, msg_id, seconds in self.busy()]
+            where += [f"{reps[0].spec.vertex}: {n} queued" for reps in self.replicas.values()
+                      if (n := sum(r.queue.qsize() + len(r.redeliver) for r in reps))]
+            lines.append("not delivered when the run stopped: " + ("; ".join(where) or
+                                                                   "in flight between vertices"))
+        lines += self.loss_notes
+        if self.flow.dead_letters is not None and self.flow.dead_letters.count:
+            lines.append(f"{self.flow.dead_letters.count} dead letter(s) in "
+                         f"{self.dead_letter_path}")
+        return lines
+
+    def lost_messages(self) -> bool:
+        """Whether the run lost messages: in flight at the end, buffered by a source process that
+        died, or every message of a pipeline dropped by a rule."""
+        tallies = self.flow.tallies.values()
+        return (any(t.lost for t in tallies) or bool(self.loss_notes)
+                or any(t.entered and t.dropped and not t.delivered for t in tallies))
+
+    def _note_source_deaths(self) -> None:
+        for src in self.flow.sources:
+            rep = src.replica
+            if rep.restarts:
+                self.loss_notes.append(
+                    f"source {rep.spec.label} was restarted {rep.restarts} time(s): what it "
+                    "had received but not handed on (TCP data is acknowledged on receipt) is "
+                    "lost")
+
     async def run(self) -> int:
-        """Start, run until an end condition, drain, stop; 0 when nothing failed."""
+        """Start, run until an end condition, drain, stop. Exit status: 0 when nothing was lost,
+        1 when the run failed, 3 when messages were lost (the summary says which)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        summary: list[str] = []
         try:
             await self.start()
             await self.wait()
             if not self.failure:
                 await self.drain()
+            self._note_source_deaths()
+            summary = self.summary()  # before the stop: it names what steps are busy on
         finally:
             await self.stop_processes()
+            if self.flow.dead_letters is not None:
+                self.flow.dead_letters.close()
             self.status.update(self, final=True)
+        for line in summary:
+            self.status.event(line, always=True)
         if self.failure:
             print(f"nfbuilder run: {self.failure}", file=sys.stderr)
-            return 1
-        return 0
+            code = 1
+        elif self.lost_messages():
+            print("nfbuilder run: messages were lost (see the summary above)", file=sys.stderr)
+            code = 3
+        else:
+            code = 0
+        self._tidy(code)
+        return code
+
+    def _tidy(self, code: int) -> None:
+        """Remove a work dir of our own after a clean run, unless dead letters are in it."""
+        keeps_letters = (self.flow.dead_letters is not None and self.flow.dead_letters.count
+                         and self.work_dir in self.dead_letter_path.parents)
+        if code == 0 and self._own_work_dir and not keeps_letters:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        elif self._own_work_dir:
+            self.status.event(f"work dir kept: {self.work_dir} (logs in {self.work_dir}/logs)",
+                              always=True)

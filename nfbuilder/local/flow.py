@@ -22,24 +22,36 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
 
 from nfbuilder.local.clients import ClientError, SinkDatum
 from nfbuilder.local.process import Replica
-from nfbuilder.plan import Edge, Router, SinkVertex, Vertex, output_id, partition_of
+from nfbuilder.plan import (
+    DROP,
+    Edge,
+    Router,
+    SinkVertex,
+    Vertex,
+    drop_reason,
+    output_id,
+    partition_of,
+)
 
 log = logging.getLogger("nfbuilder.engine")
 
 
 class Token:
-    """Counts the live messages derived from one source message; acks it at zero."""
+    """Counts the live messages derived from one source message; acks it at zero. ``tally`` is
+    its pipeline's :class:`Tally`."""
 
-    __slots__ = ("count", "offset", "src")
+    __slots__ = ("count", "offset", "src", "tally")
 
     def __init__(self, src: SourceState, offset: tuple[bytes, int]) -> None:
         self.src, self.offset, self.count = src, offset, 1
+        self.tally = src.tally
         src.open[offset] = self
 
     def add(self, n: int) -> None:
@@ -65,11 +77,39 @@ class Msg:
 
 
 @attrs.define
+class Tally:
+    """What became of one pipeline's messages: source messages that ``entered``; messages
+    ``delivered`` by a sink, ``filtered`` (a step returned None), ``dropped`` by a rule
+    (an undeclared partition key: ``sample`` is one) and ``dead_lettered``. ``lost`` is
+    counted at the end: source messages not fully processed."""
+
+    pipeline: str
+    entered: int = 0
+    delivered: int = 0
+    filtered: int = 0
+    dropped: int = 0
+    dead_lettered: int = 0
+    sample: str | None = None  # "step 'x', key 'z'" of one rule drop
+    lost: int = 0
+
+    def line(self) -> str:
+        drops = f"{self.dropped} dropped by rule"
+        if self.dropped:
+            drops += f" (e.g. {self.sample})"
+        return (f"pipeline {self.pipeline!r}: {self.entered} entered, {self.delivered} "
+                f"delivered, {self.filtered} filtered, {drops}, {self.dead_lettered} "
+                f"dead-lettered, {self.lost} lost")
+
+
+@attrs.define
 class SourceState:
-    """A source replica, the offsets whose messages are all done (to ack on the next read), and
-    its watermark: the oldest event time of its latest read, never going back."""
+    """A source replica (with its transformer replica, if it has one), its pipeline's tally,
+    the offsets whose messages are all done (to ack on the next read), and its watermark: the
+    oldest event time of its latest read, never going back."""
 
     replica: Replica
+    tally: Tally
+    transformer: Replica | None = None
     done: list[tuple[bytes, int]] = attrs.Factory(list)
     watermark_ns: int = -1
     #: offsets read whose messages are not all done yet, to nack if the run stops first
@@ -107,6 +147,29 @@ class SourceResult:
         return self.record.event_time_ns  # type: ignore[no-any-return]
 
 
+class DeadLetterFile:
+    """Where the engine writes dead letters: one JSON object per line, appended as they come
+    (the file is made at the first one)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self._file: Any = None
+
+    def write(self, record: bytes) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for the run
+        self._file.write(record if record.endswith(b"\n") else record + b"\n")
+        self._file.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 def child_id(producer: str, parent: str, index: int) -> str:
     """The id of the ``index``-th result ``producer`` made of message ``parent``: the same when
     ``parent`` is processed again (the hash of its id stands for numa's input offset)."""
@@ -137,6 +200,23 @@ class Flow:
         self.last_move = time.monotonic()
         #: set by the engine's drain: sources stop reading
         self.draining = False
+        #: every source's state (``sources`` are those with a source process)
+        self.states: list[SourceState] = []
+        #: pipeline name -> its tally
+        self.tallies: dict[str, Tally] = {}
+        #: the dead-letter sink vertices (the engine writes their messages to ``dead_letters``)
+        self.dead_letter_vertices: set[str] = set()
+        self.dead_letters: DeadLetterFile | None = None
+
+    def tally(self, pipeline: str) -> Tally:
+        found = self.tallies.get(pipeline)
+        if found is None:
+            found = self.tallies[pipeline] = Tally(pipeline)
+        return found
+
+    def open_count(self) -> int:
+        """Source messages read whose messages are not all done (delivered, dropped...)."""
+        return sum(len(s.open) for s in self.states)
 
     def in_flight(self) -> int:
         """Messages queued or waiting for redelivery, over all replicas."""
@@ -160,14 +240,30 @@ class Flow:
         ``headers``."""
         outs: list[tuple[Replica, Msg]] = []
         router = self.router(vertex)
+        tally = token.tally
         if parent is not None:
             watermark_ns, headers = parent.watermark_ns, parent.headers
+        if not results:
+            tally.filtered += 1
         for i, r in enumerate(results):
-            dsts = router.destinations(r.tags)
+            tags = r.tags
+            dsts = router.destinations(tags)
             if not dsts:
+                reason = drop_reason(r.value) if DROP in tags else None
+                if reason is None:
+                    tally.filtered += 1
+                else:
+                    tally.dropped += 1
+                    tally.sample = tally.sample or f"step {reason['step']!r}, key " \
+                                                   f"{reason['key']!r}"
                 continue
             msg_id = child_id(vertex, parent_id, i)
             for dst in dsts:
+                if dst in self.dead_letter_vertices:
+                    assert self.dead_letters is not None
+                    self.dead_letters.write(r.value)
+                    tally.dead_lettered += 1
+                    continue
                 reps = self.replicas.get(dst)
                 if reps is None:  # blackhole
                     continue
@@ -179,7 +275,7 @@ class Flow:
                                             token, watermark_ns, headers)))
         token.add(len(outs) - 1)
         for rep, msg in outs:
-            await rep.queue.put(msg)
+            await rep.put(msg)
         self.last_move = time.monotonic()
 
     async def _next(self, rep: Replica) -> Msg:
@@ -190,12 +286,13 @@ class Flow:
             if rep.redeliver and rep.redelivery_due():
                 return rep.redeliver.popleft()  # type: ignore[no-any-return]
             try:
-                return await asyncio.wait_for(rep.queue.get(), 0.2)
+                return rep.took(await asyncio.wait_for(rep.queue.get(), 0.2))
             except asyncio.TimeoutError:
                 continue
 
     async def _call_map(self, rep: Replica, msg: Msg) -> Any:
         """The map results of ``msg``, or None when the replica failed (msg is redelivered)."""
+        rep.busy[msg.id] = time.monotonic()
         try:
             return await rep.connected().map(msg.id, msg.keys, msg.value, msg.event_time_ns,
                                              msg.watermark_ns, msg.headers, msg.meta)
@@ -203,6 +300,24 @@ class Flow:
             rep.redeliver.append(msg)
             self.on_failure(rep, exc)
             return None
+        finally:
+            rep.busy.pop(msg.id, None)
+
+    async def transform(self, rep: Replica, id: str, keys: Any, value: bytes,
+                        event_time_ns: int, headers: Any = None) -> Any:
+        """The transformer results of one source record, retried until the transformer answers
+        (numa retries a record until it does)."""
+        while True:
+            await rep.ready.wait()
+            rep.busy[id] = time.monotonic()
+            try:
+                return await rep.connected().transform(id, keys, value, event_time_ns,
+                                                       headers=headers)
+            except ClientError as exc:
+                self.on_failure(rep, exc)
+                await asyncio.sleep(0.05)  # a stopping replica stays "ready": do not spin
+            finally:
+                rep.busy.pop(id, None)
 
     async def map_worker(self, rep: Replica) -> None:
         """Up to ``in_flight`` requests at once (one for ordered vertices, as numa drives them);
@@ -242,7 +357,7 @@ class Flow:
                 if rep.redeliver and rep.redelivery_due():
                     batch.append(rep.redeliver.popleft())
                 elif not rep.queue.empty():
-                    batch.append(rep.queue.get_nowait())
+                    batch.append(rep.took(rep.queue.get_nowait()))
                 else:
                     break
             while batch:
@@ -260,6 +375,7 @@ class Flow:
                     if outcome[m.id][0]:
                         rep.processed += 1
                         self.delivered += 1
+                        m.token.tally.delivered += 1
                         m.token.add(-1)
                 self.last_move = time.monotonic()
                 if failed:
@@ -286,12 +402,21 @@ class Flow:
                 self.on_failure(rep, exc)
                 continue
             src.advance([r.event_time_ns for r in records])
-            for r in records:
+            transformer = src.transformer
+            if transformer is not None:  # numa sends each record through it, concurrently
+                outs = await asyncio.gather(*(
+                    self.transform(transformer, f"{base64.b64encode(r.offset).decode()}-"
+                                   f"{r.partition_id}", r.keys, r.payload, r.event_time_ns,
+                                   r.headers or None) for r in records))
+                transformer.processed += len(records)
+            for i, r in enumerate(records):
                 token = Token(src, (r.offset, r.partition_id))
                 msg_id = f"{rep.spec.vertex}-{base64.b64encode(r.offset).decode()}-0"
                 self.entered += 1
+                src.tally.entered += 1
                 rep.processed += 1
-                await self.route(rep.spec.vertex, msg_id, token, [SourceResult(r)],
+                results = outs[i] if transformer is not None else [SourceResult(r)]
+                await self.route(rep.spec.vertex, msg_id, token, results,
                                  watermark_ns=src.watermark_ns, headers=r.headers or None)
 
     async def ack_leftovers(self) -> None:
@@ -303,6 +428,8 @@ class Flow:
             if client is None:
                 continue
             done, src.done = src.done, []
+            for token in src.open.values():
+                token.tally.lost += 1
             cancelled, src.open = list(src.open), {}
             with contextlib.suppress(ClientError):
                 if done:

@@ -19,11 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
 
-from nfbuilder.local.clients import ClientError
 from nfbuilder.local.flow import Flow, SourceState, Token
-from nfbuilder.local.kafka import KafkaConsumer, KafkaRecord, KafkaSinkReplica, parse_offset
+from nfbuilder.local.kafka import KafkaConsumer, KafkaSinkReplica, parse_offset
 from nfbuilder.local.process import Replica, ReplicaSpec
 from nfbuilder.plan import KafkaSinkVertex, KafkaSourceVertex
 
@@ -47,7 +45,9 @@ class KafkaSources:
     async def open(self, v: KafkaSourceVertex, transformer: Replica) -> None:
         """Join the consumer group of source vertex ``v``; raises KafkaUnavailable."""
         consumer = await KafkaConsumer.open(v)
-        self.consumers[v.name] = (consumer, SourceState(transformer))
+        state = SourceState(transformer, self.flow.tally(v.works[0].pipeline_name))
+        self.flow.states.append(state)
+        self.consumers[v.name] = (consumer, state)
 
     async def worker(self, name: str) -> None:
         """Consume, transform (concurrently, routed in record order), commit the done prefix."""
@@ -58,25 +58,18 @@ class KafkaSources:
             _mark_done(src, consumer)
             await consumer.commit()
             records = await consumer.poll(flow.read_batch, flow.read_timeout_ms)
-            outs = await asyncio.gather(*(self._transform(rep, r) for r in records))
+            outs = await asyncio.gather(*(
+                flow.transform(rep, r.offset_id, r.keys, r.value, r.event_time_ns, r.headers)
+                for r in records))
             src.advance([r.event_time_ns for r in records])
             for r, results in zip(records, outs, strict=True):
                 flow.entered += 1
+                src.tally.entered += 1
                 rep.processed += 1
                 token = Token(src, (r.offset_bytes, r.partition))
                 await flow.route(rep.spec.vertex, f"{rep.spec.vertex}-{r.offset_id}", token,
                                  results, watermark_ns=src.watermark_ns,
                                  headers=r.headers or None)
-
-    async def _transform(self, rep: Replica, r: KafkaRecord) -> Any:
-        while True:  # numa retries a record until its transformer answers
-            await rep.ready.wait()
-            try:
-                return await rep.connected().transform(r.offset_id, r.keys, r.value,
-                                                       r.event_time_ns, headers=r.headers)
-            except ClientError as exc:
-                self.flow.on_failure(rep, exc)
-                await asyncio.sleep(0.05)  # a stopping replica stays "ready": do not spin
 
     async def close(self) -> None:
         """Commit what is done (after a drain: everything) and leave the consumer groups."""

@@ -36,6 +36,9 @@ from nfbuilder.runtime.server import UD_CONTAINER_TYPES, Kind, endpoint_for
 from nfbuilder.runtime.settings import Settings
 
 START_DEADLINE_S = 60.0
+#: the bounds of each replica's input queue: messages, and bytes of their values
+QUEUE_MESSAGES = 1000
+QUEUE_BYTES = 16 * 2**20
 
 
 @attrs.frozen
@@ -48,10 +51,12 @@ class ReplicaSpec:
     ordered: bool = False
     in_flight: int = 500
     indexed: bool = False  # one of several replicas: its label shows which
+    role: str = ""  # "transformer": the vertex's second container (a TCP source's decoder)
 
     @property
     def label(self) -> str:
-        return f"{self.vertex}[{self.replica}]" if self.indexed else self.vertex
+        name = f"{self.vertex}/{self.role}" if self.role else self.vertex
+        return f"{name}[{self.replica}]" if self.indexed else name
 
 
 class Replica:
@@ -61,15 +66,23 @@ class Replica:
         self.spec = spec
         # Short socket directories: a Unix socket path must fit in 107 bytes.
         self.dir = work_dir / "s" / str(index)
-        self.log_path = work_dir / "logs" / f"{spec.vertex}-{spec.replica}.log"
+        role = f"-{spec.role}" if spec.role else ""
+        self.log_path = work_dir / "logs" / f"{spec.vertex}{role}-{spec.replica}.log"
         self.env = env
         self.proc: asyncio.subprocess.Process | None = None
         self.channel: Any = None
         self.client: Any = None
         self.ready = asyncio.Event()
-        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
+        #: the messages waiting for this replica: at most QUEUE_MESSAGES of them, and
+        #: writers wait while they hold QUEUE_BYTES or more (see ``put``)
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_MESSAGES)
+        self.queued_bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
         self.redeliver: deque[Any] = deque()
         self.redeliver_at = 0.0  # time.monotonic() from which the redeliveries are sent
+        #: message id -> time.monotonic() it was sent, while the replica works on it
+        self.busy: dict[str, float] = {}
         self.restarts = 0
         self.processed = 0
         self.streak = 0  # consecutive failures without a processed message in between
@@ -147,6 +160,22 @@ class Replica:
             self.client = await SourceClient.open(self.channel,
                                                   supports_nack=server_info.supports_nack)
         self.ready.set()
+
+    async def put(self, msg: Any) -> None:
+        """Queue ``msg`` (its ``value`` is counted), waiting while the queue is full by count or
+        by bytes; a message bigger than the whole bound still goes, into an empty queue."""
+        while self.queued_bytes >= QUEUE_BYTES and not self.queue.empty():
+            self._room.clear()
+            await self._room.wait()
+        self.queued_bytes += len(msg.value)
+        await self.queue.put(msg)
+
+    def took(self, msg: Any) -> Any:
+        """``msg`` left the queue: its bytes no longer count. Returns it."""
+        self.queued_bytes -= len(msg.value)
+        if self.queued_bytes < QUEUE_BYTES:
+            self._room.set()
+        return msg
 
     def redelivery_due(self) -> bool:
         return time.monotonic() >= self.redeliver_at

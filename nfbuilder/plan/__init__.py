@@ -12,6 +12,7 @@ from nfbuilder.plan.graph import (
     KafkaEncoderVertex,
     KafkaSinkVertex,
     KafkaSourceVertex,
+    LogSinkVertex,
     MapVertex,
     PipelineDoc,
     PlanOptions,
@@ -26,9 +27,10 @@ from nfbuilder.plan.graph import (
     Work,
 )
 from nfbuilder.plan.planner import plan, serve_command
-from nfbuilder.plan.routing import DROP, Router, output_id, partition_of
+from nfbuilder.plan.routing import DEAD_LETTER, DROP, Router, drop_reason, output_id, partition_of
 
 __all__ = [
+    "DEAD_LETTER",
     "DROP",
     "META_GROUP",
     "META_PIPELINE",
@@ -41,6 +43,7 @@ __all__ = [
     "KafkaEncoderVertex",
     "KafkaSinkVertex",
     "KafkaSourceVertex",
+    "LogSinkVertex",
     "MapVertex",
     "PipelineDoc",
     "PlanOptions",
@@ -54,6 +57,7 @@ __all__ = [
     "Vertex",
     "VertexGraph",
     "Work",
+    "drop_reason",
     "output_id",
     "partition_of",
     "plan",

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from nfbuilder.topology import Sink, StateSpec, Step, TcpSink
+from nfbuilder.topology import ErrorPolicy, Sink, StateSpec, Step, TcpSink
 
 #: user-metadata group and key that carry a message's pipeline index between vertices
 META_GROUP, META_PIPELINE = "nfbuilder", "pipeline"
@@ -29,6 +29,8 @@ DIGEST_ENV = "NFBUILDER_PLAN_DIGEST"
 STATE_STORE_ENV = "NFBUILDER_STATE_STORE"
 ID_RETENTION_ENV = "NFBUILDER_STATE_ID_RETENTION"
 BIND_HOST_ENV = "NFBUILDER_TCP_BIND_HOST"
+MAX_FRAME_ENV = "NFBUILDER_MAX_FRAME"
+STATE_KEY_ENV = "NFBUILDER_STATE_KEY"
 
 
 @attrs.frozen
@@ -53,6 +55,8 @@ class PlanOptions:
     fuse: bool = False
     state_store: str | None = None
     state_store_secret: str | None = None  # "secret-name:key" holding the store URL
+    #: "secret-name:key" holding the key state snapshots are signed with (NFBUILDER_STATE_KEY)
+    state_key_secret: str | None = None
     #: sink retries: first interval and cap of the exponential backoff (factor 2), in seconds
     sink_retry_interval: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))
     sink_retry_cap: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
@@ -62,8 +66,15 @@ class PlanOptions:
     ordered: bool = True
     #: how long state vertices keep applied message ids (see runtime.state.store)
     id_retention_s: float = attrs.field(default=120.0, validator=attrs.validators.ge(0))
+    #: where dead letters go on Numaflow: ``log`` (the built-in log sink), ``kafka://BROKER[,
+    #: BROKER]/TOPIC`` or ``tcp://HOST:PORT`` (the engine writes them to a file instead)
+    dead_letters: str = "log"
+    #: the largest frame a TCP source accepts, in bytes (None: the runtime's default, 16 MiB)
+    max_frame: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
 
     def __attrs_post_init__(self) -> None:
+        dead_letter_target(self.dead_letters)  # raises ValueError for a bad one
         if self.sink_retry_cap < self.sink_retry_interval:
             raise ValueError(f"the sink retry cap ({self.sink_retry_cap:g} s) is below its "
                              f"first interval ({self.sink_retry_interval:g} s)")
@@ -115,6 +126,17 @@ class Work:
     key_by: Step | None = None
     tag: str | None = None
     emit: bool = True
+    #: the error policy of the decoder, the encoders and every step without its own
+    on_error: ErrorPolicy = ErrorPolicy()
+
+    def policy(self, step: str | None) -> ErrorPolicy:
+        """The error policy of ``step`` (None: the decoder or an encoder)."""
+        for s in self.steps:
+            if s.name == step and s.on_error is not None:
+                return s.on_error
+        if self.key_by is not None and self.key_by.name == step and self.key_by.on_error:
+            return self.key_by.on_error
+        return self.on_error
 
     @property
     def decode(self) -> bool:
@@ -180,8 +202,10 @@ class SourceVertex(Vertex):
 
 @attrs.frozen(kw_only=True)
 class TcpSourceVertex(SourceVertex):
-    """``source.udsource``: our container listens on ``host:port`` and decodes frames; a
-    ``Service`` named ``service`` exposes the port in the cluster."""
+    """``source.udsource``: our container listens on ``host:port`` and serves the frames;
+    a second container of ours, the source's ``transformer``, decodes them (and runs fused
+    steps), so it can tag dead letters as a source cannot. A ``Service`` named ``service``
+    exposes the port in the cluster."""
 
     grpc_service: ClassVar[str | None] = "source"
     manifest_kind: ClassVar[str] = "source/udsource"
@@ -189,6 +213,7 @@ class TcpSourceVertex(SourceVertex):
     host: str
     port: int
     service: str = attrs.field(metadata=DEPLOY)
+    transformer: Container | None = attrs.field(default=None, metadata=DEPLOY)
 
 
 @attrs.frozen(kw_only=True)
@@ -306,6 +331,14 @@ class KafkaSinkVertex(SinkVertex):
 
 
 @attrs.frozen(kw_only=True)
+class LogSinkVertex(SinkVertex):
+    """Numaflow's built-in ``sink.log``: each message goes to the vertex's log (where dead
+    letters go by default)."""
+
+    manifest_kind: ClassVar[str] = "sink/log"
+
+
+@attrs.frozen(kw_only=True)
 class BlackholeVertex(SinkVertex):
     """Numaflow's built-in ``sink.blackhole``: where a ``done()`` pipeline ends."""
 
@@ -314,9 +347,13 @@ class BlackholeVertex(SinkVertex):
 
 @attrs.frozen
 class Edge:
+    """``src -> dst``, for the outputs whose tags meet the condition: ``operator`` (numa's
+    ``or``, ``and`` or ``not``) over ``tags``; no tags: every output."""
+
     src: str
     dst: str
-    tags: tuple[str, ...] = ()  # empty: unconditional
+    tags: tuple[str, ...] = ()
+    operator: str = "or"
 
 
 @attrs.frozen
@@ -327,6 +364,8 @@ class PipelineDoc:
     vertices: tuple[Vertex, ...]
     edges: tuple[Edge, ...]
     pipelines: tuple[int, ...]
+    #: the sink vertex the dead letters of this document go to (None: no step dead-letters)
+    dead_letters: str | None = None
 
     def vertex(self, name: str) -> Vertex:
         for vertex in self.vertices:
@@ -367,6 +406,30 @@ class VertexGraph:
         """One line per vertex: what it is and what it runs."""
         return [f"{doc.name}/{v.name}: {describe_vertex(v)}" for doc in self.docs
                 for v in doc.vertices]
+
+
+def dead_letter_target(spec: str) -> tuple[str, tuple[str, ...], str]:
+    """``(kind, addresses, topic)`` of a dead-letter sink option: ``("log", (), "")``,
+    ``("kafka", ("b1:9092", ...), "topic")``, ``("tcp", ("host:port",), "")``; raises ValueError
+    for anything else."""
+    text = spec.strip()
+    if text == "log":
+        return "log", (), ""
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme == "kafka":
+        brokers, _, topic = rest.partition("/")
+        found = tuple(b for b in brokers.split(",") if b)
+        if found and topic and all(_host_port(b) for b in found):
+            return "kafka", found, topic
+    if sep and scheme == "tcp" and _host_port(rest):
+        return "tcp", (rest,), ""
+    raise ValueError(f"dead-letter sink {spec!r}: use log, kafka://BROKER[,BROKER]/TOPIC or "
+                     "tcp://HOST:PORT")
+
+
+def _host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def sink_address(sink: Sink) -> str:

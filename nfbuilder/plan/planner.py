@@ -25,6 +25,8 @@ from nfbuilder.plan.graph import (
     BIND_HOST_ENV,
     DIGEST_ENV,
     ID_RETENTION_ENV,
+    MAX_FRAME_ENV,
+    STATE_KEY_ENV,
     STATE_STORE_ENV,
     AppRef,
     BlackholeVertex,
@@ -35,20 +37,26 @@ from nfbuilder.plan.graph import (
     KafkaEncoderVertex,
     KafkaSinkVertex,
     KafkaSourceVertex,
+    LogSinkVertex,
     MapVertex,
     PipelineDoc,
     PlanOptions,
     Retry,
+    SourceVertex,
     StateVertex,
     TcpSinkVertex,
     TcpSourceVertex,
     Vertex,
     VertexGraph,
     Work,
+    dead_letter_target,
 )
 from nfbuilder.plan.names import MAX_PIPELINE_NAME, MAX_TAG, NameBook, shorten, slug
+from nfbuilder.plan.routing import DEAD_LETTER
+from nfbuilder.topology import DEAD_LETTER as DEAD_LETTER_ACTION
 from nfbuilder.topology import (
     Application,
+    ErrorPolicy,
     GenSource,
     KafkaSink,
     KafkaSource,
@@ -59,11 +67,18 @@ from nfbuilder.topology import (
 
 DEFAULT_RETENTION_S = attrs.fields(PlanOptions).id_retention_s.default
 
-def serve_command(ref: AppRef, vertex: str, fuse: bool = False) -> tuple[str, ...]:
-    """The container command of a vertex (what ``nfbuilder run`` starts locally, too)."""
+def serve_command(ref: AppRef, vertex: str, fuse: bool = False, *,
+                  dead_letters: str = "log", transformer: bool = False) -> tuple[str, ...]:
+    """The container command of a vertex (what ``nfbuilder run`` starts locally, too): the plan
+    options that change the vertices (``fuse``, ``dead_letters``), so the container plans the
+    app as ``compile`` did; ``transformer``: the TCP source's transformer container."""
     cmd = ["python", "-m", "nfbuilder", "serve", "--app", ref.module, "--vertex", vertex]
     if fuse:
         cmd.append("--fuse")
+    if dead_letters != "log":
+        cmd += ["--dead-letter-sink", dead_letters]
+    if transformer:
+        cmd.append("--transformer")
     return (*cmd, "--", *ref.args)
 
 
@@ -92,7 +107,9 @@ def plan(
     names = NameBook(max(doc_names, key=len))
     multi = len(app.pipelines) > 1
     docs = [
-        _plan_doc([app.pipelines[i] for i in group], name, options, names, multi)
+        _with_dead_letters(
+            _plan_doc([app.pipelines[i] for i in group], name, options, names, multi,
+                      app.on_error), options, names)
         for group, name in zip(groups, doc_names, strict=True)
     ]
     digest = plan_digest(app.name, options.fuse, docs)
@@ -150,6 +167,7 @@ def _plan_doc(
     options: PlanOptions,
     names: NameBook,
     multi: bool,
+    on_error: ErrorPolicy,
 ) -> PipelineDoc:
     nodes: dict[str, _Node] = {}
     state_nodes: dict[str, str] = {}
@@ -163,7 +181,7 @@ def _plan_doc(
 
     def work(p: Pipeline, run: tuple[int, ...] = (), **more: Any) -> Work:
         return Work(pipeline=p.index, pipeline_name=p.name,
-                    steps=tuple(p.steps[i] for i in run), **more)
+                    steps=tuple(p.steps[i] for i in run), on_error=on_error, **more)
 
     for p in pipelines:
         prefix = slug(p.name, "p") if multi else ""
@@ -200,10 +218,10 @@ def _plan_doc(
         chains[p.index] = chain
         sink_names[p.index] = []
         # The vertex of the last step runs the encoders (Wallaroo's placement; one hop without a
-        # (de)serialization). Not a udsource feeding several sinks: a udsource cannot tag its
-        # messages, so there each sink vertex encodes (a Kafka sink with an encoder vertex).
-        at_last = not (nodes[chain[-1]].cls in (TcpSourceVertex, GenSourceVertex)
-                       and len(p.sinks) > 1)
+        # (de)serialization). Not a generator source feeding several sinks: a udsource cannot
+        # tag its messages (a TCP source's transformer can), so there each sink vertex encodes
+        # (a Kafka sink with an encoder vertex).
+        at_last = not (nodes[chain[-1]].cls is GenSourceVertex and len(p.sinks) > 1)
         for i, sink in enumerate(p.sinks):
             suffix = "" if i == 0 else f"-{i + 1}"
             if isinstance(sink, KafkaSink) and not at_last:
@@ -300,6 +318,48 @@ def _plan_doc(
     return PipelineDoc(doc_name, tuple(vertices), tuple(edges), tuple(p.index for p in pipelines))
 
 
+#: vertex kinds whose container runs user code on each message, so can make a dead letter
+_USER_CODE = (MapVertex, KafkaSourceVertex, TcpSourceVertex)
+
+
+def _dead_letters(v: Vertex) -> bool:
+    """Whether ``v`` runs user code with the dead-letter policy for some message."""
+    if not isinstance(v, _USER_CODE):
+        return False
+    return any(w.on_error.action == DEAD_LETTER_ACTION
+               or any(s.on_error is not None and s.on_error.action == DEAD_LETTER_ACTION
+                      for s in w.steps) for w in v.works)
+
+
+def _with_dead_letters(doc: PipelineDoc, options: PlanOptions, names: NameBook) -> PipelineDoc:
+    """``doc`` with its dead-letter sink: an edge tagged :data:`DEAD_LETTER` from every vertex
+    that may dead-letter, whose other unconditional edges then take everything *not* so tagged
+    (numa forwards along every edge whose condition holds)."""
+    sources = [v.name for v in doc.vertices if _dead_letters(v)]
+    if not sources:
+        return doc
+    name = names.take("dead-letters")
+    kind, addresses, topic = dead_letter_target(options.dead_letters)
+    works = tuple(Work(pipeline=w.pipeline, pipeline_name=w.pipeline_name, encoded=True)
+                  for v in doc.vertices if v.works and isinstance(v, SourceVertex)
+                  for w in v.works)
+    retry = Retry(options.sink_retry_interval, options.sink_retry_cap)
+    sink: Vertex
+    if kind == "kafka":
+        sink = KafkaSinkVertex(name=name, works=works, topic=topic, brokers=addresses,
+                               producer=(), set_key=False, retry=retry)
+    elif kind == "tcp":
+        host, _, port = addresses[0].rpartition(":")
+        sink = TcpSinkVertex(name=name, works=works, host=host, port=int(port), retry=retry)
+    else:
+        sink = LogSinkVertex(name=name, works=works)
+    edges = [attrs.evolve(e, tags=(DEAD_LETTER,), operator="not")
+             if e.src in sources and not e.tags else e for e in doc.edges]
+    edges += [Edge(src, name, (DEAD_LETTER,)) for src in sources]
+    return attrs.evolve(doc, vertices=(*doc.vertices, sink), edges=tuple(edges),
+                        dead_letters=name)
+
+
 def _source_node(name: str, p: Pipeline, doc_name: str, w: Work) -> _Node:
     source = p.source
     if isinstance(source, GenSource):
@@ -331,16 +391,27 @@ def _with_container(v: Vertex, doc: PipelineDoc, options: PlanOptions, ref: AppR
     env = [EnvVar("PYTHONUNBUFFERED", "1"), EnvVar(DIGEST_ENV, digest)]
     if isinstance(v, TcpSourceVertex):
         env.append(EnvVar(BIND_HOST_ENV, "0.0.0.0"))
+        if options.max_frame is not None:
+            env.append(EnvVar(MAX_FRAME_ENV, str(options.max_frame)))
     if isinstance(v, StateVertex):
         if options.state_store_secret:
             name, _, key = options.state_store_secret.partition(":")
             env.append(EnvVar(STATE_STORE_ENV, secret=(name, key or "url")))
         else:
             env.append(EnvVar(STATE_STORE_ENV, options.state_store or "memory://"))
+        if options.state_key_secret:
+            name, _, key = options.state_key_secret.partition(":")
+            env.append(EnvVar(STATE_KEY_ENV, secret=(name, key or "key")))
         if options.id_retention_s != DEFAULT_RETENTION_S:
             env.append(EnvVar(ID_RETENTION_ENV, f"{options.id_retention_s:g}"))
-    command = serve_command(ref, v.name, options.fuse)
-    return attrs.evolve(v, container=Container(service, command, tuple(env)))
+    command = serve_command(ref, v.name, options.fuse, dead_letters=options.dead_letters)
+    v = attrs.evolve(v, container=Container(service, command, tuple(env)))
+    if isinstance(v, TcpSourceVertex):
+        command = serve_command(ref, v.name, options.fuse, dead_letters=options.dead_letters,
+                                transformer=True)
+        env = [e for e in env if e.name not in (BIND_HOST_ENV, MAX_FRAME_ENV)]
+        v = attrs.evolve(v, transformer=Container("sourcetransformer", command, tuple(env)))
+    return v
 
 
 def plan_digest(app_name: str, fuse: bool, docs: list[PipelineDoc]) -> str:

@@ -1,8 +1,9 @@
 """Where a vertex's outputs go: the one routing function of the engine and the harness.
 
 Numaflow forwards an output along every out-edge whose tag condition it meets (``or``: one
-common tag is enough; an edge without a condition takes everything), drops an output tagged
-:data:`DROP`, and picks the partition of an ordered vertex by hashing the message keys::
+common tag is enough, ``not``: none of them; an edge without a condition takes everything),
+drops an output tagged :data:`DROP`, and picks the partition of an ordered vertex by hashing
+the message keys::
 
     router = Router(doc.edges_from("split"))
     router.destinations(("orders",))     # ('orders-sink',)
@@ -15,30 +16,52 @@ redelivery has outputs with the same ids.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 
 from nfbuilder.plan.graph import Edge
 
 #: the reserved tag of a dropped message (the literal text numa and pynumaflow use)
 DROP = "U+005C__DROP__"
+#: the tag of a dead letter: its edge goes to the dead-letter sink, every other edge of the
+#: vertex has ``not`` this tag
+DEAD_LETTER = "nfbuilder-dead-letter"
+#: how a dropped message's value says it was dropped by a rule, not filtered (numa ignores the
+#: value of a dropped message; the engine reads it for its summary)
+_RULE_DROP = b"nfbuilder-drop:"
+
+
+def drop_value(step: str, key: str) -> bytes:
+    """The value of a message ``step`` dropped because its partition key was not declared."""
+    return _RULE_DROP + json.dumps({"step": step, "key": key}).encode()
+
+
+def drop_reason(value: bytes) -> dict[str, str] | None:
+    """What :func:`drop_value` put in ``value`` (None: a plain drop, i.e. a filtered message)."""
+    if not value.startswith(_RULE_DROP):
+        return None
+    found: dict[str, str] = json.loads(value[len(_RULE_DROP):])
+    return found
 
 
 class Router:
     """The out-edges of one vertex, ready to route outputs by their tags."""
 
-    __slots__ = ("all", "always", "_conditional")
+    __slots__ = ("all", "always", "untagged", "_conditional")
 
     def __init__(self, edges: Iterable[Edge]) -> None:
         edges = tuple(edges)
-        conds = [(e.dst, frozenset(e.tags) if e.tags else None) for e in edges]
+        conds = [(e.dst, e.operator, frozenset(e.tags) if e.tags else None) for e in edges]
         #: every destination, in edge order
-        self.all: tuple[str, ...] = tuple(dst for dst, _ in conds)
+        self.all: tuple[str, ...] = tuple(dst for dst, _, _ in conds)
         #: the destinations when no edge has a condition (every output goes to all of them),
         #: else None
         self.always: tuple[str, ...] | None = (
-            tuple(dst for dst, _ in conds) if all(c is None for _, c in conds) else None
+            self.all if all(c is None for _, _, c in conds) else None
         )
         self._conditional = tuple(conds)
+        #: the destinations of an output without tags (most outputs)
+        self.untagged: tuple[str, ...] = self.destinations(())
 
     def destinations(self, tags: Sequence[str]) -> tuple[str, ...]:
         """The vertices an output with ``tags`` goes to (none when it is dropped)."""
@@ -46,8 +69,18 @@ class Router:
             return ()
         if self.always is not None:
             return self.always
-        return tuple(dst for dst, cond in self._conditional
-                     if cond is None or not cond.isdisjoint(tags))
+        return tuple(dst for dst, op, cond in self._conditional
+                     if cond is None or _meets(op, cond, tags))
+
+
+def _meets(operator: str, cond: frozenset[str], tags: Sequence[str]) -> bool:
+    """numa's ``check_operator_condition``: ``or`` one tag in common, ``and`` all of the
+    condition's tags, ``not`` none of them."""
+    if operator == "and":
+        return cond.issubset(tags)
+    if operator == "not":
+        return cond.isdisjoint(tags)
+    return not cond.isdisjoint(tags)
 
 
 def partition_of(keys: Sequence[str], partitions: int) -> int:

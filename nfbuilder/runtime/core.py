@@ -21,17 +21,55 @@ pipeline, the step and the user function.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
+import logging
 import pickle
+import time
 from typing import Any
 
 from nfbuilder.codec import Codec
-from nfbuilder.plan import Vertex, Work
+from nfbuilder.plan import DEAD_LETTER, Vertex, Work
 from nfbuilder.runtime.errors import UserCodeError
 from nfbuilder.runtime.stages import SINGLE_KEY, Compiled, Out, Stage, user_error
 from nfbuilder.runtime.statetable import StateTable
+from nfbuilder.topology import FAIL
 
 # Out, SINGLE_KEY and Stage live with the stages that make them and are part of this module's API.
-__all__ = ["SINGLE_KEY", "Out", "Stage", "VertexProgram"]
+__all__ = ["SINGLE_KEY", "Out", "Stage", "VertexProgram", "dead_letter"]
+
+log = logging.getLogger("nfbuilder.core")
+
+
+#: how much of an object's repr a dead-letter record shows
+_SHOWN = 2000
+
+
+def dead_letter(pipeline: str, vertex: str, exc: UserCodeError, msg_id: str, payload: bytes,
+                attempts: int, shown: str | None = None) -> bytes:
+    """The dead-letter record of a message, as one line of JSON: where it failed (pipeline,
+    vertex, step, function), why (error, traceback), which message (id, payload in base64 and,
+    when it is text, as text; ``object``: the repr of the object a payload between vertices
+    stands for), when (``time``, Unix seconds) and after how many attempts::
+
+        {"pipeline": "p", "vertex": "parse", "step": "parse", "function": "parse (app.py:9)",
+         "error": "pipeline 'p', step 'parse': ... raised ValueError('x')", "traceback": "...",
+         "id": "source-MTc6MA==-0", "time": 1764590000.5, "attempts": 4,
+         "payload_b64": "eA==", "payload": "x"}
+    """
+    record: dict[str, Any] = {
+        "pipeline": pipeline, "vertex": vertex, "step": exc.step, "function": exc.function,
+        "error": exc.message, "traceback": exc.traceback_text, "id": msg_id,
+        "time": round(time.time(), 3), "attempts": attempts,
+        "payload_b64": base64.b64encode(payload).decode(),
+    }
+    if shown is not None:
+        record["object"] = shown
+    else:
+        with contextlib.suppress(UnicodeDecodeError):
+            record["payload"] = payload.decode("utf-8")
+    return json.dumps(record).encode() + b"\n"
 
 
 class VertexProgram:
@@ -43,6 +81,7 @@ class VertexProgram:
         self.states = states
         self.unknown_keys = 0  # messages dropped because their partition key was not declared
         self.replayed = 0  # redelivered messages answered from the recorded outputs
+        self.dead_lettered = 0  # messages given up on by ``handle``
         self._works = {w.pipeline: w for w in vertex.works}
         self._compiled = {w.pipeline: Compiled(self, w) for w in vertex.works}
         self._only = next(iter(self._compiled.values())) if len(self._compiled) == 1 else None
@@ -102,6 +141,44 @@ class VertexProgram:
         else:
             obj = self.codec.loads(payload)
         return c.stage(obj, msg_id, key, serialize)
+
+    def handle(self, pipeline: int | None, payload: bytes, msg_id: str = "",
+               key: str | None = None) -> list[Out]:
+        """:meth:`process`, under the error policy of the step that fails: a message its user
+        code cannot handle is retried (after ``policy.delay(attempt)`` seconds) and then, with
+        ``dead-letter``, becomes one output tagged :data:`DEAD_LETTER` whose value is the
+        dead-letter record (:func:`dead_letter`); with ``fail`` the ``UserCodeError`` is raised
+        (the vertex exits, as on Numaflow). What the servicers call for each message."""
+        attempt = 0
+        while True:
+            try:
+                return self.process(pipeline, payload, msg_id, key)
+            except UserCodeError as exc:
+                work = self.work(pipeline)
+                policy = work.policy(exc.step)
+                if policy.action == FAIL:
+                    raise
+                if attempt < policy.retries:
+                    time.sleep(policy.delay(attempt))
+                    attempt += 1
+                    continue
+                self.dead_lettered += 1
+                record = dead_letter(work.pipeline_name, self.vertex.name, exc, msg_id, payload,
+                                     attempt + 1, self._shown(pipeline, payload))
+                log.warning("dead letter: %s (message %s, %d attempt(s))", exc.message,
+                            msg_id or "?", attempt + 1)
+                return [Out(record, (), (DEAD_LETTER,))]
+
+    def _shown(self, pipeline: int | None, payload: bytes) -> str | None:
+        """``repr`` of the object a payload between vertices stands for (None at a source, whose
+        payload is the sender's bytes, or when it cannot be read back)."""
+        c = self._compile(pipeline)
+        if c.decode or c.encoded:
+            return None
+        try:
+            return repr(self.codec.loads(payload))[:_SHOWN]
+        except Exception:  # noqa: BLE001 - the record is written whatever the payload is
+            return None
 
     def process_object(
         self, pipeline: int | None, obj: Any, msg_id: str = "", key: str | None = None,

@@ -23,7 +23,9 @@ class UserCodeError(Exception):
     """User code (a step's function, decoder, encoder...) failed while handling a message.
 
     ``message`` names the step and the user function (file:line) and says what was raised;
-    ``traceback_text`` is the formatted traceback of the original exception.
+    ``traceback_text`` is the formatted traceback of the original exception; ``step`` is the
+    name of the step whose code failed (None: the decoder or an encoder), ``function`` the user
+    function, for the dead-letter record and the step's error policy.
 
     Example::
 
@@ -33,10 +35,13 @@ class UserCodeError(Exception):
             raise UserCodeError(f"step 'double' raised {exc!r}", traceback.format_exc()) from exc
     """
 
-    def __init__(self, message: str, traceback_text: str = "") -> None:
+    def __init__(self, message: str, traceback_text: str = "", *, step: str | None = None,
+                 function: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.traceback_text = traceback_text
+        self.step = step
+        self.function = function
 
 
 def describe(exc: BaseException) -> tuple[str, str]:

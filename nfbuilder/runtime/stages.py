@@ -17,11 +17,13 @@ defined here (so that the imports go one way, core -> stages) and exported by th
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nfbuilder.plan import Work
+from nfbuilder.plan.routing import DROP, drop_value
 from nfbuilder.runtime.errors import UserCodeError
 from nfbuilder.topology import KafkaSink, Sink, Step, partition_key
 
@@ -68,9 +70,13 @@ def _direct(obj: Any, method: str) -> Callable[..., Any]:
     return bound  # type: ignore[no-any-return]
 
 
-def user_error(place: str, obj: Any, method: str, exc: Exception) -> UserCodeError:
-    """The ``UserCodeError`` for ``exc`` raised by user code; call inside the ``except``."""
-    return UserCodeError(f"{place}: {_fn_of(obj, method)} raised {exc!r}", traceback.format_exc())
+def user_error(place: str, obj: Any, method: str, exc: Exception,
+               step: str | None = None) -> UserCodeError:
+    """The ``UserCodeError`` for ``exc`` raised by user code (of ``step``: None for a decoder or
+    an encoder); call inside the ``except``."""
+    fn = _fn_of(obj, method)
+    return UserCodeError(f"{place}: {fn} raised {exc!r}", traceback.format_exc(), step=step,
+                         function=fn)
 
 
 def _keyer(where: str, step: Step) -> Callable[[Any], str]:
@@ -86,19 +92,20 @@ def _keyer(where: str, step: Step) -> Callable[[Any], str]:
         except UserCodeError:
             raise
         except Exception as exc:
-            raise user_error(where, part, "partition", exc) from exc
+            raise user_error(where, part, "partition", exc, step.name) from exc
         if u64:
             if not isinstance(key, int) or isinstance(key, bool) or key < 0:
                 raise UserCodeError(
                     f"{where}: to_state_partition_u64 needs a non-negative int key, "
-                    f"got {key!r} from {_fn_of(part, 'partition')}"
-                )
+                    f"got {key!r} from {_fn_of(part, 'partition')}", step=step.name,
+                    function=_fn_of(part, "partition"))
         elif type(key) is str:
             return key
         try:
             return partition_key(key, u64)
         except ValueError as exc:
-            raise UserCodeError(f"{where}: {_fn_of(part, 'partition')} returned {exc}") from None
+            raise UserCodeError(f"{where}: {_fn_of(part, 'partition')} returned {exc}",
+                                step=step.name, function=_fn_of(part, "partition")) from None
 
     return keyer
 
@@ -129,6 +136,28 @@ class Compiled:
                                              bool(work.sinks))
         else:
             self.stage = _steps_stage(work.pipeline_name, work.steps, finish, one)
+
+
+class _DropLog:
+    """Logs messages dropped for an undeclared partition key: the first at once, then at most
+    one line per ``interval_s`` with the count since (a bad key can come with every message)."""
+
+    def __init__(self, where: str, interval_s: float = 5.0) -> None:
+        self.where, self.interval_s = where, interval_s
+        self.since = 0
+        self.next_at = 0.0
+
+    def __call__(self, key: str, msg_id: str) -> None:
+        self.since += 1
+        now = time.monotonic()
+        if now < self.next_at:
+            return
+        log.warning(
+            "%s: %d message(s) dropped: partition key not among the declared partition_keys "
+            "(e.g. %r, message %s). Declare the key, or leave partition_keys out for keys made "
+            "on demand.", self.where, self.since, key, msg_id or "?")
+        self.since = 0
+        self.next_at = now + self.interval_s
 
 
 def _method(step: Step) -> str:
@@ -174,17 +203,28 @@ def _dumps(program: VertexProgram, work: Work) -> Callable[[Any], bytes]:
     """The codec's ``dumps`` for the outputs of ``work``; an app's own ``serialize`` is checked:
     what crosses to the next vertex must be bytes."""
     dumps = program.codec.dumps
+    step = work.steps[-1].name if work.steps else None
+    where = f"pipeline {work.pipeline_name!r}, step {step or 'decoder'!r}"
     if not program.codec.custom:
-        return dumps  # pickle: always bytes
-    step = work.steps[-1].name if work.steps else "decoder"
-    where = f"pipeline {work.pipeline_name!r}, step {step!r}"
+
+        def pickled(obj: Any) -> bytes:
+            try:
+                return dumps(obj)  # pickle: always bytes
+            except Exception as exc:
+                raise UserCodeError(
+                    f"{where}: an output of type {type(obj).__name__} cannot be pickled to "
+                    f"cross to the next vertex: {exc!r}. Return picklable objects, or give the "
+                    "app serialize/deserialize functions.", traceback.format_exc(), step=step,
+                    function="pickle.dumps") from exc
+
+        return pickled
 
     def checked(obj: Any) -> bytes:
         try:
             data = dumps(obj)
         except Exception as exc:
             raise user_error(f"{where}: serializing an output", dumps, "serialize",
-                             exc) from exc
+                             exc, step) from exc
         if type(data) is bytes:
             return data
         if isinstance(data, (bytearray, memoryview)):
@@ -192,8 +232,8 @@ def _dumps(program: VertexProgram, work: Work) -> Callable[[Any], bytes]:
         raise UserCodeError(
             f"{where}: the app's serialize returned {type(data).__name__} for an output of "
             f"type {type(obj).__name__}; it must return bytes (what crosses to the next "
-            "vertex). Make serialize handle this type, or return another type from the step."
-        )
+            "vertex). Make serialize handle this type, or return another type from the step.",
+            step=step, function=_fn_of(dumps, "serialize"))
 
     return checked
 
@@ -201,13 +241,13 @@ def _dumps(program: VertexProgram, work: Work) -> Callable[[Any], bytes]:
 def _steps_stage(pipeline: str, steps: tuple[Step, ...], finish: _Finish, one: Stage) -> Stage:
     """The stage of a vertex running stateless steps (or none: a sink's encoding only)."""
     resolved = [(s.computation, _direct(s.computation, _method(s)), s.multi, _method(s),
-                 _where(pipeline, s)) for s in steps]
+                 _where(pipeline, s), s.name) for s in steps]
     if not resolved:
         return one
 
     def stage(obj: Any, msg_id: str, key: str | None, serialize: bool) -> list[Out]:
         objs = [obj]
-        for comp, fn, multi, method, where in resolved:
+        for comp, fn, multi, method, where, name in resolved:
             nxt: list[Any] = []
             for o in objs:
                 try:
@@ -215,7 +255,7 @@ def _steps_stage(pipeline: str, steps: tuple[Step, ...], finish: _Finish, one: S
                 except UserCodeError:
                     raise
                 except Exception as exc:
-                    raise user_error(where, comp, method, exc) from exc
+                    raise user_error(where, comp, method, exc, name) from exc
                 if result is None:
                     continue
                 if not multi:
@@ -223,7 +263,7 @@ def _steps_stage(pipeline: str, steps: tuple[Step, ...], finish: _Finish, one: S
                 elif isinstance(result, list):
                     nxt.extend([r for r in result if r is not None])
                 else:
-                    raise _not_a_list(where, comp, result)
+                    raise _not_a_list(where, comp, result, name)
             if not nxt:
                 return []
             objs = nxt
@@ -252,6 +292,7 @@ def _state_stage(
     durable = states.durable
     # encoded outputs are bytes whatever ``serialize`` says: recorded and replayed as they are
     encodes = work_encodes
+    warn_drop = _DropLog(where)
 
     def stage(obj: Any, msg_id: str, key: str | None, serialize: bool) -> list[Out]:
         if keyer is None:
@@ -260,12 +301,8 @@ def _state_stage(
             key = keyer(obj)
         if declared is not None and key not in declared:
             program.unknown_keys += 1
-            log.warning(
-                "%s: partition key %r is not among the declared partition_keys; message %s "
-                "dropped (%d so far). Declare the key or leave partition_keys out for keys "
-                "made on demand.", where, key, msg_id or "?", program.unknown_keys,
-            )
-            return []
+            warn_drop(key, msg_id)
+            return [_new(Out, (drop_value(step.name, key), (), (DROP,)))]
         entry = entries.get(key)
         if entry is None:
             entry = states.entry(spec, key)
@@ -278,24 +315,29 @@ def _state_stage(
                 return program._replay(recorded, serialize or encodes)
         try:
             result = fn(obj, entry.obj)
-        except UserCodeError:
-            raise
+            if not isinstance(result, tuple) or len(result) != 2:
+                raise UserCodeError(
+                    f"{where}: a state computation must return (output, save_state), got "
+                    f"{type(result).__name__} from {_fn_of(comp, 'compute')}", step=step.name,
+                    function=_fn_of(comp, "compute"))
+            output, save = result
+            if output is None:
+                outs: list[Out] = []
+            elif not multi:
+                outs = one(output, msg_id, None, serialize)
+            elif isinstance(output, list):
+                outs = finish([r for r in output if r is not None], serialize)
+            else:
+                raise _not_a_list(where, comp, output, step.name)
         except Exception as exc:
-            raise user_error(where, comp, method, exc) from exc
-        if not isinstance(result, tuple) or len(result) != 2:
-            raise UserCodeError(
-                f"{where}: a state computation must return (output, save_state), got "
-                f"{type(result).__name__} from {_fn_of(comp, 'compute')}"
-            )
-        output, save = result
-        if output is None:
-            outs: list[Out] = []
-        elif not multi:
-            outs = one(output, msg_id, None, serialize)
-        elif isinstance(output, list):
-            outs = finish([r for r in output if r is not None], serialize)
-        else:
-            raise _not_a_list(where, comp, output)
+            # The computation may have changed the state before it failed: with a store, forget
+            # the cached object, so the next message of the key (or a retry) starts from the
+            # saved one (saves are all that changed it). In memory there is nothing to go back to.
+            if durable:
+                entries.pop(key, None)
+            if isinstance(exc, UserCodeError):
+                raise
+            raise user_error(where, comp, method, exc, step.name) from exc
         if durable:
             states.applied(spec, key, entry, msg_id, save is True,
                            program._record(outs, serialize or encodes))
@@ -377,8 +419,8 @@ def _encoder(pipeline: str, sink: Sink, tags: tuple[str, ...]) -> Callable[[Any]
     return encode
 
 
-def _not_a_list(where: str, comp: Any, result: Any) -> UserCodeError:
+def _not_a_list(where: str, comp: Any, result: Any, step: str) -> UserCodeError:
+    fn = _fn_of(comp, "compute_multi")
     return UserCodeError(
-        f"{where}: compute_multi must return a list, got "
-        f"{type(result).__name__} from {_fn_of(comp, 'compute_multi')}"
-    )
+        f"{where}: compute_multi must return a list, got {type(result).__name__} from {fn}",
+        step=step, function=fn)

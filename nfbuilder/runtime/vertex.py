@@ -18,6 +18,7 @@ from typing import Any
 from nfbuilder.codec import Codec
 from nfbuilder.loader import LoadedApp
 from nfbuilder.plan import (
+    DEAD_LETTER,
     META_GROUP,
     META_PIPELINE,
     AppRef,
@@ -32,7 +33,7 @@ from nfbuilder.plan import (
     plan,
 )
 from nfbuilder.plan.names import slug
-from nfbuilder.runtime.core import Out, VertexProgram
+from nfbuilder.runtime.core import VertexProgram
 from nfbuilder.runtime.messages import (
     Datum,
     FrozenMetadata,
@@ -80,7 +81,7 @@ class PlanMismatch(ServeError):
 def build_program(
     loaded: LoadedApp, vertex_name: str, *, fuse: bool, state_store: str | None,
     digest: str | None = None, id_retention_s: float = DEFAULT_ID_RETENTION_S,
-    partition: int = 0,
+    partition: int = 0, dead_letters: str = "log",
 ) -> VertexProgram:
     """The vertex's program, with its state store opened when it serves a state.
 
@@ -90,7 +91,8 @@ def build_program(
     replica) in the store: saves of an earlier owner are refused from then on. Raises
     ``KeyError`` for an unknown vertex and ``StateStoreError`` for a store that cannot be
     opened."""
-    graph = plan(loaded.app, PlanOptions(fuse=fuse), AppRef(loaded.module_name, loaded.args))
+    graph = plan(loaded.app, PlanOptions(fuse=fuse, dead_letters=dead_letters),
+                 AppRef(loaded.module_name, loaded.args))
     _, vertex = graph.find(vertex_name)
     if digest and digest != graph.digest:
         raise PlanMismatch(
@@ -122,8 +124,9 @@ def build_program(
 
 
 def map_handler(program: VertexProgram) -> Any:
-    """A sync map/transformer handler running ``program`` on each datum."""
-    process = program.process
+    """A sync map/transformer handler running ``program`` on each datum, under the steps' error
+    policies (``VertexProgram.handle``)."""
+    process = program.handle
     if len(program.pipelines) == 1:
         single = program.pipelines[0]
         meta = pipeline_metadata(program.work(single).pipeline)
@@ -145,18 +148,14 @@ def map_handler(program: VertexProgram) -> Any:
 
 
 class TcpSourceHandler:
-    """numa's Read/Ack/Nack over a TCP listener; decoding (and fused steps) run at read time.
+    """numa's Read/Ack/Nack over a TCP listener: the frames as they came. The vertex's
+    transformer container decodes them (``map_handler``), so a frame the decoder rejects is a
+    dead letter like any other failed message, and the listener never runs user code but the
+    framing's ``payload_length``."""
 
-    A frame that yields no message (filtered) is acked at once; one that yields several gets
-    sub-offsets ``<offset>/<i>`` and is acked when all of them are."""
-
-    def __init__(self, program: VertexProgram, frames: Any, partition: int) -> None:
-        self.program = program
+    def __init__(self, frames: Any, partition: int) -> None:
         self.frames = frames
         self.partition = partition
-        self.pipeline = program.pipelines[0]
-        self.meta = pipeline_metadata(self.pipeline)
-        self._parts: dict[bytes, int] = {}  # frame offset -> sub-messages not yet acked
 
     async def start(self) -> None:
         await self.frames.start()
@@ -165,47 +164,15 @@ class TcpSourceHandler:
         await self.frames.stop()
 
     async def read(self, num_records: int, timeout_s: float) -> list[SourceMessage]:
-        out: list[SourceMessage] = []
-        for frame in await self.frames.read(num_records, timeout_s):
-            msgs = self.program.process(self.pipeline, frame.payload, frame.offset.decode())
-            if not msgs:
-                self.frames.ack([frame.offset])
-            elif len(msgs) == 1:
-                out.append(self._message(msgs[0], frame.offset, frame.event_time_ns))
-            else:
-                self._parts[frame.offset] = len(msgs)
-                for i, m in enumerate(msgs):
-                    sub = frame.offset + b"/" + str(i).encode()
-                    out.append(self._message(m, sub, frame.event_time_ns))
-        return out
-
-    def _message(self, m: Out, offset: bytes, event_time_ns: int) -> SourceMessage:
-        return SourceMessage(m.value, offset, self.partition, event_time_ns, m.keys,
-                             user_metadata=self.meta)
-
-    def _frames_of(self, offsets: Sequence[tuple[bytes, int]], done: bool) -> list[bytes]:
-        whole = []
-        for offset, _ in offsets:
-            base, sep, _i = offset.partition(b"/")
-            if not sep:
-                whole.append(offset)
-            elif done:
-                left = self._parts.get(base, 1) - 1
-                if left <= 0:
-                    self._parts.pop(base, None)
-                    whole.append(base)
-                else:
-                    self._parts[base] = left
-            elif base in self._parts:
-                self._parts.pop(base)
-                whole.append(base)
-        return whole
+        part = self.partition
+        return [SourceMessage(f.payload, f.offset, part, f.event_time_ns)
+                for f in await self.frames.read(num_records, timeout_s)]
 
     async def ack(self, offsets: Sequence[tuple[bytes, int]]) -> None:
-        self.frames.ack(self._frames_of(offsets, True))
+        self.frames.ack([o for o, _ in offsets])
 
     async def nack(self, offsets: Sequence[tuple[bytes, int]]) -> None:
-        self.frames.nack(self._frames_of(offsets, False))
+        self.frames.nack([o for o, _ in offsets])
 
     async def pending(self) -> int:
         return int(self.frames.pending())
@@ -224,7 +191,11 @@ def sink_handler(program: VertexProgram, writer: Any, peer: str) -> Any:
         for datum in batch:
             pipeline = single if single is not None else pipeline_of(datum.user_metadata)
             start = len(chunks)
-            chunks.extend(o.value for o in program.process(pipeline, datum.value, datum.id))
+            for o in program.handle(pipeline, datum.value, datum.id):
+                if DEAD_LETTER in o.tags:  # a sink has no edge on: its dead letters are logged
+                    log.error("dead letter record: %s", o.value.decode().rstrip())
+                else:
+                    chunks.append(o.value)
             spans.append((datum.id, start, len(chunks)))
         written = await writer.write(chunks) if chunks else []
         results = []
@@ -237,14 +208,19 @@ def sink_handler(program: VertexProgram, writer: Any, peer: str) -> Any:
     return handle
 
 
-def serve_program(program: VertexProgram, settings: Settings) -> int:
-    """Serve ``program``'s vertex with its servicer until SIGTERM; returns the exit code."""
+def serve_program(program: VertexProgram, settings: Settings, *,
+                  transformer: bool = False) -> int:
+    """Serve ``program``'s vertex with its servicer until SIGTERM; returns the exit code.
+    ``transformer``: a TCP source vertex's transformer container (it decodes the frames)."""
     from nfbuilder.runtime.server import serve
 
     vertex: Vertex = program.vertex
+    if transformer and not isinstance(vertex, TcpSourceVertex):
+        raise ServeError(f"vertex {vertex.name!r} has no transformer container of ours "
+                         f"({type(vertex).__name__})")
     if isinstance(vertex, MapVertex):
         return serve("map", map_handler(program), settings, ordered=vertex.ordered)
-    if isinstance(vertex, KafkaSourceVertex):
+    if isinstance(vertex, KafkaSourceVertex) or transformer:
         return serve("sourcetransformer", map_handler(program), settings)
     if isinstance(vertex, TcpSourceVertex):
         from nfbuilder.runtime.tcp import TcpFrameSource
@@ -252,8 +228,10 @@ def serve_program(program: VertexProgram, settings: Settings) -> int:
         decoder = vertex.works[0].decoder
         host = settings.tcp_bind_host or vertex.host
         frames = TcpFrameSource(host, vertex.port, decoder.header_length(),
-                                decoder.payload_length)
-        return serve("source", TcpSourceHandler(program, frames, settings.replica), settings)
+                                decoder.payload_length, max_frame=settings.max_frame,
+                                max_buffered_bytes=settings.source_buffer_bytes,
+                                max_partial_bytes=settings.source_partial_bytes)
+        return serve("source", TcpSourceHandler(frames, settings.replica), settings)
     if isinstance(vertex, GenSourceVertex):
         from nfbuilder.runtime.gensource import GenSourceHandler
 

@@ -20,9 +20,8 @@ import json
 import os
 from collections.abc import Mapping
 
+from nfbuilder.plan.graph import STATE_KEY_ENV as KEY_ENV
 from nfbuilder.runtime.state.store import StateStoreError
-
-KEY_ENV = "NFBUILDER_STATE_KEY"
 
 __all__ = ["KEY_ENV", "PREFIX", "Seal", "StateIntegrityError", "state_key"]
 #: what a signed blob starts with: a NUL (no pickle or text starts so) and the format version

@@ -1,0 +1,41 @@
+"""The engine's buffers between vertices are bounded in bytes as well as in messages."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from nfbuilder.local.process import QUEUE_BYTES, Replica, ReplicaSpec
+
+
+class Big:
+    def __init__(self, size: int) -> None:
+        self.value = b"x" * size
+
+
+def test_a_writer_waits_while_the_queue_holds_its_bytes_and_goes_on_when_it_drains(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        rep = Replica(ReplicaSpec("doc", "v", "map", 0, ()), tmp_path, {}, 0)
+        half = QUEUE_BYTES // 2
+        await rep.put(Big(half))
+        await rep.put(Big(half))  # now at the bound
+        third = asyncio.ensure_future(rep.put(Big(half)))
+        await asyncio.sleep(0.05)
+        assert not third.done() and rep.queue.qsize() == 2  # waits: 16 MiB are queued
+        rep.took(rep.queue.get_nowait())
+        await asyncio.wait_for(third, 5)
+        assert rep.queue.qsize() == 2 and rep.queued_bytes == 2 * half
+
+    asyncio.run(main())
+
+
+def test_a_message_bigger_than_the_bound_still_goes_into_an_empty_queue(tmp_path: Path) -> None:
+    async def main() -> None:
+        rep = Replica(ReplicaSpec("doc", "v", "map", 0, ()), tmp_path, {}, 0)
+        await asyncio.wait_for(rep.put(Big(QUEUE_BYTES + 1)), 5)
+        assert rep.queued_bytes == QUEUE_BYTES + 1
+        rep.took(rep.queue.get_nowait())
+        assert rep.queued_bytes == 0
+
+    asyncio.run(main())
