@@ -317,6 +317,14 @@ class Engine:
         self.status.event(f"running {self.loaded.app.name!r}: {len(all_reps)} processes, "
                           f"work dir {self.work_dir}")
 
+    def replica_groups(self) -> dict[str, list[Replica]]:
+        """The replicas of each vertex, and of each TCP source's transformer
+        (``"source/transformer"``), for the status display."""
+        groups = dict(self.replicas)
+        for name, reps in self.transformers.items():
+            groups[f"{name}/transformer"] = reps
+        return groups
+
     def _all_replicas(self) -> list[Replica]:
         return [r for group in (self.replicas, self.transformers) for reps in group.values()
                 for r in reps]

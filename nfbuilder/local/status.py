@@ -35,7 +35,7 @@ class Status:
     def rows(self, engine: Any) -> list[str]:
         now = time.monotonic()
         rows = []
-        for name, reps in engine.replicas.items():
+        for name, reps in engine.replica_groups().items():
             done = sum(r.processed for r in reps)
             pending = sum(r.queue.qsize() + len(r.redeliver) for r in reps)
             restarts = sum(r.restarts for r in reps)
