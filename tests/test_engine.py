@@ -53,8 +53,10 @@ def test_back_pressure_paused_receiver_bounds_memory(tmp_path) -> None:
     resuming delivers every message exactly once."""
     from apps.data import frame
 
+    # 30 MB: far more than the kernel's socket buffers toward the paused receiver hold
     n = 30000
-    inputs = [[frame(f"m{i:06d}".encode()) for i in range(n)]]
+    pad = b"x" * 1000
+    inputs = [[frame(f"m{i:06d}".encode() + pad) for i in range(n)]]
     seen_max: list[int] = []
 
     async def pause_then_resume(engine, rx) -> None:

@@ -37,7 +37,7 @@ KINDS: dict[str, tuple[str, str, str, Any]] = {
     "udsource": ("source.sock", "sourcer-server-info", "udsource", SourceClient),
     "transformer": ("sourcetransform.sock", "sourcetransformer-server-info", "transformer",
                     TransformClient),
-    "udf": ("map.sock", "mapper-server-info", "udf", MapClient),
+    "udf": ("map.sock", "mapper-server-info", "udf", MapClient),  # batchmap.sock: see below
     "udsink": ("sink.sock", "sinker-server-info", "udsink", SinkClient),
 }
 
@@ -87,8 +87,9 @@ async def start_and_handshake(vertex: str, kind: str, container: dict[str, Any],
     try:
         server_info = await wait_server_info(sock_dir / info, poll_s=0.05, deadline_s=60)
         assert server_info.language == "python"
-        if kind == "udf":
-            assert server_info.map_mode == "unary-map"
+        if kind == "udf":  # numa dials the socket of the mode the server info names
+            assert server_info.map_mode in ("unary-map", "batch-map")
+            sock = {"unary-map": "map.sock", "batch-map": "batchmap.sock"}[server_info.map_mode]
         channel = await connect(sock_dir / sock, retry_s=0.05, deadline_s=30)
         try:
             from nfbuilder._proto import (

@@ -102,7 +102,7 @@ def test_kafka_source_is_builtin_kafka_with_a_transformer() -> None:
 def test_to_is_a_serial_map() -> None:
     doc = only_doc(plan_of(one_pipeline().to(w.double).to_sink(w.tcp_sink()), max_replicas=9))
     v = doc.vertex("double")
-    assert shape(v) == (MapVertex, "map")
+    assert shape(v) == (MapVertex, "batchmap")  # ordered: numa's batch mode, in order
     # Wallaroo's serial step keeps its order on Numaflow: an ordered vertex, one partition
     assert (v.max_replicas, v.ordered, v.state_name, v.partitions) == (1, True, None, 1)
     # its source writes one message at a time, in order
@@ -115,6 +115,8 @@ def test_unordered_option_autoscales_serial_steps() -> None:
     doc = only_doc(plan_of(ab, max_replicas=3, ordered=False))
     v = doc.vertex("double")
     assert (v.ordered, v.max_replicas) == (False, 3)
+    assert shape(v) == (MapVertex, "map")  # unary mode, up to 500 in flight
+    assert v.container is not None and "--unordered" in v.container.command
     assert not doc.vertex("source").ordered_writes  # type: ignore[attr-defined]
     assert plan_of(ab, ordered=False).digest == plan_of(ab).digest  # a deployment choice
     assert steps(v) == ("double",)
@@ -130,7 +132,7 @@ def test_to_stateful_is_ordered_with_one_partition() -> None:
     ab = one_pipeline().to_stateful(w.count, w.Counter, "Counts").to_sink(w.tcp_sink())
     doc = only_doc(plan_of(ab, partitions=5))
     v = doc.vertex("counts")  # named after the state
-    assert shape(v) == (StateVertex, "map")
+    assert shape(v) == (StateVertex, "batchmap")
     assert (v.state_name, v.ordered, v.partitions, v.max_replicas) == ("Counts", True, 1, 1)
     assert doc.vertex("source").works[0].key_by is None  # one state object: no keys needed
 

@@ -181,7 +181,7 @@ def test_specs_carry_the_resolved_configuration_and_the_container() -> None:
     assert isinstance(src, TcpSourceVertex) and (src.host, src.port) == ("127.0.0.1", 7010)
     _, state = graph.find("word-totals")
     assert isinstance(state, StateVertex) and state.partitions == 3 and state.ordered
-    assert state.container is not None and state.container.service == "map"
+    assert state.container is not None and state.container.service == "batchmap"
     assert state.container.command[4:8] == ("--app", "word_count", "--vertex", "word-totals")
     assert state.container.values() == {"PYTHONUNBUFFERED": "1",
                                         "NFBUILDER_PLAN_DIGEST": graph.digest,

@@ -118,7 +118,8 @@ def test_unknown_kind_is_refused() -> None:
     with pytest.raises(ServerError) as err:
         serve("reduce", lambda d: [], Settings())  # type: ignore[arg-type]
     assert str(err.value) == (
-        "unknown server kind 'reduce'; expected one of map, sourcetransformer, source, sink"
+        "unknown server kind 'reduce'; expected one of map, batchmap, sourcetransformer, source, "
+        "sink"
     )
 
 

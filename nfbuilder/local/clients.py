@@ -6,10 +6,14 @@ are then sent as they come, with at most ``max_in_flight`` outstanding, and repl
 to callers by id in any order. When the stream fails, every pending call fails with the same
 :class:`UdfStreamError` (numa v1.8.3 then exits; the embedded engine restarts the vertex).
 
-    channel = await connect(sock_dir / "map.sock", retry_s=0.05)
+    channel = await connect(sock_dir / "map.sock", retry_s=0.05)   # or transport="h2"
     await wait_ready(map_pb2_grpc.MapStub(channel), retry_s=0.05)
     mapper = await MapClient.open(channel, max_in_flight=500)
     results = await mapper.map("v-0-0", (), b"hello", event_time_ns=0)
+
+The clients are written once, against the part of ``grpc.aio.Channel`` the generated stubs use;
+``connect`` gives either grpcio's channel or the lean :class:`~nfbuilder.local.h2client.H2Channel`
+(``transport="h2"``), and the clients cannot tell them apart.
 
 The sink and source clients live in :mod:`nfbuilder.local.sourcesink`; everything is re-exported
 here.
@@ -28,6 +32,7 @@ import grpc.aio
 
 from nfbuilder._proto import map_pb2, map_pb2_grpc, sourcetransform_pb2, sourcetransform_pb2_grpc
 from nfbuilder.local.rpc import (
+    Channel,
     ClientError,
     ConnectTimeout,
     UdfProtocolError,
@@ -49,7 +54,7 @@ from nfbuilder.local.sourcesink import (
 )
 
 __all__ = [
-    "ClientError", "ConnectTimeout", "MapClient", "Partitions", "Result", "SinkClient",
+    "Channel", "ClientError", "ConnectTimeout", "MapClient", "Partitions", "Result", "SinkClient",
     "SinkDatum", "SourceClient", "SourceRecord", "TransformClient", "TransformResult",
     "UdfProtocolError", "UdfStreamError", "connect", "wait_ready",
 ]
@@ -94,6 +99,7 @@ class _Correlator(Generic[Resp]):
         self._failure: ClientError | None = None
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
+        self._eot: asyncio.Future[None] | None = None  # batch mode: the EOT awaited
 
     async def start(self, method: Callable[[AsyncIterator[Any]], Any], handshake: Any) -> None:
         # numa enqueues the handshake before it starts the call, so it is the first frame sent.
@@ -136,6 +142,37 @@ class _Correlator(Generic[Resp]):
                 if self._pending.get(id) is future:  # cancelled: forget the waiter
                     del self._pending[id]
 
+    async def call_batch(self, ids: Sequence[str], requests: Sequence[Any], eot: Any) -> list[Resp]:
+        """Batch mode: send every request, then ``eot``; wait for the reply to each id and then
+        for the server's EOT (an EOT before every id is answered is fatal, as in numa)."""
+        if self._failure is not None:
+            raise self._failure
+        loop = asyncio.get_running_loop()
+        futures = []
+        for id, request in zip(ids, requests, strict=True):
+            future: asyncio.Future[Resp] = loop.create_future()
+            self._pending[id] = future
+            futures.append(future)
+            self._queue.put_nowait(request)
+        self._eot = loop.create_future()
+        self._queue.put_nowait(eot)
+        eot_future = self._eot
+        try:
+            results = [await f for f in futures]
+            await eot_future
+            return results
+        except BaseException:
+            # the batch fails as one: its other waiters' errors are the same, seen here
+            waiters: list[asyncio.Future[Any]] = [*futures, eot_future]
+            for f in waiters:
+                if f.done() and not f.cancelled():
+                    f.exception()
+            raise
+        finally:
+            for id in ids:
+                self._pending.pop(id, None)
+            self._eot = None
+
     async def _read_loop(self) -> None:
         failure: ClientError = UdfStreamError(self._what, None, "closed by the engine")
         try:
@@ -146,6 +183,15 @@ class _Correlator(Generic[Resp]):
                         self._what, None,
                         f"the server ended the stream with {len(self._pending)} request(s) pending")
                     break
+                if self._eot is not None and response.HasField("status") \
+                        and response.status.eot:
+                    if self._pending:
+                        failure = UdfProtocolError(
+                            f"UDF_PARTIAL_RESPONSE(batch_map): {self._what} sent EOT with "
+                            f"{len(self._pending)} id(s) of the batch unanswered")
+                        break
+                    self._eot.set_result(None)
+                    continue
                 future = self._pending.pop(response.id, None)
                 if future is None or future.done():
                     # numa logs and ignores a reply for an unknown id.
@@ -164,6 +210,8 @@ class _Correlator(Generic[Resp]):
         for future in pending.values():
             if not future.done():
                 future.set_exception(self._failure)
+        if self._eot is not None and not self._eot.done():
+            self._eot.set_exception(self._failure)
 
     async def close(self) -> None:
         """Half-close the stream, cancel it and fail whatever is still pending."""
@@ -177,22 +225,23 @@ class _Correlator(Generic[Resp]):
 
 
 class MapClient:
-    """The unary-mode ``map.v1.Map/MapFn`` driver (one stream, id-correlated replies).
-
-    Use ``max_in_flight=1`` for ordered vertices (one message at a time, as numa does there).
+    """The ``map.v1.Map/MapFn`` driver (one stream, id-correlated replies): unary mode
+    (``map``, up to ``max_in_flight`` at once) or batch mode (``map_batch``: a batch closed by
+    EOT, the next one sent when all its ids are answered: how the engine drives ordered
+    vertices, whose servers run in batch mode).
 
         mapper = await MapClient.open(channel, max_in_flight=500)
         outs = await mapper.map("v-7-0", ("k",), b"x", event_time_ns=t, watermark_ns=None)
         await mapper.close()
     """
 
-    def __init__(self, channel: grpc.aio.Channel, *, max_in_flight: int = 500,
+    def __init__(self, channel: Channel, *, max_in_flight: int = 500,
                  name: str = "map") -> None:
         self.stub = map_pb2_grpc.MapStub(channel)
         self._stream: _Correlator[Any] = _Correlator(f"{name} MapFn stream", max_in_flight)
 
     @classmethod
-    async def open(cls, channel: grpc.aio.Channel, *, max_in_flight: int = 500,
+    async def open(cls, channel: Channel, *, max_in_flight: int = 500,
                    name: str = "map") -> MapClient:
         """Open the MapFn stream and complete the handshake."""
         client = cls(channel, max_in_flight=max_in_flight, name=name)
@@ -220,9 +269,24 @@ class MapClient:
             for r in response.results
         ]
 
+    async def map_batch(self, items: Sequence[tuple[str, Sequence[str], bytes, int, int | None,
+                                                    Mapping[str, str] | None,
+                                                    UserMetadata | None]]) -> list[list[Result]]:
+        """Batch mode: map ``(id, keys, value, event_time_ns, watermark_ns, headers,
+        user_metadata)`` items as one batch; returns each item's results, in item order."""
+        Request, Inner = map_pb2.MapRequest, map_pb2.MapRequest.Request
+        requests = [Request(id=i[0], request=Inner(**request_fields(*i[1:]))) for i in items]
+        responses = await self._stream.call_batch([i[0] for i in items], requests, _MAP_EOT)
+        return [[Result(value=r.value, keys=tuple(r.keys), tags=tuple(r.tags),
+                        user_metadata=user_metadata_of(r) if r.HasField("metadata") else {})
+                 for r in response.results] for response in responses]
+
     async def close(self) -> None:
         """End the stream (the channel stays open; the caller closes it)."""
         await self._stream.close()
+
+
+_MAP_EOT = map_pb2.MapRequest(status=map_pb2.TransmissionStatus(eot=True))
 
 
 class TransformClient:
@@ -237,14 +301,14 @@ class TransformClient:
         outs[0].event_time_ns
     """
 
-    def __init__(self, channel: grpc.aio.Channel, *, max_in_flight: int = 500,
+    def __init__(self, channel: Channel, *, max_in_flight: int = 500,
                  name: str = "transformer") -> None:
         self.stub = sourcetransform_pb2_grpc.SourceTransformStub(channel)
         self._what = f"{name} SourceTransformFn stream"
         self._stream: _Correlator[Any] = _Correlator(self._what, max_in_flight)
 
     @classmethod
-    async def open(cls, channel: grpc.aio.Channel, *, max_in_flight: int = 500,
+    async def open(cls, channel: Channel, *, max_in_flight: int = 500,
                    name: str = "transformer") -> TransformClient:
         """Open the SourceTransformFn stream and complete the handshake."""
         client = cls(channel, max_in_flight=max_in_flight, name=name)

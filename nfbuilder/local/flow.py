@@ -39,6 +39,7 @@ from nfbuilder.plan import (
     output_id,
     partition_of,
 )
+from nfbuilder.plan.routing import siphash13
 
 log = logging.getLogger("nfbuilder.engine")
 
@@ -268,8 +269,15 @@ class Flow:
                 if reps is None:  # blackhole
                     continue
                 keys = tuple(r.keys)
-                # numa routes to an ordered vertex by key, else shards by the message
-                idx = partition_of(keys if self.vertices[dst].ordered else (msg_id,), len(reps))
+                # numa routes to an ordered vertex by key, else shards by the message (its id is
+                # new every time: not worth partition_of's memo)
+                n = len(reps)
+                if n == 1:
+                    idx = 0
+                elif self.vertices[dst].ordered:
+                    idx = partition_of(keys, n)
+                else:
+                    idx = siphash13(msg_id.encode()) % n
                 event_time = parent.event_time_ns if parent is not None else r.event_time_ns
                 outs.append((reps[idx], Msg(msg_id, r.value, keys, event_time, r.user_metadata,
                                             token, watermark_ns, headers)))
@@ -289,6 +297,19 @@ class Flow:
                 return rep.took(await asyncio.wait_for(rep.queue.get(), 0.2))
             except asyncio.TimeoutError:
                 continue
+
+    async def _batch(self, rep: Replica) -> list[Msg]:
+        """The next message for ``rep`` and those waiting behind it, up to ``read_batch``
+        (due redeliveries first), as numa reads a batch."""
+        batch = [await self._next(rep)]
+        while len(batch) < self.read_batch:
+            if rep.redeliver and rep.redelivery_due():
+                batch.append(rep.redeliver.popleft())
+            elif not rep.queue.empty():
+                batch.append(rep.took(rep.queue.get_nowait()))
+            else:
+                break
+        return batch
 
     async def _call_map(self, rep: Replica, msg: Msg) -> Any:
         """The map results of ``msg``, or None when the replica failed (msg is redelivered)."""
@@ -319,10 +340,38 @@ class Flow:
             finally:
                 rep.busy.pop(id, None)
 
+    async def batch_worker(self, rep: Replica) -> None:
+        """An ordered vertex in batch mode, as numa drives it: the messages waiting (up to
+        ``read_batch``, redeliveries first) go as one batch; the next batch goes when every
+        message of this one is answered; results are routed in the batch's order."""
+        while True:
+            batch = await self._batch(rep)
+            now = time.monotonic()
+            for m in batch:
+                rep.busy[m.id] = now
+            try:
+                outs = await rep.connected().map_batch(
+                    [(m.id, m.keys, m.value, m.event_time_ns, m.watermark_ns, m.headers, m.meta)
+                     for m in batch])
+            except ClientError as exc:
+                rep.redeliver.extendleft(reversed(batch))
+                self.on_failure(rep, exc)
+                continue
+            finally:
+                rep.busy.clear()
+            vertex = rep.spec.vertex
+            for m, results in zip(batch, outs, strict=True):
+                rep.processed += 1
+                await self.route(vertex, m.id, m.token, results, m)
+
     async def map_worker(self, rep: Replica) -> None:
         """Up to ``in_flight`` requests at once (one for ordered vertices, as numa drives them);
         results are routed in arrival order, as a serial Wallaroo step would emit them, so an
-        ordered vertex downstream sees each key's messages in order."""
+        ordered vertex downstream sees each key's messages in order. A replica serving batch
+        mode gets :meth:`batch_worker`."""
+        if rep.spec.kind == "batchmap":
+            await self.batch_worker(rep)
+            return
         calls: asyncio.Queue[tuple[Msg, asyncio.Future[Any]]] = asyncio.Queue(rep.spec.in_flight)
 
         async def route_in_order() -> None:
@@ -352,14 +401,7 @@ class Flow:
         retry = vertex.retry
         backoff = retry.interval_s
         while True:
-            batch = [await self._next(rep)]
-            while len(batch) < self.read_batch:
-                if rep.redeliver and rep.redelivery_due():
-                    batch.append(rep.redeliver.popleft())
-                elif not rep.queue.empty():
-                    batch.append(rep.took(rep.queue.get_nowait()))
-                else:
-                    break
+            batch = await self._batch(rep)
             while batch:
                 data = [SinkDatum(m.id, m.value, m.keys, m.event_time_ns, m.watermark_ns,
                                   dict(m.headers or {}), user_metadata=m.meta or {})

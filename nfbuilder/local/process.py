@@ -45,7 +45,7 @@ QUEUE_BYTES = 16 * 2**20
 class ReplicaSpec:
     doc: str
     vertex: str
-    kind: str  # map | sink | source | sourcetransformer (kafka-sink: no process, see kafka_flow)
+    kind: str  # map | batchmap | sink | source | sourcetransformer (kafka-sink: no process)
     replica: int
     command: tuple[str, ...]
     ordered: bool = False
@@ -133,9 +133,11 @@ class Replica:
             raise ReplicaDied(self, self.proc.returncode)
         died.cancel()
         server_info = info_task.result()
+        # NFBUILDER_TRANSPORT picks the clients' channel: grpcio (default) or the lean h2 one.
         self.channel = await connect(endpoint.socket_path, retry_s=0.05,
-                                     deadline_s=START_DEADLINE_S)
-        if self.spec.kind == "map":
+                                     deadline_s=START_DEADLINE_S,
+                                     transport=Settings.from_env().transport)
+        if self.spec.kind in ("map", "batchmap"):
             from nfbuilder._proto import map_pb2_grpc
 
             await wait_ready(map_pb2_grpc.MapStub(self.channel), retry_s=0.05, deadline_s=30)

@@ -7,6 +7,10 @@ with an error carries the UDF's status message and, in ``grpc-status-details-bin
 
     channel = await connect(sock_dir / "map.sock", retry_s=0.05, deadline_s=30)
     await wait_ready(map_pb2_grpc.MapStub(channel), retry_s=0.05, deadline_s=30)
+
+Two transports give the same :data:`Channel` API (the part of ``grpc.aio.Channel`` the stubs
+use): ``transport="grpc"``, grpcio's channel, the default and the reference, and
+``transport="h2"``, the lean :class:`~nfbuilder.local.h2client.H2Channel`.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ import asyncio
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 import grpc.aio
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from nfbuilder._proto import metadata_pb2
+from nfbuilder.local.h2client import H2Channel
+from nfbuilder.runtime.settings import TRANSPORTS
 
 #: numa's client limit for both directions (hard-coded in v1.8.3).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -32,6 +38,8 @@ _NS = 1_000_000_000
 
 #: User metadata as the clients expose it: group -> key -> bytes.
 UserMetadata = Mapping[str, Mapping[str, bytes]]
+#: What the clients and the generated stubs are given: either transport's channel.
+Channel: TypeAlias = grpc.aio.Channel | H2Channel
 
 
 class ClientError(Exception):
@@ -125,15 +133,46 @@ async def connect(
     *,
     retry_s: float = 1.0,
     deadline_s: float | None = None,
-) -> grpc.aio.Channel:
+    transport: str = "grpc",
+) -> Channel:
     """Open an h2c channel over a Unix socket and wait until it is connected.
 
     Like numa: no TLS, 64 MiB messages, no deadlines on calls, reconnect attempts ``retry_s``
-    apart (the channel's reconnect backoff is pinned to it). ``deadline_s=None`` waits forever;
-    the wait is cancellable. The caller owns the channel (``await channel.close()``).
+    apart. ``deadline_s=None`` waits forever; the wait is cancellable. ``transport`` is "grpc"
+    (grpcio; its reconnect backoff is pinned to ``retry_s``) or "h2" (one HTTP/2 connection,
+    not re-established once lost: the engine reconnects with the replica). The caller owns the
+    channel (``await channel.close()``).
 
         channel = await connect("/tmp/x/map.sock", retry_s=0.05, deadline_s=10)
+        channel = await connect("/tmp/x/map.sock", retry_s=0.05, transport="h2")
     """
+    if transport not in TRANSPORTS:
+        raise ValueError(f"unknown transport {transport!r}; expected one of "
+                         f"{', '.join(TRANSPORTS)}")
+    try:
+        if transport == "h2":
+            return await asyncio.wait_for(_dial_h2(socket_path, retry_s), timeout=deadline_s)
+        return await _dial_grpc(socket_path, retry_s, deadline_s)
+    except asyncio.TimeoutError:
+        raise ConnectTimeout(
+            f"could not connect to the UDF socket {socket_path} within {deadline_s} s "
+            f"(retrying every {retry_s} s); check that the vertex process is running and binds "
+            "that path"
+        ) from None
+
+
+async def _dial_h2(socket_path: str | os.PathLike[str], retry_s: float) -> H2Channel:
+    path = os.fspath(socket_path)
+    while True:
+        try:
+            return await H2Channel.connect(path, authority=_AUTHORITY,
+                                           max_message_bytes=MAX_MESSAGE_BYTES)
+        except OSError:  # not there yet, refused, or closed before its SETTINGS
+            await asyncio.sleep(retry_s)
+
+
+async def _dial_grpc(socket_path: str | os.PathLike[str], retry_s: float,
+                     deadline_s: float | None) -> grpc.aio.Channel:
     backoff_ms = max(1, int(retry_s * 1000))
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -147,13 +186,6 @@ async def connect(
     channel = grpc.aio.insecure_channel(socket_uri(socket_path), options=options)
     try:
         await asyncio.wait_for(channel.channel_ready(), timeout=deadline_s)
-    except asyncio.TimeoutError:
-        await channel.close()
-        raise ConnectTimeout(
-            f"could not connect to the UDF socket {socket_path} within {deadline_s} s "
-            f"(retrying every {retry_s} s); check that the vertex process is running and binds "
-            "that path"
-        ) from None
     except BaseException:
         await channel.close()
         raise
@@ -161,7 +193,7 @@ async def connect(
 
 
 class _ReadyStub(Protocol):
-    def IsReady(self, request: empty_pb2.Empty) -> Any: ...
+    def IsReady(self, request: empty_pb2.Empty, *, timeout: float | None = None) -> Any: ...
 
 
 async def wait_ready(
@@ -171,14 +203,18 @@ async def wait_ready(
     deadline_s: float | None = None,
 ) -> None:
     """Call ``IsReady`` every ``retry_s`` until the RPC succeeds (the ``ready`` value is not
-    checked at start-up, as in numa v1.8.3).
+    checked at start-up, as in numa v1.8.3). With ``deadline_s`` each call gets the time that
+    is left as its deadline, so a server that accepts the call but never answers cannot hold
+    the wait past it.
 
         await wait_ready(sink_pb2_grpc.SinkStub(channel), retry_s=0.05, deadline_s=10)
     """
     started = time.monotonic()
     while True:
+        left = None if deadline_s is None else max(deadline_s - (time.monotonic() - started),
+                                                   0.001)
         try:
-            await stub.IsReady(empty_pb2.Empty())
+            await stub.IsReady(empty_pb2.Empty(), timeout=left)
             return
         except grpc.aio.AioRpcError as exc:
             last = f"{exc.code().name}: {exc.details()}"
@@ -200,8 +236,22 @@ def to_ns(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * _NS + ts.nanos
 
 
+class WireMetadata(dict[str, dict[str, bytes]]):
+    """User metadata as it came off the wire, shared by every message that carried the same
+    bytes (a vertex marks all its outputs alike), with its protobuf form kept for the next
+    request: read it, never change it."""
+
+    __slots__ = ("pb",)
+    pb: metadata_pb2.Metadata
+
+
+_WIRE_METADATA: dict[bytes, WireMetadata] = {}
+
+
 def metadata_pb(user_metadata: UserMetadata) -> metadata_pb2.Metadata:
     """A ``metadata.Metadata`` carrying only user metadata (numa restores sys metadata itself)."""
+    if isinstance(user_metadata, WireMetadata):
+        return user_metadata.pb
     return metadata_pb2.Metadata(user_metadata={
         group: metadata_pb2.KeyValueGroup(key_value=dict(values))
         for group, values in user_metadata.items()
@@ -209,8 +259,18 @@ def metadata_pb(user_metadata: UserMetadata) -> metadata_pb2.Metadata:
 
 
 def user_metadata_of(message: Any) -> dict[str, dict[str, bytes]]:
-    """The user metadata of a result/record message with a ``metadata`` field, as plain dicts."""
-    return {group: dict(kv.key_value) for group, kv in message.metadata.user_metadata.items()}
+    """The user metadata of a result/record message with a ``metadata`` field, as plain dicts
+    (a :class:`WireMetadata` shared by the messages that carried the same bytes)."""
+    raw = message.metadata.SerializeToString()
+    found = _WIRE_METADATA.get(raw)
+    if found is None:
+        if len(_WIRE_METADATA) >= 4096:  # bounded: only repeated metadata is worth keeping
+            _WIRE_METADATA.clear()
+        found = WireMetadata({group: dict(kv.key_value)
+                              for group, kv in message.metadata.user_metadata.items()})
+        found.pb = metadata_pb2.Metadata(user_metadata=message.metadata.user_metadata)
+        _WIRE_METADATA[raw] = found
+    return found
 
 
 def request_fields(

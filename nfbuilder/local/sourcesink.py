@@ -110,6 +110,9 @@ class _SerialStream:
             await self._call.write(request)
         except grpc.aio.AioRpcError as exc:
             self.broken(stream_error(self.what, exc))
+        except asyncio.InvalidStateError:  # grpc.aio: the server ended the call meanwhile
+            self.broken(UdfStreamError(self.what, None, "the server ended the stream while the "
+                                       "engine was writing to it"))
 
     async def read(self, expecting: str) -> Any:
         try:

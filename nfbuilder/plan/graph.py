@@ -93,7 +93,8 @@ class EnvVar:
 @attrs.frozen
 class Container:
     """What our container in a vertex runs: which gRPC service (``source``,
-    ``sourcetransformer``, ``map`` or ``sink``), its command and its environment."""
+    ``sourcetransformer``, ``map``, ``batchmap``: map.v1 in batch mode, or ``sink``), its
+    command and its environment."""
 
     service: str
     command: tuple[str, ...]

@@ -68,13 +68,16 @@ from nfbuilder.topology import (
 DEFAULT_RETENTION_S = attrs.fields(PlanOptions).id_retention_s.default
 
 def serve_command(ref: AppRef, vertex: str, fuse: bool = False, *,
-                  dead_letters: str = "log", transformer: bool = False) -> tuple[str, ...]:
+                  dead_letters: str = "log", transformer: bool = False,
+                  ordered: bool = True) -> tuple[str, ...]:
     """The container command of a vertex (what ``nfbuilder run`` starts locally, too): the plan
-    options that change the vertices (``fuse``, ``dead_letters``), so the container plans the
-    app as ``compile`` did; ``transformer``: the TCP source's transformer container."""
+    options that change the vertices (``fuse``, ``dead_letters``, ``ordered``), so the container
+    plans the app as ``compile`` did; ``transformer``: the TCP source's transformer container."""
     cmd = ["python", "-m", "nfbuilder", "serve", "--app", ref.module, "--vertex", vertex]
     if fuse:
         cmd.append("--fuse")
+    if not ordered:
+        cmd.append("--unordered")
     if dead_letters != "log":
         cmd += ["--dead-letter-sink", dead_letters]
     if transformer:
@@ -404,11 +407,14 @@ def _with_container(v: Vertex, doc: PipelineDoc, options: PlanOptions, ref: AppR
             env.append(EnvVar(STATE_KEY_ENV, secret=(name, key or "key")))
         if options.id_retention_s != DEFAULT_RETENTION_S:
             env.append(EnvVar(ID_RETENTION_ENV, f"{options.id_retention_s:g}"))
-    command = serve_command(ref, v.name, options.fuse, dead_letters=options.dead_letters)
+    command = serve_command(ref, v.name, options.fuse, dead_letters=options.dead_letters,
+                            ordered=options.ordered)
+    if isinstance(v, MapVertex) and v.ordered:
+        service = "batchmap"  # numa's batch mode: one round trip per batch, in order
     v = attrs.evolve(v, container=Container(service, command, tuple(env)))
     if isinstance(v, TcpSourceVertex):
         command = serve_command(ref, v.name, options.fuse, dead_letters=options.dead_letters,
-                                transformer=True)
+                                transformer=True, ordered=options.ordered)
         env = [e for e in env if e.name not in (BIND_HOST_ENV, MAX_FRAME_ENV)]
         v = attrs.evolve(v, transformer=Container("sourcetransformer", command, tuple(env)))
     return v

@@ -1,7 +1,9 @@
 """The one server module: socket, server-info file, IsReady, signals, shutdown, fatal errors.
 
 A vertex container calls :func:`serve` with its kind and a handler; it returns the process exit
-code (0 after SIGTERM/SIGINT, 1 after a user-code error).
+code (0 after SIGTERM/SIGINT, 1 after a user-code error). The gRPC transport is grpcio
+(``grpc.aio``, the default) or the lean h2 one (:mod:`nfbuilder.runtime.h2server`), chosen by
+``settings.transport`` (NFBUILDER_TRANSPORT); everything else here is shared by both.
 
 Example::
 
@@ -17,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -27,6 +29,7 @@ import grpc.aio
 
 from nfbuilder._proto import map_pb2_grpc, sink_pb2_grpc, source_pb2_grpc, sourcetransform_pb2_grpc
 from nfbuilder.runtime.errors import UNKNOWN_CONTAINER
+from nfbuilder.runtime.h2server import H2Server, methods_of
 from nfbuilder.runtime.messages import MapHandler, SinkHandler, SourceHandler
 from nfbuilder.runtime.servicers import (
     MapServicer,
@@ -39,11 +42,13 @@ from nfbuilder.runtime.stream import ErrorContract
 
 log = logging.getLogger("nfbuilder.runtime")
 
-Kind = Literal["map", "sourcetransformer", "source", "sink"]
-KINDS: tuple[Kind, ...] = ("map", "sourcetransformer", "source", "sink")
+#: "batchmap" is map.v1.Map in numa's batch mode (ordered vertices: a round trip per batch)
+Kind = Literal["map", "batchmap", "sourcetransformer", "source", "sink"]
+KINDS: tuple[Kind, ...] = ("map", "batchmap", "sourcetransformer", "source", "sink")
 #: NUMAFLOW_UD_CONTAINER_TYPE the controller gives the (primary) container of each kind
 UD_CONTAINER_TYPES: dict[Kind, str] = {
-    "map": "udf", "sourcetransformer": "transformer", "source": "udsource", "sink": "udsink",
+    "map": "udf", "batchmap": "udf", "sourcetransformer": "transformer", "source": "udsource",
+    "sink": "udsink",
 }
 
 #: The end marker numa requires right after the JSON: these 13 ASCII characters, literally
@@ -100,6 +105,9 @@ def endpoint_for(kind: Kind, settings: Settings) -> Endpoint:
         return Endpoint(
             str(base / "map.sock"), str(base / "mapper-server-info"), (("MAP_MODE", "unary-map"),)
         )
+    if kind == "batchmap":  # numa reads MAP_MODE from the info file and dials batchmap.sock
+        return Endpoint(str(base / "batchmap.sock"), str(base / "mapper-server-info"),
+                        (("MAP_MODE", "batch-map"),))
     if kind == "sourcetransformer":
         return Endpoint(
             str(base / "sourcetransform.sock"), str(base / "sourcetransformer-server-info")
@@ -184,26 +192,28 @@ class _Server:
         if self._stop is not None:
             self._stop.set()
 
-    def _add_servicer(self, server: grpc.aio.Server) -> None:
+    def _servicer(self) -> tuple[Callable[[Any, Any], None], object]:
+        """This kind's servicer and the generated function that registers it on a server."""
         settings, handler = self.settings, self.handler
         prefix = "UDSinkError, " if self.kind == "sink" else ""
         errors = ErrorContract(settings.container_type, self.on_fatal, prefix)
         workers = 1 if self.ordered else settings.map_workers
-        if self.kind == "map":
-            servicer = MapServicer(cast(MapHandler, handler), errors, workers=workers)
-            map_pb2_grpc.add_MapServicer_to_server(servicer, server)
-        elif self.kind == "sourcetransformer":
-            transformer = TransformerServicer(cast(MapHandler, handler), errors, workers=workers)
-            sourcetransform_pb2_grpc.add_SourceTransformServicer_to_server(transformer, server)
-        elif self.kind == "source":
-            source = SourceServicer(cast(SourceHandler, handler), errors)
-            source_pb2_grpc.add_SourceServicer_to_server(source, server)
-        else:
-            sink_pb2_grpc.add_SinkServicer_to_server(
-                SinkServicer(cast(SinkHandler, handler), errors), server
-            )
+        if self.kind in ("map", "batchmap"):
+            batch = self.kind == "batchmap"
+            return (map_pb2_grpc.add_MapServicer_to_server,
+                    MapServicer(cast(MapHandler, handler), errors,
+                                workers=1 if batch else workers, batch=batch))
+        if self.kind == "sourcetransformer":
+            return (sourcetransform_pb2_grpc.add_SourceTransformServicer_to_server,
+                    TransformerServicer(cast(MapHandler, handler), errors, workers=workers))
+        if self.kind == "source":
+            return (source_pb2_grpc.add_SourceServicer_to_server,
+                    SourceServicer(cast(SourceHandler, handler), errors))
+        return sink_pb2_grpc.add_SinkServicer_to_server, SinkServicer(
+            cast(SinkHandler, handler), errors
+        )
 
-    def _bind(self, server: grpc.aio.Server) -> None:
+    def _prepare_socket(self) -> str:
         path = self.endpoint.socket_path
         if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
             raise ServerError(
@@ -216,21 +226,39 @@ class _Server:
         Path(path).unlink(missing_ok=True)
         # ...and its old server-info file, which must not announce us before we are bound.
         Path(self.endpoint.info_path).unlink(missing_ok=True)
+        return path
+
+    def _bind_error(self, path: str, exc: Exception) -> ServerError:
+        return ServerError(
+            f"could not bind the {self.kind} server to unix://{path}: {exc}; check that "
+            "the directory is writable and no other server uses it"
+        )
+
+    async def _start(self) -> Callable[[float], Awaitable[Any]]:
+        """Bind and start the server on the configured transport; return its ``stop(grace)``."""
+        add_to_server, servicer = self._servicer()
+        path = self._prepare_socket()
+        if self.settings.transport == "h2":
+            h2_server = H2Server(methods_of(add_to_server, servicer),
+                                 max_message_bytes=MAX_MESSAGE_BYTES)
+            try:
+                await h2_server.start(path)
+            except OSError as exc:
+                raise self._bind_error(path, exc) from exc
+            return h2_server.stop
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        add_to_server(servicer, server)
         try:
             server.add_insecure_port(f"unix://{path}")
         except RuntimeError as exc:
-            raise ServerError(
-                f"could not bind the {self.kind} server to unix://{path}: {exc}; check that "
-                "the directory is writable and no other server uses it"
-            ) from exc
+            raise self._bind_error(path, exc) from exc
+        await server.start()
+        return cast(Callable[[float], Awaitable[Any]], server.stop)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = grpc.aio.server(options=GRPC_OPTIONS)
-        self._add_servicer(server)
-        self._bind(server)
-        await server.start()
+        stop_server = await self._start()
         # A handler with its own resources (a TCP listener) starts them before we announce
         # ourselves, so "ready" means "accepting data" too.
         start = getattr(self.handler, "start", None)
@@ -240,14 +268,15 @@ class _Server:
         write_atomically(self.endpoint.info_path, server_info_text(self.endpoint))
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
-        log.info("%s server listening on unix://%s", self.kind, self.endpoint.socket_path)
+        log.info("%s server listening on unix://%s (%s transport)", self.kind,
+                 self.endpoint.socket_path, self.settings.transport)
         try:
             await self._stop.wait()
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             # The grace lets in-flight RPCs finish, including the one sending a fatal status.
-            await server.stop(max(self.settings.shutdown_grace_s, 0.1))
+            await stop_server(max(self.settings.shutdown_grace_s, 0.1))
             stop = getattr(self.handler, "stop", None)
             if stop is not None:
                 await stop()

@@ -66,6 +66,20 @@ def _str(environ: Mapping[str, str], name: str) -> str | None:
     return environ.get(name) or None
 
 
+#: the values of NFBUILDER_TRANSPORT, the default first
+TRANSPORTS = ("h2", "grpc")
+
+
+def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise SettingsError(f"environment variable {name} must be one of {', '.join(choices)}, "
+                            f"got {raw!r}; unset it to use the default ({choices[0]})")
+    return raw
+
+
 @attrs.frozen
 class Settings:
     """What a vertex container needs to know about its environment.
@@ -94,6 +108,9 @@ class Settings:
     max_frame: int = DEFAULT_MAX_FRAME  # largest payload one frame may declare
     source_buffer_bytes: int = DEFAULT_MAX_BUFFERED_BYTES  # complete frames held, not acked
     source_partial_bytes: int = DEFAULT_MAX_PARTIAL_BYTES  # partial frames, all connections
+    #: the gRPC transport of our servers and of the engine's clients: "h2" (the lean one on
+    #: the h2 library, the default) or "grpc" (grpcio, the reference)
+    transport: str = "h2"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -124,4 +141,5 @@ class Settings:
             source_partial_bytes=_int(
                 environ, "NFBUILDER_SOURCE_PARTIAL_BYTES", DEFAULT_MAX_PARTIAL_BYTES, minimum=1
             ),
+            transport=_choice(environ, "NFBUILDER_TRANSPORT", TRANSPORTS),
         )

@@ -290,6 +290,7 @@ def _state_stage(
     states = program.states
     entries = states.entries(spec.name)
     durable = states.durable
+    dumps_state = program.codec.dumps
     # encoded outputs are bytes whatever ``serialize`` says: recorded and replayed as they are
     encodes = work_encodes
     warn_drop = _DropLog(where)
@@ -313,6 +314,9 @@ def _state_stage(
                 log.info("%s: message %s is already in the state of key %r: not applied again, "
                          "its %s re-emitted", where, msg_id, key, "outputs")
                 return program._replay(recorded, serialize or encodes)
+        # with saves held for a batch, a key changed earlier in it is not in the store yet:
+        # keep what it was before this message, to go back to if the computation fails
+        before = dumps_state(entry.obj) if durable and states.held(spec.name, key) else None
         try:
             result = fn(obj, entry.obj)
             if not isinstance(result, tuple) or len(result) != 2:
@@ -330,10 +334,13 @@ def _state_stage(
             else:
                 raise _not_a_list(where, comp, output, step.name)
         except Exception as exc:
-            # The computation may have changed the state before it failed: with a store, forget
-            # the cached object, so the next message of the key (or a retry) starts from the
-            # saved one (saves are all that changed it). In memory there is nothing to go back to.
-            if durable:
+            # The computation may have changed the state before it failed: with a store, go
+            # back to the state before it (held for the batch), or forget the cached object so
+            # the next message of the key (or a retry) starts from the saved one (saves are all
+            # that changed it). In memory there is nothing to go back to.
+            if before is not None:
+                entry.obj = program.codec.loads(before)
+            elif durable:
                 entries.pop(key, None)
             if isinstance(exc, UserCodeError):
                 raise

@@ -55,6 +55,28 @@ class StateTable:
         #: the claim this process's saves are made under (a state vertex partition's)
         self.fence = fence
         self._by_name: dict[str, dict[str, Entry]] = {}  # state name -> key -> entry
+        #: saves held until :meth:`flush` (batch mode): (state, key) -> (spec, entry)
+        self._dirty: dict[tuple[str, str], tuple[StateSpec, Entry]] | None = None
+
+    def defer_saves(self) -> None:
+        """From now on a save waits for :meth:`flush`: a batch of messages costs one save per
+        key it changed, not one per message (what a batch-mode vertex calls at its EOT)."""
+        if self._dirty is None:
+            self._dirty = {}
+
+    def held(self, state_name: str, key: str) -> bool:
+        """Whether a save of this key waits for the next :meth:`flush`."""
+        return self._dirty is not None and (state_name, key) in self._dirty
+
+    def flush(self) -> None:
+        """Persist every save held since the last flush (each key once, with all the ids and
+        outputs it took meanwhile)."""
+        dirty, store = self._dirty, self.store
+        if not dirty or store is None:
+            return
+        self._dirty = {}
+        for (_, key), (spec, entry) in dirty.items():
+            self._persist(store, spec, key, entry)
 
     @property
     def durable(self) -> bool:
@@ -99,11 +121,17 @@ class StateTable:
             # keep of these ids (the newest ``id_window`` and those within the retention)
             _trim(entry.pending, entry.at, store.id_window, horizon)
         if save:
-            store.save(spec.name, key, self.codec.dumps(entry.obj), list(entry.pending),
-                       entry.pending, fence=self.fence)
-            entry.persisted.update(entry.pending)
-            entry.pending = {}
-            _trim(entry.persisted, entry.at, store.id_window, horizon)
+            if self._dirty is not None:
+                self._dirty[(spec.name, key)] = (spec, entry)
+            else:
+                self._persist(store, spec, key, entry)
+
+    def _persist(self, store: StateStore, spec: StateSpec, key: str, entry: Entry) -> None:
+        store.save(spec.name, key, self.codec.dumps(entry.obj), list(entry.pending),
+                   entry.pending, fence=self.fence)
+        entry.persisted.update(entry.pending)
+        entry.pending = {}
+        _trim(entry.persisted, entry.at, store.id_window, time.time() - store.id_retention_s)
 
     def keys(self, state_name: str) -> list[str]:
         return list(self._by_name.get(state_name, ()))

@@ -1,9 +1,18 @@
-"""The one bidi-stream helper every servicer uses: handshake, EOT batches, id checks, errors.
+"""The one bidi-stream core every servicer and both transports use: handshake, EOT, errors.
 
 Every Numaflow v1 bidi stream (map, transformer, source read/ack, sink) starts with a request
 carrying ``handshake{sot: true}`` that the server must answer with a handshake before anything
-else. A servicer describes its stream with a :class:`StreamSpec` and a ``process`` async
-generator that turns data requests into responses; :class:`BidiStream` does the rest.
+else; a second handshake is a protocol error; a handler failure ends the call with the error
+contract's status. A servicer describes its stream with a :class:`StreamSpec` and either a
+``process`` async generator or a synchronous one-to-one ``answer``; :class:`BidiStream` does
+the rest, for either transport:
+
+* grpc.aio (and any transport that gives a :class:`Context`): ``stream.handle`` is the
+  stream-stream method;
+* a transport that parses requests itself (the h2 server's hot path): ``stream.inline()``
+  gives an :class:`InlineCall` per call, fed the requests of each read, no task per message.
+
+Both report how a call fails as a :class:`Failure` (status code, message, details trailer).
 
 Example::
 
@@ -15,11 +24,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 import attrs
 import grpc
-import grpc.aio
 from google.protobuf import text_format
 
 from nfbuilder.runtime.errors import describe, status_details, udf_error_message
@@ -38,6 +46,45 @@ class ProtocolError(Exception):
     """The client broke the stream choreography (not a user-code error: the server keeps going)."""
 
 
+@attrs.frozen
+class Failure:
+    """How a call ends when it does not end OK; both transports send exactly this.
+
+    ``details`` is the ``grpc-status-details-bin`` trailer (a serialized google.rpc.Status).
+
+    Example::
+
+        Failure(grpc.StatusCode.INVALID_ARGUMENT, "MapFn: got a second handshake ...")
+    """
+
+    code: grpc.StatusCode
+    message: str
+    details: bytes | None = None
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        """The failure's trailing metadata, as grpc.aio's ``abort`` takes it."""
+        return () if self.details is None else ((DETAILS_TRAILER, self.details),)
+
+
+class Context(Protocol):
+    """What the stream core needs from a call: a way to end it with a status.
+
+    ``grpc.aio.ServicerContext`` is one; the h2 transport's call context is the other.
+    """
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "",
+        trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
+    ) -> NoReturn: ...
+
+
+async def end_call(context: Context, failure: Failure) -> NoReturn:
+    """End the call behind ``context`` with ``failure`` (``abort`` raises to unwind the handler)."""
+    await context.abort(failure.code, failure.message,
+                        trailing_metadata=failure.trailing_metadata())
+    raise AssertionError("context.abort() returned")  # pragma: no cover - abort always raises
+
+
 def _is_handshake(request: Any) -> bool:
     return bool(request.HasField("handshake") and request.handshake.sot)
 
@@ -53,6 +100,22 @@ class StreamSpec(Generic[Resp]):
 
     method: str
     handshake_reply: Resp
+
+    def open(self, first: Any) -> Resp:
+        """The reply to a call's first request; ProtocolError unless it is a handshake."""
+        if not _is_handshake(first):
+            raise ProtocolError(
+                "the first request must be a handshake (handshake.sot=true), got "
+                f"{_summary(first)}; the client must open the stream with "
+                "{handshake: {sot: true}}"
+            )
+        return self.handshake_reply
+
+    def refused(self, error: ProtocolError) -> Failure:
+        """The failure that ends a call whose client broke the choreography (logged)."""
+        message = f"{self.method}: {error}"
+        log.warning("protocol error: %s", message)
+        return Failure(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 @attrs.frozen
@@ -72,20 +135,26 @@ class ErrorContract:
     on_fatal: Callable[[str, str], None]
     prefix: str = ""
 
-    async def abort(self, context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
-        """End the RPC with INTERNAL, the contract message and a DebugInfo trailer."""
+    def fatal(self, exc: BaseException) -> Failure:
+        """Log ``exc``, call ``on_fatal`` and return the INTERNAL failure with its DebugInfo.
+
+        Example::
+
+            errors.fatal(ValueError("boom"))
+            # Failure(INTERNAL, "UDF_EXECUTION_ERROR(udf): ValueError('boom')", b"...")
+        """
         message, traceback_text = describe(exc)
         status_message = udf_error_message(self.container_type, message, prefix=self.prefix)
         log.error("%s\n%s", status_message, traceback_text)
         self.on_fatal(status_message, traceback_text)
-        await context.abort(
-            grpc.StatusCode.INTERNAL,
-            status_message,
-            trailing_metadata=((DETAILS_TRAILER, status_details(status_message, traceback_text)),),
-        )
-        raise AssertionError("context.abort() returned")  # pragma: no cover - abort always raises
+        return Failure(grpc.StatusCode.INTERNAL, status_message,
+                       status_details(status_message, traceback_text))
 
-    async def guard(self, context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
+    async def abort(self, context: Context, exc: BaseException) -> NoReturn:
+        """End the RPC with INTERNAL, the contract message and a DebugInfo trailer."""
+        await end_call(context, self.fatal(exc))
+
+    async def guard(self, context: Context, call: Awaitable[T]) -> T:
         """Await a unary handler call; a failure takes the same fatal path as in a stream.
 
         Example::
@@ -98,14 +167,9 @@ class ErrorContract:
             await self.abort(context, exc)
 
 
-async def abort_protocol(
-    context: grpc.aio.ServicerContext, method: str, error: ProtocolError
-) -> NoReturn:
+async def abort_protocol(context: Context, spec: StreamSpec[Any], error: ProtocolError) -> NoReturn:
     """End the RPC with INVALID_ARGUMENT for a client that broke the choreography."""
-    message = f"{method}: {error}"
-    log.warning("protocol error: %s", message)
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-    raise AssertionError("context.abort() returned")  # pragma: no cover - abort always raises
+    await end_call(context, spec.refused(error))
 
 
 class BidiStream(Generic[Req, Resp]):
@@ -131,12 +195,14 @@ class BidiStream(Generic[Req, Resp]):
         errors: ErrorContract,
         *,
         answer: Callable[[Req], Resp] | None = None,
+        answers: Callable[[], Callable[[Req], Sequence[Resp]]] | None = None,
     ) -> None:
-        if (process is None) == (answer is None):
-            raise TypeError("BidiStream needs exactly one of process and answer")
+        if sum(x is not None for x in (process, answer, answers)) != 1:
+            raise TypeError("BidiStream needs exactly one of process, answer and answers")
         self._spec = spec
         self._process = process
         self._answer = answer
+        self._answers = answers
         self._errors = errors
 
     @classmethod
@@ -155,48 +221,131 @@ class BidiStream(Generic[Req, Resp]):
         """
         return cls(spec, None, errors, answer=answer)
 
-    async def handle(
-        self, requests: AsyncIterator[Req], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Resp]:
+    @classmethod
+    def one_to_many(
+        cls, spec: StreamSpec[Resp], answers: Callable[[], Callable[[Req], Sequence[Resp]]],
+        errors: ErrorContract,
+    ) -> BidiStream[Req, Resp]:
+        """As :meth:`one_to_one`, but each request gets the responses (none, one or several)
+        that ``answer(request)`` returns, ``answer`` being made by ``answers()`` for each call
+        (so a call's state, e.g. a batch's responses held back until its EOT, is its own).
+
+        Example::
+
+            BidiStream.one_to_many(spec, lambda: lambda r: [reply_for(r)], errors).handle
+        """
+        return cls(spec, None, errors, answers=answers)
+
+    def inline(self) -> InlineCall[Req, Resp] | None:
+        """A new call's state for a transport that answers requests as it parses them, or None
+        when the stream's body is an async ``process`` (run it through :meth:`handle`).
+
+        Example::
+
+            call = stream.inline()
+            failure = call.feed(requests_of_this_read, responses)
+        """
+        if self._answers is not None:
+            return InlineCall(self._spec, self._answers(), self._errors, many=True)
+        if self._answer is None:
+            return None
+        return InlineCall(self._spec, self._answer, self._errors)
+
+    async def handle(self, requests: AsyncIterator[Req], context: Context) -> AsyncIterator[Resp]:
         """The grpc.aio stream-stream handler (an async generator method)."""
-        method = self._spec.method
+        call = self.inline()
+        if call is not None:  # one-to-one: the very code the h2 transport runs, per request
+            out: list[Resp] = []
+            async for request in requests:
+                failure = call.feed((request,), out)
+                for response in out:
+                    yield response
+                out.clear()
+                if failure is not None:
+                    await end_call(context, failure)
+            return
+        spec = self._spec
         iterator = aiter(requests)
         try:
             first = await anext(iterator)
         except StopAsyncIteration:
             return  # the client closed before the handshake: nothing to answer
-        if not _is_handshake(first):
-            await abort_protocol(
-                context,
-                method,
-                ProtocolError(
-                    "the first request must be a handshake (handshake.sot=true), got "
-                    f"{_summary(first)}; the client must open the stream with "
-                    "{handshake: {sot: true}}"
-                ),
-            )
-        yield self._spec.handshake_reply
-        answer = self._answer
         try:
-            if answer is not None:
-                async for request in iterator:
-                    if _is_handshake(request):
-                        raise ProtocolError(_SECOND_HANDSHAKE)
-                    yield answer(request)
-            else:
-                assert self._process is not None
-                async for response in self._process(_data_requests(iterator, method)):
-                    yield response
+            reply = spec.open(first)
         except ProtocolError as error:
-            await abort_protocol(context, method, error)
+            await abort_protocol(context, spec, error)
+        yield reply
+        assert self._process is not None
+        try:
+            async for response in self._process(_data_requests(iterator)):
+                yield response
+        except ProtocolError as error:
+            await abort_protocol(context, spec, error)
         except Exception as exc:  # noqa: BLE001 - any handler failure takes the fatal path
             await self._errors.abort(context, exc)
+
+
+class InlineCall(Generic[Req, Resp]):
+    """One call of a one-to-one stream, fed requests by a transport that parses them itself.
+
+    The same choreography as :meth:`BidiStream.handle` (handshake first, no second one, handler
+    errors through the contract), with no task, future or generator per message.
+
+    Example::
+
+        responses: list[MapResponse] = []
+        failure = call.feed([handshake, request], responses)  # None: the call goes on
+    """
+
+    __slots__ = ("_answer", "_errors", "_many", "_opened", "_spec")
+
+    def __init__(
+        self, spec: StreamSpec[Resp], answer: Callable[[Req], Any], errors: ErrorContract,
+        *, many: bool = False,
+    ) -> None:
+        self._spec = spec
+        self._answer = answer
+        self._errors = errors
+        self._opened = False
+        self._many = many  # answer returns a list of responses
+
+    def feed(self, requests: Iterable[Req], out: list[Resp]) -> Failure | None:
+        """Append the response to each of ``requests`` to ``out``, in order.
+
+        Returns None while the call goes on, or the :class:`Failure` that ends it (``out`` then
+        holds the responses to send before it).
+        """
+        answer, append = self._answer, out.append
+        iterator = iter(requests)
+        try:
+            if not self._opened:
+                first = next(iterator, None)
+                if first is None:
+                    return None
+                append(self._spec.open(first))
+                self._opened = True
+            if self._many:
+                extend = out.extend
+                for request in iterator:
+                    if _is_handshake(request):
+                        raise ProtocolError(_SECOND_HANDSHAKE)
+                    extend(answer(request))
+                return None
+            for request in iterator:
+                if _is_handshake(request):
+                    raise ProtocolError(_SECOND_HANDSHAKE)
+                append(answer(request))
+        except ProtocolError as error:
+            return self._spec.refused(error)
+        except Exception as exc:  # noqa: BLE001 - any handler failure takes the fatal path
+            return self._errors.fatal(exc)
+        return None
 
 
 _SECOND_HANDSHAKE = "got a second handshake after the stream was opened"
 
 
-async def _data_requests(iterator: AsyncIterator[Req], method: str) -> AsyncIterator[Req]:
+async def _data_requests(iterator: AsyncIterator[Req]) -> AsyncIterator[Req]:
     async for request in iterator:
         if _is_handshake(request):
             raise ProtocolError(_SECOND_HANDSHAKE)

@@ -81,7 +81,7 @@ class PlanMismatch(ServeError):
 def build_program(
     loaded: LoadedApp, vertex_name: str, *, fuse: bool, state_store: str | None,
     digest: str | None = None, id_retention_s: float = DEFAULT_ID_RETENTION_S,
-    partition: int = 0, dead_letters: str = "log",
+    partition: int = 0, dead_letters: str = "log", ordered: bool = True,
 ) -> VertexProgram:
     """The vertex's program, with its state store opened when it serves a state.
 
@@ -91,7 +91,7 @@ def build_program(
     replica) in the store: saves of an earlier owner are refused from then on. Raises
     ``KeyError`` for an unknown vertex and ``StateStoreError`` for a store that cannot be
     opened."""
-    graph = plan(loaded.app, PlanOptions(fuse=fuse, dead_letters=dead_letters),
+    graph = plan(loaded.app, PlanOptions(fuse=fuse, dead_letters=dead_letters, ordered=ordered),
                  AppRef(loaded.module_name, loaded.args))
     _, vertex = graph.find(vertex_name)
     if digest and digest != graph.digest:
@@ -218,8 +218,14 @@ def serve_program(program: VertexProgram, settings: Settings, *,
     if transformer and not isinstance(vertex, TcpSourceVertex):
         raise ServeError(f"vertex {vertex.name!r} has no transformer container of ours "
                          f"({type(vertex).__name__})")
-    if isinstance(vertex, MapVertex):
-        return serve("map", map_handler(program), settings, ordered=vertex.ordered)
+    if isinstance(vertex, MapVertex):  # ordered ones in batch mode (the spec's service)
+        assert vertex.container is not None
+        batch = vertex.container.service == "batchmap"
+        handler = map_handler(program)
+        if batch:  # a state vertex saves once per key per batch, before the batch is answered
+            program.states.defer_saves()
+            handler.end_of_batch = program.states.flush
+        return serve("batchmap" if batch else "map", handler, settings, ordered=vertex.ordered)
     if isinstance(vertex, KafkaSourceVertex) or transformer:
         return serve("sourcetransformer", map_handler(program), settings)
     if isinstance(vertex, TcpSourceVertex):

@@ -2,7 +2,9 @@
 
 A servicer only speaks the protocol; :mod:`nfbuilder.runtime.server` owns sockets, the
 server-info file, signals and shutdown, and :mod:`nfbuilder.runtime.stream` the shared
-handshake/EOT/error logic.
+handshake/EOT/error logic. The same servicer objects are served by grpc.aio and by the h2
+transport (:mod:`nfbuilder.runtime.h2server` reads their methods from the generated
+``add_*Servicer_to_server`` functions).
 
 Example::
 

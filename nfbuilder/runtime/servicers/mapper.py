@@ -1,4 +1,5 @@
-"""Servicers for ``map.v1.Map`` (unary mode) and ``sourcetransformer.v1.SourceTransform``.
+"""Servicers for ``map.v1.Map`` (unary and batch mode) and
+``sourcetransformer.v1.SourceTransform``.
 
 Both answer every data request with exactly one response echoing its id. The handler is
 synchronous user code; by default it runs inline on the event loop, one request at a time in
@@ -102,14 +103,16 @@ def _handshake_map() -> map_pb2.MapResponse:
 
 
 class MapServicer(map_pb2_grpc.MapServicer):
-    """``map.v1.Map`` in unary mode over a synchronous :data:`MapHandler`.
+    """``map.v1.Map`` in unary mode over a synchronous :data:`MapHandler`; ``batch=True``: in
+    batch mode (each batch closed by an EOT the servicer answers after the batch's responses).
 
     Example::
 
         MapServicer(lambda d: [Result(d.value)], ErrorContract("udf", on_fatal), workers=1)
     """
 
-    def __init__(self, handler: MapHandler, errors: ErrorContract, *, workers: int = 1) -> None:
+    def __init__(self, handler: MapHandler, errors: ErrorContract, *, workers: int = 1,
+                 batch: bool = False) -> None:
         Response = map_pb2.MapResponse
 
         def answer(request: map_pb2.MapRequest) -> map_pb2.MapResponse:
@@ -117,13 +120,46 @@ class MapServicer(map_pb2_grpc.MapServicer):
             add_map_results(response.results, handler(map_datum(request)))
             return response
 
-        stream = _stream(StreamSpec("MapFn", _handshake_map()), answer, errors, workers)
+        spec = StreamSpec("MapFn", _handshake_map())
+        if batch:
+            stream = BidiStream.one_to_many(spec, _batch_answers(answer, handler), errors)
+        else:
+            stream = _stream(spec, answer, errors, workers)
         self.MapFn = stream.handle  # type: ignore[method-assign]
 
     async def IsReady(
         self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext
     ) -> map_pb2.ReadyResponse:
         return map_pb2.ReadyResponse(ready=True)
+
+
+def _batch_answers(
+    answer: Callable[[map_pb2.MapRequest], map_pb2.MapResponse], handler: MapHandler
+) -> Callable[[], Callable[[map_pb2.MapRequest], list[map_pb2.MapResponse]]]:
+    """numa's batch mode, per call: the requests of a batch (each handled as it comes, in
+    order), then an EOT request. The batch's responses are held back until its EOT, when the
+    handler's ``end_of_batch()`` (if it has one: a state vertex saves its batch there) has
+    returned; then every response and the EOT go out. numa acts on a batch only once it has
+    every answer, so holding them costs no time, and what a response says is saved first."""
+    end_of_batch = getattr(handler, "end_of_batch", None)
+    eot = map_pb2.MapResponse(status=map_pb2.TransmissionStatus(eot=True))
+
+    def answers() -> Callable[[map_pb2.MapRequest], list[map_pb2.MapResponse]]:
+        held: list[map_pb2.MapResponse] = []
+
+        def answer_many(request: map_pb2.MapRequest) -> list[map_pb2.MapResponse]:
+            if request.HasField("status") and request.status.eot:
+                if end_of_batch is not None:
+                    end_of_batch()
+                out = [*held, eot]
+                held.clear()
+                return out
+            held.append(answer(request))
+            return []
+
+        return answer_many
+
+    return answers
 
 
 def _drop_result(event_time: Any) -> list[_TransformResult]:

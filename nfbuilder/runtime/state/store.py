@@ -186,7 +186,13 @@ def merge_ids(old: Iterable[str], new: Iterable[str], window: int) -> tuple[str,
 
         merge_ids(["a", "b"], ["b", "c"], 2)  # ("b", "c")
     """
-    combined = [*old, *new]
+    old, new = list(old), list(new)
+    combined = old + new
+    fresh = set(new)
+    if len(fresh) == len(new) and fresh.isdisjoint(old):
+        # the usual save: ids not seen before (``old``, a window, never repeats one): no
+        # Python-level walk over the window, which is most of a save's CPU otherwise
+        return tuple(combined[-window:])
     kept: list[str] = []
     seen: set[str] = set()
     # Walk from the newest id backwards: the first sighting of an id is its newest position.
