@@ -61,15 +61,20 @@ class Router:
             self.all if all(c is None for _, _, c in conds) else None
         )
         self._conditional = tuple(conds)
-        #: the destinations of an output without tags (most outputs)
-        self.untagged: tuple[str, ...] = self.destinations(())
+        #: the destinations of an output without tags (most outputs), worked out once
+        self.untagged: tuple[str, ...] = self._matching(())
 
     def destinations(self, tags: Sequence[str]) -> tuple[str, ...]:
         """The vertices an output with ``tags`` goes to (none when it is dropped)."""
-        if tags and DROP in tags:
+        if not tags:
+            return self.untagged
+        if DROP in tags:
             return ()
         if self.always is not None:
             return self.always
+        return self._matching(tags)
+
+    def _matching(self, tags: Sequence[str]) -> tuple[str, ...]:
         return tuple(dst for dst, op, cond in self._conditional
                      if cond is None or _meets(op, cond, tags))
 

@@ -24,6 +24,7 @@ from nfbuilder.plan.graph import STATE_KEY_ENV as KEY_ENV
 from nfbuilder.runtime.state.store import StateStoreError
 
 __all__ = ["KEY_ENV", "PREFIX", "Seal", "StateIntegrityError", "state_key"]
+
 #: what a signed blob starts with: a NUL (no pickle or text starts so) and the format version
 PREFIX = b"\x00nfb1"
 _MAC_SIZE = 32  # SHA-256
