@@ -259,6 +259,11 @@ def _run(ns: argparse.Namespace, app_args: list[str]) -> int:
         raise _UserError(str(exc), code=1) from None
 
 
+def _has_credentials(url: str) -> bool:
+    """Whether ``url`` names a user or password (``scheme://user:pw@host/...``)."""
+    return "@" in url.strip().partition("://")[2].split("/", 1)[0]
+
+
 def _run_store_url(ns: argparse.Namespace) -> str | None:
     """The store URL of ``run``: ``--state-store`` (refused with a password in it: every user
     sees a command line in ``ps``), else ``--state-store-file``, else NFBUILDER_STATE_STORE."""
@@ -267,7 +272,7 @@ def _run_store_url(ns: argparse.Namespace) -> str | None:
     from nfbuilder.plan.graph import STATE_STORE_ENV
 
     if ns.state_store:
-        if "@" in ns.state_store.partition("://")[2].split("/", 1)[0]:
+        if _has_credentials(ns.state_store):
             raise _UserError(
                 "--state-store has credentials in it, which every user of this machine can "
                 f"read in ps; put the URL in a file (--state-store-file PATH) or in "
@@ -303,8 +308,7 @@ def _compile(ns: argparse.Namespace, app_args: list[str]) -> int:
 
     store = (ns.state_store or "").strip()
     # any Redis form (redis://, rediss://, redis+tls://, ...), and any URL with credentials
-    authority = store.partition("://")[2].split("/", 1)[0]
-    if store.split(":", 1)[0].lower().startswith("redis") or "@" in authority:
+    if store.split(":", 1)[0].lower().startswith("redis") or _has_credentials(store):
         raise _UserError(
             "a Redis URL would be written into the manifest as plain text; keep it in a Secret "
             "instead: kubectl create secret generic NAME --from-literal=url=<redis URL>, then "

@@ -445,11 +445,19 @@ def test_a_clean_run_removes_its_work_dir_and_a_failed_one_keeps_it(tmp_path: Pa
         shutil.rmtree(work, ignore_errors=True)
 
 
-def test_run_refuses_a_password_on_its_command_line_and_reads_a_file(tmp_path: Path) -> None:
+def test_run_refuses_a_password_on_its_command_line_and_reads_a_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from nfbuilder.cli import main
 
     assert main(["run", "x.py", "--state-store", "redis://u:s3cret@h:1/0"]) == 2
+    assert "--state-store has credentials in it" in capsys.readouterr().err
     url_file = tmp_path / "url"
     url_file.write_text("")
     assert main(["run", "x.py", "--state-store-file", str(url_file)]) == 2
+    assert f"--state-store-file {url_file} is empty" in capsys.readouterr().err
+    # the URL read from the file is the one the run uses (it gets as far as loading the app)
+    url_file.write_text("redis://u:s3cret@h:1/0\n")
+    assert main(["run", "x.py", "--state-store-file", str(url_file)]) == 2
+    err = capsys.readouterr().err
+    assert "credentials" not in err and "x.py" in err
 

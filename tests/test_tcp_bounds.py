@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
-import struct
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
 import test_tcp_io as tcp_io
-from test_tcp_io import LOOPS, be32
+from test_tcp_io import LOOPS, be32, framed
 
 from nfbuilder.runtime import tcpsource
 from nfbuilder.runtime.settings import Settings, SettingsError
@@ -44,16 +44,8 @@ def run(coro: Coroutine[Any, Any, T], loop_kind: str = "asyncio") -> T:
     return tcp_io.run(coro, loop_kind, limit_s=30.0)
 
 
-def framed(payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + payload
-
-
-async def poll(cond: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.005)
+#: ``test_tcp_io.poll`` with room for the bigger transfers here
+poll = functools.partial(tcp_io.poll, timeout_s=15.0)
 
 
 class Probe:

@@ -306,7 +306,6 @@ class Engine:
                     src = SourceState(rep, self.flow.tally(v.works[0].pipeline_name),
                                       transformer)
                     self.flow.sources.append(src)
-                    self.flow.states.append(src)
                     if transformer is not None:
                         self._spawn(self.supervisor.watch(transformer))
                     self._spawn(self.flow.source_worker(src))
@@ -391,13 +390,7 @@ class Engine:
 
     def summary(self) -> list[str]:
         """The end-of-run accounting: a line per pipeline, then what was not delivered."""
-        lines = []
-        for src in self.flow.states:  # still open (a Kafka source's: read again next run)
-            for token in src.open.values():
-                token.tally.lost += 1
-            src.open.clear()
-        for tally in self.flow.tallies.values():
-            lines.append(tally.line())
+        lines = [tally.line() for tally in self.flow.tallies.values()]
         if any(t.lost for t in self.flow.tallies.values()):
             where = [f"vertex {label} busy on message {msg_id} for {seconds:.0f} s"
                      for label, msg_id, seconds in self.busy()]
@@ -441,6 +434,7 @@ class Engine:
             if not self.failure:
                 await self.drain()
             self._note_source_deaths()
+            self.flow.settle()  # after a failure there was no drain to do it
             summary = self.summary()  # before the stop: it names what steps are busy on
         finally:
             await self.stop_processes()

@@ -201,8 +201,9 @@ class Flow:
         self.last_move = time.monotonic()
         #: set by the engine's drain: sources stop reading
         self.draining = False
-        #: every source's state (``sources`` are those with a source process)
-        self.states: list[SourceState] = []
+        #: the states of the Kafka sources (consumed by the engine itself; ``sources`` are
+        #: those with a source process)
+        self.kafka_states: list[SourceState] = []
         #: pipeline name -> its tally
         self.tallies: dict[str, Tally] = {}
         #: the dead-letter sink vertices (the engine writes their messages to ``dead_letters``)
@@ -214,6 +215,11 @@ class Flow:
         if found is None:
             found = self.tallies[pipeline] = Tally(pipeline)
         return found
+
+    @property
+    def states(self) -> list[SourceState]:
+        """Every source's state."""
+        return [*self.sources, *self.kafka_states]
 
     def open_count(self) -> int:
         """Source messages read whose messages are not all done (delivered, dropped...)."""
@@ -470,11 +476,18 @@ class Flow:
             if client is None:
                 continue
             done, src.done = src.done, []
-            for token in src.open.values():
-                token.tally.lost += 1
-            cancelled, src.open = list(src.open), {}
+            cancelled = list(src.open)
             with contextlib.suppress(ClientError):
                 if done:
                     await client.ack(done)
                 if cancelled:
                     await client.nack(cancelled)
+        self.settle()
+
+    def settle(self) -> None:
+        """The run is over: each source message not fully processed counts as lost in its
+        pipeline's tally (once: its token is forgotten)."""
+        for src in self.states:
+            for token in src.open.values():
+                token.tally.lost += 1
+            src.open = {}

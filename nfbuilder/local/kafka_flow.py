@@ -46,7 +46,7 @@ class KafkaSources:
         """Join the consumer group of source vertex ``v``; raises KafkaUnavailable."""
         consumer = await KafkaConsumer.open(v)
         state = SourceState(transformer, self.flow.tally(v.works[0].pipeline_name))
-        self.flow.states.append(state)
+        self.flow.kafka_states.append(state)
         self.consumers[v.name] = (consumer, state)
 
     async def worker(self, name: str) -> None:
