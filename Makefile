@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint typecheck regen proto check-proto bench-map bench-engine clean
+.PHONY: setup system-deps demo test lint typecheck regen proto check-proto bench-map bench-engine bench-parallel clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench-map: setup
 
 bench-engine: setup
 	$(BIN)/python bench/engine.py
+
+bench-parallel: setup
+	$(BIN)/python bench/parallel.py
 
 clean:
 	rm -rf build .nfbuilder $(VENV)

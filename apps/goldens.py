@@ -33,6 +33,9 @@ ARGS: dict[str, tuple[str, ...]] = {
     # Two sources: orders first, market data second.
     "market_spread": ("--in", "127.0.0.1:7010,127.0.0.1:7011", "--out", "127.0.0.1:7002"),
     "sequence_window": _TCP,
+    "async_enrich": _TCP,
+    "prime_factors": _TCP,
+    "log_levels": ("--file", "/var/log/app.log", "--out", "127.0.0.1:7002"),
 }
 
 

@@ -23,7 +23,6 @@ import attrs
 from nfbuilder.codec import Codec
 from nfbuilder.plan import (
     BlackholeVertex,
-    GenSourceVertex,
     KafkaSinkVertex,
     PlanOptions,
     Router,
@@ -31,6 +30,7 @@ from nfbuilder.plan import (
     SourceVertex,
     StateVertex,
     TcpSourceVertex,
+    UserSourceVertex,
     Vertex,
     output_id,
     plan,
@@ -38,8 +38,8 @@ from nfbuilder.plan import (
 from nfbuilder.runtime.core import Out, VertexProgram
 from nfbuilder.runtime.errors import UserCodeError
 from nfbuilder.runtime.framing import FrameParser, FramingError
-from nfbuilder.runtime.gensource import GenSourceHandler
 from nfbuilder.runtime.statetable import StateTable
+from nfbuilder.runtime.usersource import GeneratorSource, take
 from nfbuilder.topology import Application, StateSpec
 
 BYTES = (bytes, bytearray, memoryview)  # an input item of these types is payload bytes
@@ -119,13 +119,14 @@ class Graph:
         program = source.program
         work = source.vertex.work_for(pipeline)
         pipeline_name = work.pipeline_name
-        if isinstance(items, int):  # take that many from a GenSourceConfig's generator
-            assert isinstance(source.vertex, GenSourceVertex)
-            gen = GenSourceHandler(program, source.vertex.generator, 0)
-            taken: list[Any] = []
-            while len(taken) < items and (item := gen.generate()) is not None:
-                taken.append(item[1])
-            items = taken
+        acks: list[Any] = []
+        if isinstance(items, int):  # take that many from the user source (or the generator)
+            vertex = source.vertex
+            assert isinstance(vertex, UserSourceVertex)
+            user = GeneratorSource(vertex.source) if vertex.generated else vertex.source
+            taken = list(take(user, items, f"pipeline {pipeline_name!r}"))
+            acks = [ack for ack, _ in taken]
+            items = [r.value for _, r in taken]
         # Bytes are decoded by the source; an object enters the source's work after its decoder.
         from_bytes = self._deliver(source, pipeline, functools.partial(program.process, pipeline))
         from_object = self._deliver(source, pipeline, program.stage(pipeline))
@@ -133,9 +134,11 @@ class Graph:
         if isinstance(source.vertex, TcpSourceVertex):
             decoder = work.decoder
             parser = FrameParser(decoder.header_length(), decoder.payload_length)
+        # a source without a decoder: every item is the message object (bytes ones too)
+        objects = not work.decode and isinstance(source.vertex, UserSourceVertex)
         for i, item in enumerate(items):
             self._item = (i, pipeline_name)
-            if not isinstance(item, BYTES):
+            if objects or not isinstance(item, BYTES):
                 # Faithfully, the object crossed a hop as a payload (which catches objects a
                 # deployment could not send).
                 if self.serialize:
@@ -155,6 +158,8 @@ class Graph:
                     ) from exc
             for payload in payloads:
                 from_bytes(payload, None, "", source.read, 0)
+        for ack in acks:  # every record is handled: the source may forget them
+            ack()
 
     def _deliver(self, node: _Node, pipeline: int, call: _Call | None = None) -> _Deliver:
         """``deliver(value, key, producer, n, i)`` for ``node``'s work on ``pipeline``.
@@ -244,7 +249,7 @@ def _chain(node: _Node, run: _Call, ids: bool, targets: dict[str, tuple[_Deliver
             outs = run(value, _msg_id(producer, n, i) if ids else "", key, serialize)
         except UserCodeError as exc:
             raise located(exc, node, producer, n, i) from exc
-        for j, (out, keys, tags) in enumerate(outs):
+        for j, (out, keys, tags, _) in enumerate(outs):
             # untagged outputs (most) go to the one destination; tagged ones ask the router
             if not tags:
                 nxt(out, keys[0] if keyed and keys else None, name, read, j)

@@ -60,7 +60,7 @@ from nfbuilder.loader import AppLoadError, app_from_actions, load_app
 from nfbuilder.plan.names import slug
 from nfbuilder.runtime.core import SINGLE_KEY
 from nfbuilder.runtime.statetable import StateTable
-from nfbuilder.topology import Application, GenSource, StateSpec, partition_key
+from nfbuilder.topology import Application, GenSource, StateSpec, UserSource, partition_key
 
 __all__ = ["RunResult", "run", "run_app"]
 
@@ -123,8 +123,9 @@ def run_app(
     ``inputs`` maps a pipeline name or index to its items: ``bytes`` are framed messages as a TCP
     sender sends them (one or several whole frames per item) or, for a Kafka source, record
     values; anything else is an already-decoded object (the decoder is skipped). For a
-    ``GenSourceConfig`` pipeline an int says how many messages to take from its generator
-    (fewer if it ends first): ``{"numbers": 100}``.
+    ``GenSourceConfig`` or ``UserSourceConfig`` pipeline an int says how many messages to take
+    from its generator or source (fewer if it ends first; a source's records are acked once
+    handled): ``{"numbers": 100}``.
 
         run_app(word_count, ["--in", "h:1", "--out", "h:2"], {"Split and Count": ["a b a"]})
         # {'sink': [b'a => 1\\n', b'b => 1\\n', b'a => 2\\n']}
@@ -233,14 +234,14 @@ def _feed_order(
                 f"inputs give pipeline {app.pipelines[index].name!r} twice (as {given[index]!r} "
                 f"and {key!r}); put all its items in one list"
             )
-        generated = isinstance(app.pipelines[index].source, GenSource)
+        generated = isinstance(app.pipelines[index].source, (GenSource, UserSource))
         if generated and isinstance(items, int) and not isinstance(items, bool):
             if items < 0:
                 raise ValueError(f"inputs[{key!r}]: how many generated messages to take must "
                                  f"be >= 0, got {items}")
         elif isinstance(items, (str, *BYTES)) or not isinstance(items, Sequence):
-            also = (" or, for this GenSourceConfig pipeline, how many messages to take from "
-                    "its generator (an int)") if generated else ""
+            also = (" or, for this pipeline's generator or user source, how many messages to "
+                    "take from it (an int)") if generated else ""
             raise TypeError(
                 f"inputs[{key!r}] must be a list of items{also}, got {type(items).__name__}; "
                 f"wrap a single item in a list: {{{key!r}: [item]}}"

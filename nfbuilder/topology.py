@@ -12,6 +12,7 @@ typing (Wallaroo's method names).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,6 +76,39 @@ ON_ERROR_ATTR = "nfbuilder_on_error"
 
 
 @attrs.frozen
+class Execution:
+    """How a step's code runs, beyond what it computes.
+
+    An ``async def`` step gets ``timeout_s`` per message (then it is a step error, dead-lettered
+    under the step's policy) and, on an unordered (``to_parallel``) vertex, has up to
+    ``concurrency`` messages awaiting at once; an ordered vertex awaits one message at a time.
+    ``processes``: worker processes running a CPU-bound stateless step inside one container.
+
+        Execution()                        # 60 s, 64 at once, 1 process
+        Execution(processes=2)
+
+    The dsl validates what the user gives (``dsl.validate.execution``).
+    """
+
+    timeout_s: float = 60.0
+    concurrency: int = 64
+    processes: int = 1
+
+
+#: the attribute a decorated step carries its ``Execution`` fields in, as a dict
+#: (``@computation(timeout=...)``)
+EXECUTION_ATTR = "nfbuilder_execution"
+
+
+def is_async(obj: Any, method: str) -> bool:
+    """True when ``obj.method`` (or the user function a decorator wraps) is an ``async def``."""
+    func = getattr(obj, "function", None)
+    if not callable(func):
+        func = getattr(obj, method, None)
+    return inspect.iscoroutinefunction(func)
+
+
+@attrs.frozen
 class TcpSource:
     host: str
     port: str
@@ -101,6 +135,19 @@ class GenSource:
     generator: Any
 
     kind = "gen"
+    decoder = None
+
+
+@attrs.frozen
+class UserSource:
+    """A ``UserSourceConfig``: records read from the user's ``source`` object (``read``,
+    ``ack`` and optionally ``nack``, ``pending``, ``partitions``); ``decoder`` None: each
+    record's value is the message object itself."""
+
+    source: Any
+    decoder: Any = None
+
+    kind = "user"
 
 
 @attrs.frozen
@@ -124,7 +171,7 @@ class KafkaSink:
     kind = "kafka"
 
 
-Source = TcpSource | KafkaSource | GenSource
+Source = TcpSource | KafkaSource | GenSource | UserSource
 Sink = TcpSink | KafkaSink
 
 
@@ -197,10 +244,21 @@ class Step:
     state: StateSpec | None = None
     #: this step's own error policy (None: the application's)
     on_error: ErrorPolicy | None = None
+    execution: Execution = Execution()
 
     @property
     def multi(self) -> bool:
         return hasattr(self.computation, "compute_multi")
+
+    @property
+    def method(self) -> str:
+        """The computation's method Wallaroo calls: ``compute`` or ``compute_multi``."""
+        return "compute_multi" if self.multi else "compute"
+
+    @property
+    def asynchronous(self) -> bool:
+        """An ``async def`` step: its coroutine is awaited (``runtime.steploop``)."""
+        return is_async(self.computation, self.method)
 
     @property
     def stateful(self) -> bool:
@@ -246,6 +304,8 @@ def _source(config: Any) -> Source:
         return KafkaSource(config[1], config[2], config[3], config[4])
     if config[0] == "gen":
         return GenSource(config[1])
+    if config[0] == "user":
+        return UserSource(config[1], config[2])
     raise TopologyError(f"unknown source config {config!r}")
 
 
@@ -262,8 +322,10 @@ def _step(action: Sequence[Any]) -> Step:
     name = comp.name()
     own = getattr(comp, ON_ERROR_ATTR, None)
     policy = None if own is None else ErrorPolicy.of(own)
+    own_run = getattr(comp, EXECUTION_ATTR, None)  # a dict of Execution's fields
+    execution = Execution(**own_run) if own_run else Execution()
     if kind in (TO, TO_PARALLEL):
-        return Step(kind, name, comp, on_error=policy)
+        return Step(kind, name, comp, on_error=policy, execution=execution)
     builder, state_name = action[2], action[3]
     if kind == TO_STATEFUL:
         state = StateSpec(state_name, builder.state_cls)
@@ -279,7 +341,7 @@ def _step(action: Sequence[Any]) -> Step:
             state.declared()
         except ValueError as exc:
             raise TopologyError(f"step {name!r}, state {state_name!r}: declared {exc}") from None
-    return Step(kind, name, comp, state, on_error=policy)
+    return Step(kind, name, comp, state, on_error=policy, execution=execution)
 
 
 def from_actions(actions: Sequence[Sequence[Any]]) -> Application:

@@ -88,11 +88,11 @@ def _programs(app: Application, store: Any = None) -> dict[str, VertexProgram]:
     return out
 
 
-def test_out_is_a_plain_triple() -> None:
+def test_out_is_a_plain_tuple() -> None:
     out = Out(b"v", ("k",))
-    assert out == (b"v", ("k",), ()) and out.value == b"v" and out.tags == ()
-    value, keys, tags = out
-    assert (value, keys, tags) == (b"v", ("k",), ())
+    assert out == (b"v", ("k",), (), None) and out.value == b"v" and out.tags == ()
+    value, keys, tags, event_time_ns = out
+    assert (value, keys, tags, event_time_ns) == (b"v", ("k",), (), None)
 
 
 def test_object_stage_says_what_process_says() -> None:

@@ -304,18 +304,19 @@ def test_gen_source_in_the_harness() -> None:
     assert outs == {"sink": [b"1 1\n", b"2 2\n", b"3 4\n", b"4 6\n", b"5 9\n", b"6 12\n"]}
     three = run_app(str(APPS / "gen_source.py"), ["--out", "127.0.0.1:7002"], {"numbers": 3})
     assert three == {"sink": [b"1 1\n", b"2 2\n", b"3 4\n"]}
-    with pytest.raises(TypeError, match="or, for this GenSourceConfig pipeline, how many "
-                                        "messages to take from its generator"):
+    with pytest.raises(TypeError, match="or, for this pipeline's generator or user source, "
+                                        "how many messages to take from it"):
         run_app(str(APPS / "gen_source.py"), ["--out", "127.0.0.1:7002"], {"numbers": "x"})
 
 
 def test_gen_source_compiles_to_a_udsource_and_runs_on_the_engine(tmp_path: Path) -> None:
     from nfbuilder.emit.manifest import emit
-    from nfbuilder.plan import GenSourceVertex
+    from nfbuilder.plan import UserSourceVertex
 
     loaded = load_app(str(APPS / "gen_source.py"), ["--out", "127.0.0.1:7002"])
     graph = plan(loaded.app)
-    assert isinstance(graph.find("source")[1], GenSourceVertex)
+    source = graph.find("source")[1]
+    assert isinstance(source, UserSourceVertex) and source.generated
     docs = emit(graph)
     assert [d["kind"] for d in docs] == ["Pipeline"]  # no Service: nothing listens
     assert "udsource" in docs[0]["spec"]["vertices"][0]["source"]

@@ -16,12 +16,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the example apps live in the repository, not in the package
     sys.path.insert(0, str(ROOT))
 from apps import goldens  # noqa: E402 - importable only after ROOT is on sys.path
-from apps.data import APPS  # noqa: E402 - importable only after ROOT is on sys.path
+
+#: every example app, with or without an apps.data module (those are for the TCP examples)
+APPS = sorted(goldens.ARGS)
 
 REGEN = ROOT / "scripts" / "regen_golden.py"
 
 
-@pytest.mark.parametrize("name", sorted(APPS))
+def test_every_example_app_has_a_golden() -> None:
+    apps = {p.stem for p in (ROOT / "apps").glob("*.py")} - {"__init__", "goldens"}
+    assert sorted(apps) == APPS, "give each app in apps/ its golden args in apps/goldens.py"
+
+
+@pytest.mark.parametrize("name", APPS)
 def test_manifest_matches_golden(name: str) -> None:
     path = goldens.golden_path(name)
     assert path.exists(), (
@@ -42,7 +49,7 @@ def test_manifest_matches_golden(name: str) -> None:
         )
 
 
-@pytest.mark.parametrize("name", sorted(APPS))
+@pytest.mark.parametrize("name", APPS)
 def test_golden_is_a_valid_manifest(name: str) -> None:
     assert [str(f) for f in check_file(goldens.golden_path(name))] == []
 

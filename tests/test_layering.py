@@ -17,12 +17,13 @@ ROOT_API = "nfbuilder"  # ``import nfbuilder`` re-exports the dsl: it counts as 
 # layer -> the only layers it may import
 ONLY = {
     "topology": {"topology"},
-    "dsl": {"dsl", "codec"},
+    "dsl": {"dsl", "codec", "records"},
     "plan": {"plan", "topology"},
     "emit": {"emit", "plan", "topology"},
     # the loader resolves the configs that read the command line (dsl.args)
     "loader": {"loader", "topology", "dsl"},
     "codec": {"codec"},
+    "records": {"records"},
     "_proto": {"_proto"},
 }
 # layer -> layers it must never import

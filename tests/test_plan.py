@@ -17,8 +17,6 @@ from nfbuilder import ApplicationBuilder
 from nfbuilder.loader import load_app
 from nfbuilder.plan import (
     BlackholeVertex,
-    GenSourceVertex,
-    KafkaEncoderVertex,
     KafkaSinkVertex,
     KafkaSourceVertex,
     MapVertex,
@@ -28,6 +26,7 @@ from nfbuilder.plan import (
     StateVertex,
     TcpSinkVertex,
     TcpSourceVertex,
+    UserSourceVertex,
     Vertex,
     VertexGraph,
     plan,
@@ -169,7 +168,7 @@ def test_kafka_sink_is_the_builtin_kafka_sink_fed_by_the_last_step() -> None:
     assert isinstance(out, KafkaSinkVertex) and out.set_key and out.topic == "out"
     assert doc.vertex("double").works[0].sinks[0].topic == "out"  # type: ignore[union-attr]
     assert edges(doc)[-1:] == [("double", "sink", ())]
-    assert not any(isinstance(v, KafkaEncoderVertex) for v in doc.vertices)
+    assert [v.name for v in doc.vertices] == ["source", "double", "sink"]  # no encoder vertex
 
 
 def test_to_sinks_encodes_once_per_sink_with_a_tag_per_sink() -> None:
@@ -198,18 +197,16 @@ def test_a_tcp_source_feeding_several_sinks_encodes_and_tags_in_its_transformer(
     assert [e.tags for e in doc.edges] == [("sink",), ("sink-2",)]
 
 
-def test_a_generator_source_feeding_several_sinks_leaves_the_encoding_to_them() -> None:
-    # a udsource without a transformer cannot tag its messages: each sink vertex (or a Kafka
-    # encoder vertex) encodes
+def test_a_generator_source_feeding_several_sinks_encodes_and_tags_in_its_transformer() -> None:
+    # like a TCP source: the udsource serves the generated objects, its transformer encodes
     ab = ApplicationBuilder("App").new_pipeline("p", wallaroo.GenSourceConfig(Counting()))
     doc = only_doc(plan_of(ab.to_sinks([w.tcp_sink("7002"), w.kafka_sink()])))
     assert [(v.name, type(v)) for v in doc.vertices] == [
-        ("source", GenSourceVertex), ("sink", TcpSinkVertex), ("encode-2", KafkaEncoderVertex),
-        ("sink-2", KafkaSinkVertex)]
-    assert not doc.vertex("source").works[0].sinks
-    assert doc.vertex("sink").works[0].sinks and not doc.vertex("sink").works[0].encoded
-    assert doc.vertex("encode-2").works[0].sinks and doc.vertex("sink-2").works[0].encoded
-    assert all(e.tags == () for e in doc.edges)  # broadcast
+        ("source", UserSourceVertex), ("sink", TcpSinkVertex), ("sink-2", KafkaSinkVertex)]
+    source = doc.vertex("source")
+    assert source.generated and source.transformer is not None
+    assert len(source.works[0].sinks) == 2
+    assert [e.tags for e in doc.edges] == [("sink",), ("sink-2",)]
 
 
 class Counting:

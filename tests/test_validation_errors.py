@@ -7,7 +7,7 @@ import re
 import pytest
 import wallaroo_objects as w
 
-from nfbuilder import ApplicationBuilder, WallarooParameterError
+from nfbuilder import ApplicationBuilder, UserSourceConfig, WallarooParameterError
 
 
 def pipeline(name: str = "p", port: str = "7010") -> ApplicationBuilder:
@@ -315,8 +315,29 @@ def test_source_that_is_not_a_config() -> None:
     ab = ApplicationBuilder("app").new_pipeline("p", "tcp://x").to_sink(w.tcp_sink())
     assert error_of(ab) == (
         "Pipeline 'p': the source must be a TCPSourceConfig, KafkaSourceConfig, a Kafka source CLI "
-        "parser or a GenSourceConfig, got 'tcp://x'."
+        "parser, a GenSourceConfig or a UserSourceConfig, got 'tcp://x'."
     )
+
+
+def test_user_source_without_read_or_with_a_bad_decoder() -> None:
+    ab = ApplicationBuilder("app").new_pipeline("p", UserSourceConfig(object()))
+    assert "the UserSourceConfig's source <object object at" in error_of(ab.to_sink(w.tcp_sink()))
+    assert "has no read method; give an object with read(n, timeout_s) and ack(offsets)" in \
+        error_of(ApplicationBuilder("app").new_pipeline("p", UserSourceConfig(object()))
+                 .to_sink(w.tcp_sink()))
+
+    class Reads:
+        def read(self, n: int, timeout_s: float) -> list:
+            return []
+
+        def ack(self, offsets: list) -> None:
+            pass
+
+    ab = ApplicationBuilder("app").new_pipeline("p", UserSourceConfig(Reads(), "not one"))
+    assert error_of(ab.to_sink(w.tcp_sink())) == (
+        "Pipeline 'p': the UserSourceConfig's decoder 'not one' has no decode method. Decorate "
+        "the function with @wallaroo.decoder(), or leave the decoder out for a source whose "
+        "records are the messages themselves.")
 
 
 def test_sink_that_is_not_a_config() -> None:

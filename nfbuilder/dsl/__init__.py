@@ -18,6 +18,7 @@ from nfbuilder.dsl.configs import (
     StateBuilder,
     TCPSinkConfig,
     TCPSourceConfig,
+    UserSourceConfig,
 )
 from nfbuilder.dsl.decorators import (
     Computation,
@@ -36,6 +37,7 @@ from nfbuilder.dsl.decorators import (
     state_computation_multi,
 )
 from nfbuilder.dsl.errors import WallarooParameterError
+from nfbuilder.records import EventTime, Record
 
 __all__ = [
     "ApplicationBuilder",
@@ -47,15 +49,18 @@ __all__ = [
     "DefaultKafkaSinkCLIParser",
     "DefaultKafkaSourceCLIParser",
     "Encoder",
+    "EventTime",
     "GenSourceConfig",
     "KafkaSinkConfig",
     "KafkaSourceConfig",
     "Partition",
+    "Record",
     "StateBuilder",
     "StateComputation",
     "StateComputationMulti",
     "TCPSinkConfig",
     "TCPSourceConfig",
+    "UserSourceConfig",
     "WallarooParameterError",
     "computation",
     "computation_multi",

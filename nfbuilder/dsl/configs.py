@@ -136,6 +136,30 @@ class GenSourceConfig:
         return ("gen", self.generator)
 
 
+class UserSourceConfig:
+    """A source written by the user: ``source`` reads records and is told which are done,
+    in the shape of Numaflow's user-defined sources::
+
+        class Lines:
+            def read(self, n, timeout_s):   # up to n Records (or (offset, value) pairs),
+                ...                         # waiting at most timeout_s for the first
+            def ack(self, offsets): ...     # these are fully processed (may repeat)
+            def nack(self, offsets): ...    # read these again (optional: no re-reads)
+            def pending(self): ...          # records not read yet; None when unknown (optional)
+            def partitions(self): ...       # the partitions read (optional: [replica])
+
+        UserSourceConfig(Lines("in.txt"), decoder=None)
+
+    Methods may be ``async def``. With a ``decoder`` each record's value is bytes, decoded as
+    a TCP frame's payload is; without one the value is the message itself (picklable)."""
+
+    def __init__(self, source: Any, decoder: Any = None) -> None:
+        self.source, self.decoder = source, decoder
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return ("user", self.source, self.decoder)
+
+
 class StateBuilder:
     """Names a state and knows how to build a fresh one (``state_cls()``)."""
 

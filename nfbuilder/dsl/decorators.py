@@ -104,14 +104,22 @@ class _Wrapped:
 
 
 class _Named(_Wrapped):
-    def __init__(self, func: Callable[..., Any], name: str, on_error: Any = None) -> None:
+    def __init__(self, func: Callable[..., Any], name: str, on_error: Any = None,
+                 run: dict[str, Any] | None = None) -> None:
         super().__init__(func)
+        # validate imports this module, hence the late imports
         if on_error is not None:
-            from nfbuilder.dsl.validate import on_error_policy  # validate imports this module
+            from nfbuilder.dsl.validate import on_error_policy
 
             # checked now, so a bad policy is an error where the step is declared; topology
             # reads the attribute (its name: topology.ON_ERROR_ATTR)
             self.nfbuilder_on_error = on_error_policy(f"{_describe(func)}: on_error", on_error)
+        if run:
+            from nfbuilder.dsl.validate import execution
+
+            # topology.EXECUTION_ATTR
+            self.nfbuilder_execution = execution(
+                _describe(func), func, stateful=self.arity == 2, **run)
         if not isinstance(name, str) or not name:
             raise WallarooParameterError(
                 f"A computation needs a non-empty string name, got {name!r} for {_describe(func)}."
@@ -155,8 +163,19 @@ class StateComputationMulti(_Named):
         return self._func(data, state)
 
 
+def _not_async(func: Callable[..., Any], what: str) -> None:
+    if inspect.iscoroutinefunction(func):
+        raise WallarooParameterError(
+            f"{what} {_describe(func)} is an async def; only computations may be. Make it a "
+            "plain def (await in a computation instead).")
+
+
 class Partition(_Wrapped):
     """A partition function: message -> partition key."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        _not_async(func, "the partition function")
+        super().__init__(func)
 
     def partition(self, data: Any) -> Any:
         return self._func(data)
@@ -167,6 +186,7 @@ class Decoder(_Wrapped):
     ``struct.unpack(length_fmt, header)[0]`` is the payload length."""
 
     def __init__(self, func: Callable[..., Any], header_length: int, length_fmt: str) -> None:
+        _not_async(func, "the decoder")
         super().__init__(func)
         if not isinstance(header_length, int) or isinstance(header_length, bool) or not (
             1 <= header_length <= 8
@@ -207,6 +227,10 @@ class Decoder(_Wrapped):
 class Encoder(_Wrapped):
     """A sink encoder: output object -> bytes (TCP) or ``(value, key)`` (Kafka)."""
 
+    def __init__(self, func: Callable[..., Any]) -> None:
+        _not_async(func, "the encoder")
+        super().__init__(func)
+
     def encode(self, data: Any) -> Any:
         return self._func(data)
 
@@ -228,40 +252,62 @@ def _own_class(base: type[W], func: Callable[..., Any]) -> type[W]:
     return cls
 
 
+def _run(timeout: Any, concurrency: Any, processes: Any) -> dict[str, Any]:
+    """The execution keywords given (None: not given)."""
+    given = {"timeout": timeout, "concurrency": concurrency, "processes": processes}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def computation(
-    name: str, *, on_error: Any = None
+    name: str, *, on_error: Any = None, timeout: Any = None, concurrency: Any = None,
+    processes: Any = None,
 ) -> Callable[[Callable[..., Any]], Computation]:
     """``@computation(name="double")`` — a stateless one-in/one-out step.
 
-    ``on_error``: this step's own error policy (see ``ApplicationBuilder.on_error``)."""
-    return lambda func: _own_class(Computation, func)(func, name, on_error)
+    ``on_error``: this step's own error policy (see ``ApplicationBuilder.on_error``); the
+    rest: how it runs (``timeout``, ``concurrency`` for an async def, ``processes``; see
+    ``nfbuilder.topology.Execution``)."""
+    run = _run(timeout, concurrency, processes)
+    return lambda func: _own_class(Computation, func)(func, name, on_error, run)
 
 
 def computation_multi(
-    name: str, *, on_error: Any = None
+    name: str, *, on_error: Any = None, timeout: Any = None, concurrency: Any = None,
+    processes: Any = None,
 ) -> Callable[[Callable[..., Any]], ComputationMulti]:
     """``@computation_multi(name="split")`` — a stateless step returning a list.
 
-    ``on_error``: this step's own error policy (see ``ApplicationBuilder.on_error``)."""
-    return lambda func: _own_class(ComputationMulti, func)(func, name, on_error)
+    ``on_error``: this step's own error policy (see ``ApplicationBuilder.on_error``); the
+    rest: how it runs (``timeout``, ``concurrency`` for an async def, ``processes``; see
+    ``nfbuilder.topology.Execution``)."""
+    run = _run(timeout, concurrency, processes)
+    return lambda func: _own_class(ComputationMulti, func)(func, name, on_error, run)
 
 
 def state_computation(
-    name: str, *, on_error: Any = None
+    name: str, *, on_error: Any = None, timeout: Any = None, concurrency: Any = None,
+    processes: Any = None,
 ) -> Callable[[Callable[..., Any]], StateComputation]:
     """``@state_computation(name="add votes")`` — ``f(data, state) -> (out, save)``.
 
-    ``on_error``: this step's own error policy (see ``ApplicationBuilder.on_error``)."""
-    return lambda func: _own_class(StateComputation, func)(func, name, on_error)
+    ``on_error``: this step's own error policy (see ``ApplicationBuilder.on_error``); the
+    rest: how it runs (``timeout``, ``concurrency`` for an async def, ``processes``; see
+    ``nfbuilder.topology.Execution``)."""
+    run = _run(timeout, concurrency, processes)
+    return lambda func: _own_class(StateComputation, func)(func, name, on_error, run)
 
 
 def state_computation_multi(
-    name: str, *, on_error: Any = None
+    name: str, *, on_error: Any = None, timeout: Any = None, concurrency: Any = None,
+    processes: Any = None,
 ) -> Callable[[Callable[..., Any]], StateComputationMulti]:
     """``@state_computation_multi(name="...")`` — ``f(data, state) -> ([outs], save)``.
 
-    ``on_error``: this step's own error policy (see ``ApplicationBuilder.on_error``)."""
-    return lambda func: _own_class(StateComputationMulti, func)(func, name, on_error)
+    ``on_error``: this step's own error policy (see ``ApplicationBuilder.on_error``); the
+    rest: how it runs (``timeout``, ``concurrency`` for an async def, ``processes``; see
+    ``nfbuilder.topology.Execution``)."""
+    run = _run(timeout, concurrency, processes)
+    return lambda func: _own_class(StateComputationMulti, func)(func, name, on_error, run)
 
 
 def partition(func: Callable[..., Any]) -> Partition:

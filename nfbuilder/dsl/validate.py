@@ -129,6 +129,55 @@ def on_error_policy(where: str, value: Any) -> tuple[str, int | None, float | No
     return action, retries, backoff
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def execution(where: str, func: Any, *, stateful: bool, timeout: Any = None,
+              concurrency: Any = None, processes: Any = None) -> dict[str, Any]:
+    """The execution keywords of a step decorator as ``topology.Execution`` fields, or the
+    ``WallarooParameterError`` that says what is wrong with them::
+
+        execution("fetch (app.py:3)", fetch, stateful=False, timeout=2.0)   # {'timeout_s': 2.0}
+    """
+    asynchronous = inspect.iscoroutinefunction(func)
+    out: dict[str, Any] = {}
+    if timeout is not None:
+        if not _number(timeout) or not timeout > 0:
+            raise WallarooParameterError(
+                f"{where}: timeout must be a number of seconds > 0, got {timeout!r}.")
+        if not asynchronous:
+            raise WallarooParameterError(
+                f"{where}: timeout is for async def steps (an awaited call can be cancelled; "
+                "a plain function cannot be interrupted). Make the step async def, or leave "
+                "timeout out.")
+        out["timeout_s"] = float(timeout)
+    if concurrency is not None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise WallarooParameterError(
+                f"{where}: concurrency must be an int >= 1, got {concurrency!r}.")
+        if not asynchronous:
+            raise WallarooParameterError(
+                f"{where}: concurrency is how many messages an async def step awaits at once; "
+                "this step is a plain function. Use processes= for a CPU-bound step, or make "
+                "it async def.")
+        out["concurrency"] = concurrency
+    if processes is not None:
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+            raise WallarooParameterError(
+                f"{where}: processes must be an int >= 1, got {processes!r}.")
+        if stateful:
+            raise WallarooParameterError(
+                f"{where}: a state step runs in one process (its state lives there); "
+                "processes is for stateless CPU-bound steps.")
+        if asynchronous:
+            raise WallarooParameterError(
+                f"{where}: an async def step waits rather than computes; give it "
+                "concurrency= instead of processes=.")
+        out["processes"] = processes
+    return out
+
+
 def _where(pipeline: _Pipeline, kind: str, comp: Any) -> str:
     name = _step_name(comp)
     label = f" {name!r}" if name else ""
@@ -261,7 +310,7 @@ def _check_keys(where: str, kind: str, keys: Any) -> None:
                 )
 
 
-_SOURCE_SHAPES = {"tcp": 4, "kafka": 5, KAFKA_INTERNAL: 3, "gen": 2}
+_SOURCE_SHAPES = {"tcp": 4, "kafka": 5, KAFKA_INTERNAL: 3, "gen": 2, "user": 3}
 _SINK_SHAPES = {"tcp": 4, "kafka": 7, KAFKA_INTERNAL: 3}
 
 
@@ -273,8 +322,11 @@ def _check_source(pipeline: str, config: Any) -> None:
     if not _shaped(config, _SOURCE_SHAPES):
         raise WallarooParameterError(
             f"Pipeline {pipeline!r}: the source must be a TCPSourceConfig, KafkaSourceConfig, "
-            f"a Kafka source CLI parser or a GenSourceConfig, got {config!r}."
+            f"a Kafka source CLI parser, a GenSourceConfig or a UserSourceConfig, got {config!r}."
         )
+    if config[0] == "user":
+        _check_user_source(pipeline, config[1], config[2])
+        return
     if config[0] == "gen":
         gen = config[1]
         for method in ("initial_value", "apply"):
@@ -298,6 +350,20 @@ def _check_source(pipeline: str, config: Any) -> None:
                     f"Pipeline {pipeline!r}: the TCP source's decoder {decoder!r} has no {method} "
                     "method. Decorate it with @wallaroo.decoder(...)."
                 )
+
+
+def _check_user_source(pipeline: str, source: Any, decoder: Any) -> None:
+    for method in ("read", "ack"):
+        if not callable(getattr(source, method, None)):
+            raise WallarooParameterError(
+                f"Pipeline {pipeline!r}: the UserSourceConfig's source {source!r} has no "
+                f"{method} method; give an object with read(n, timeout_s) and ack(offsets) "
+                "(and, if it can, nack(offsets), pending() and partitions()).")
+    if decoder is not None and not callable(getattr(decoder, "decode", None)):
+        raise WallarooParameterError(
+            f"Pipeline {pipeline!r}: the UserSourceConfig's decoder {decoder!r} has no decode "
+            "method. Decorate the function with @wallaroo.decoder(), or leave the decoder out "
+            "for a source whose records are the messages themselves.")
 
 
 def _check_sink(pipeline: str, config: Any) -> None:

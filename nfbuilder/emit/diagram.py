@@ -10,7 +10,6 @@ from typing import TypeVar
 from nfbuilder.plan import (
     BlackholeVertex,
     Edge,
-    GenSourceVertex,
     KafkaSinkVertex,
     KafkaSourceVertex,
     LogSinkVertex,
@@ -20,6 +19,7 @@ from nfbuilder.plan import (
     StateVertex,
     TcpSinkVertex,
     TcpSourceVertex,
+    UserSourceVertex,
     Vertex,
     VertexGraph,
 )
@@ -35,8 +35,8 @@ def _label(v: Vertex) -> list[str]:
             lines.append(f"tcp source {v.host}:{v.port}")
         elif isinstance(v, KafkaSourceVertex):
             lines.append(f"kafka source topic {v.topic}")
-        elif isinstance(v, GenSourceVertex):
-            lines.append("generator source")
+        elif isinstance(v, UserSourceVertex):
+            lines.append("generator source" if v.generated else "user-defined source")
         lines += list(w.step_names)
         for sink in w.sinks:
             where = sink_address(sink)

@@ -20,7 +20,6 @@ import yaml
 from nfbuilder.plan import (
     BlackholeVertex,
     Container,
-    GenSourceVertex,
     KafkaSinkVertex,
     KafkaSourceVertex,
     LogSinkVertex,
@@ -30,6 +29,7 @@ from nfbuilder.plan import (
     SourceVertex,
     TcpSinkVertex,
     TcpSourceVertex,
+    UdSourceVertex,
     Vertex,
     VertexGraph,
 )
@@ -99,12 +99,13 @@ def _vertex(graph: VertexGraph, v: Vertex) -> dict[str, Any]:
                       "consumerGroup": v.consumer_group},
             "transformer": {"container": _container(graph, v.container)},
         }
-    elif isinstance(v, (TcpSourceVertex, GenSourceVertex)):
-        out["source"] = {"udsource": {"container": _container(graph, v.container)}}
-        if isinstance(v, TcpSourceVertex):
-            out["source"]["transformer"] = {"container": _container(graph, v.transformer)}
+    elif isinstance(v, UdSourceVertex):
+        out["source"] = {"udsource": {"container": _container(graph, v.container)},
+                         "transformer": {"container": _container(graph, v.transformer)}}
     elif isinstance(v, MapVertex):
         out["udf"] = {"container": _container(graph, v.container)}
+        if v.processes > 1:  # its worker processes each need a core
+            out["udf"]["container"]["resources"] = {"requests": {"cpu": str(v.processes)}}
         if v.ordered:
             out["partitions"] = v.partitions
             out["ordered"] = {"enabled": True}

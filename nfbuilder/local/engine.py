@@ -52,6 +52,7 @@ from nfbuilder.plan import (
     SinkVertex,
     SourceVertex,
     TcpSourceVertex,
+    UdSourceVertex,
     Vertex,
     VertexGraph,
     plan,
@@ -219,7 +220,7 @@ class Engine:
                             len(self.vertices) * 100 + r)
                     for r in range(count)
                 ]
-                if isinstance(v, TcpSourceVertex) and v.transformer is not None:
+                if isinstance(v, UdSourceVertex) and v.transformer is not None:
                     # the source pod's second container: one per source replica
                     env = self._env(v, v.transformer)
                     self.transformers[v.name] = [
@@ -414,7 +415,8 @@ class Engine:
     def _note_source_deaths(self) -> None:
         for src in self.flow.sources:
             rep = src.replica
-            if rep.restarts:
+            # a user source reads again what it never saw acked; a TCP source cannot
+            if rep.restarts and isinstance(self.vertices[rep.spec.vertex], TcpSourceVertex):
                 self.loss_notes.append(
                     f"source {rep.spec.label} was restarted {rep.restarts} time(s): what it "
                     "had received but not handed on (TCP data is acknowledged on receipt) is "

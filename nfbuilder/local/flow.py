@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import hashlib
 import logging
@@ -34,6 +35,7 @@ from nfbuilder.plan import (
     Edge,
     Router,
     SinkVertex,
+    UserSourceVertex,
     Vertex,
     drop_reason,
     output_id,
@@ -42,6 +44,13 @@ from nfbuilder.plan import (
 from nfbuilder.plan.routing import siphash13
 
 log = logging.getLogger("nfbuilder.engine")
+
+
+#: JetStream's duplicate window as numa's controller configures the ISB streams
+#: (``stream.duplicates: 60s``, config/base/controller-manager/numaflow-controller-config.yaml)
+DUPLICATE_WINDOW_S = 60.0
+#: at most this many ids are remembered (about 100 bytes each), whatever the window says
+MAX_REMEMBERED_IDS = 200_000
 
 
 class Token:
@@ -209,6 +218,12 @@ class Flow:
         #: the dead-letter sink vertices (the engine writes their messages to ``dead_letters``)
         self.dead_letter_vertices: set[str] = set()
         self.dead_letters: DeadLetterFile | None = None
+        #: ids of the user sources' messages written within :data:`DUPLICATE_WINDOW_S`,
+        #: oldest first in ``_written_order``
+        self._written: dict[str, float] = {}
+        self._written_order: collections.deque[tuple[float, str]] = collections.deque()
+        #: source messages read again within the window and dropped (acked) as duplicates
+        self.duplicates = 0
 
     def tally(self, pipeline: str) -> Tally:
         found = self.tallies.get(pipeline)
@@ -457,15 +472,39 @@ class Flow:
                                    f"{r.partition_id}", r.keys, r.payload, r.event_time_ns,
                                    r.headers or None) for r in records))
                 transformer.processed += len(records)
+            dedup = isinstance(self.vertices[rep.spec.vertex], UserSourceVertex)
             for i, r in enumerate(records):
-                token = Token(src, (r.offset, r.partition_id))
                 msg_id = f"{rep.spec.vertex}-{base64.b64encode(r.offset).decode()}-0"
+                # only a user source may read a record again (TCP offsets never repeat)
+                if dedup and self._duplicate(msg_id):
+                    src.done.append((r.offset, r.partition_id))
+                    continue
+                token = Token(src, (r.offset, r.partition_id))
                 self.entered += 1
                 src.tally.entered += 1
                 rep.processed += 1
                 results = outs[i] if transformer is not None else [SourceResult(r)]
                 await self.route(rep.spec.vertex, msg_id, token, results,
                                  watermark_ns=src.watermark_ns, headers=r.headers or None)
+
+    def _duplicate(self, msg_id: str) -> bool:
+        """Whether a source message with this id was written within the last
+        :data:`DUPLICATE_WINDOW_S`: numa publishes each message to the ISB with its id as the
+        JetStream message id, and JetStream drops a second one within its ``duplicates``
+        window, so a record a source reads again (a restarted user source resuming from its
+        last ack) is written once and its offset acked."""
+        now = time.monotonic()
+        written, order = self._written, self._written_order
+        while order and (now - order[0][0] > DUPLICATE_WINDOW_S
+                         or len(order) > MAX_REMEMBERED_IDS):
+            _, old = order.popleft()
+            written.pop(old, None)
+        if msg_id in written:
+            self.duplicates += 1
+            return True
+        written[msg_id] = now
+        order.append((now, msg_id))
+        return False
 
     async def ack_leftovers(self) -> None:
         """Ack the offsets done since the sources' last read, and nack those whose messages a

@@ -202,30 +202,39 @@ class SourceVertex(Vertex):
 
 
 @attrs.frozen(kw_only=True)
-class TcpSourceVertex(SourceVertex):
-    """``source.udsource``: our container listens on ``host:port`` and serves the frames;
-    a second container of ours, the source's ``transformer``, decodes them (and runs fused
-    steps), so it can tag dead letters as a source cannot. A ``Service`` named ``service``
-    exposes the port in the cluster."""
+class UdSourceVertex(SourceVertex):
+    """``source.udsource``: our container serves the records as they came (it runs no user
+    code but the source's own), and a second container of ours, the source's
+    ``transformer``, decodes them and runs the vertex's work (fused steps, keying, encoding),
+    so it can tag dead letters as a source cannot."""
 
     grpc_service: ClassVar[str | None] = "source"
     manifest_kind: ClassVar[str] = "source/udsource"
 
-    host: str
-    port: int
-    service: str = attrs.field(metadata=DEPLOY)
     transformer: Container | None = attrs.field(default=None, metadata=DEPLOY)
 
 
 @attrs.frozen(kw_only=True)
-class GenSourceVertex(SourceVertex):
-    """``source.udsource`` whose container serves the messages of a Wallaroo 0.5.4
-    ``GenSourceConfig`` generator (``initial_value()``, then ``apply(previous)``)."""
+class TcpSourceVertex(UdSourceVertex):
+    """A udsource listening on ``host:port`` for Wallaroo-framed messages; a ``Service`` named
+    ``service`` exposes the port in the cluster."""
 
-    grpc_service: ClassVar[str | None] = "source"
-    manifest_kind: ClassVar[str] = "source/udsource"
+    host: str
+    port: int
+    service: str = attrs.field(metadata=DEPLOY)
 
-    generator: Any
+
+@attrs.frozen(kw_only=True)
+class UserSourceVertex(UdSourceVertex):
+    """A udsource serving the records of a user-defined source (``UserSourceConfig``:
+    ``source`` is the user's object) or, ``generated=True``, of a Wallaroo 0.5.4
+    ``GenSourceConfig`` generator (``source``: its ``initial_value()``/``apply(previous)``
+    object), which the runtime reads through the same user-source code."""
+
+    #: compared by class: the object is made anew by each application_setup call, and two
+    #: plans of the same app must be equal
+    source: Any = attrs.field(eq=lambda obj: type(obj).__qualname__)
+    generated: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -252,6 +261,10 @@ class MapVertex(Vertex):
 
     replicas: int = attrs.field(default=1, metadata=DEPLOY)
     serial: bool = attrs.field(default=False, metadata=DEPLOY)
+    #: messages its async steps await at once (1 on an ordered vertex: one at a time)
+    concurrency: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    #: worker processes running its steps behind the one socket (``processes=`` of a step)
+    processes: int = attrs.field(default=1, validator=attrs.validators.ge(1))
 
     @property
     def ordered(self) -> bool:  # type: ignore[override]
@@ -260,11 +273,6 @@ class MapVertex(Vertex):
     @property
     def max_replicas(self) -> int:
         return 1 if self.serial else self.replicas
-
-
-@attrs.frozen(kw_only=True)
-class KafkaEncoderVertex(MapVertex):
-    """The ``udf`` vertex before a built-in Kafka sink: runs the sink's encoder."""
 
 
 @attrs.frozen(kw_only=True)
@@ -442,10 +450,10 @@ def describe_vertex(v: Vertex) -> str:
     parts: list[str] = []
     for w in v.works:
         bits: list[str] = []
-        if w.decode:
+        if isinstance(v, UserSourceVertex):
+            bits.append("generator source" if v.generated else "user-defined source")
+        elif w.decode:
             bits.append(f"{'tcp' if isinstance(v, TcpSourceVertex) else 'kafka'} source")
-        elif isinstance(v, GenSourceVertex):
-            bits.append("generator source")
         bits += [repr(name) for name in w.step_names]
         if w.sinks and isinstance(v, SinkVertex):
             bits.append(f"{w.sinks[0].kind} sink")
@@ -459,4 +467,8 @@ def describe_vertex(v: Vertex) -> str:
         extra = f"; state {v.state_name!r}, {v.partitions} partition(s), ordered"
     elif isinstance(v, MapVertex):
         extra = "; serial, ordered" if v.ordered else f"; autoscaled to {v.max_replicas:d}"
+        if v.concurrency > 1:
+            extra += f", {v.concurrency} awaiting at once"
+        if v.processes > 1:
+            extra += f", {v.processes} worker processes"
     return f"{v.manifest_kind} " + "; ".join(parts) + extra

@@ -33,8 +33,6 @@ from nfbuilder.plan.graph import (
     Container,
     Edge,
     EnvVar,
-    GenSourceVertex,
-    KafkaEncoderVertex,
     KafkaSinkVertex,
     KafkaSourceVertex,
     LogSinkVertex,
@@ -46,6 +44,8 @@ from nfbuilder.plan.graph import (
     StateVertex,
     TcpSinkVertex,
     TcpSourceVertex,
+    UdSourceVertex,
+    UserSourceVertex,
     Vertex,
     VertexGraph,
     Work,
@@ -63,6 +63,7 @@ from nfbuilder.topology import (
     Pipeline,
     Sink,
     Step,
+    UserSource,
 )
 
 DEFAULT_RETENTION_S = attrs.fields(PlanOptions).id_retention_s.default
@@ -164,6 +165,12 @@ class _Node:
         return self.fields["state"].name if self.cls is StateVertex else None
 
 
+def _concurrency(steps: list[Step]) -> int:
+    """How many messages an unordered vertex running ``steps`` has awaiting at once: its async
+    steps' ``concurrency`` (1 without one: a plain function runs one message at a time)."""
+    return max((s.execution.concurrency for s in steps if s.asynchronous), default=1)
+
+
 def _plan_doc(
     pipelines: list[Pipeline],
     doc_name: str,
@@ -176,7 +183,6 @@ def _plan_doc(
     state_nodes: dict[str, str] = {}
     chains: dict[int, list[str]] = {}  # pipeline -> vertex names, source first, before sinks
     sink_names: dict[int, list[str]] = {}
-    kafka_out: dict[str, str] = {}  # kafka encoder vertex -> its built-in sink vertex
     encoders: dict[int, tuple[Sink, ...]] = {}  # pipeline -> sinks its last vertex encodes for
     sink_tag: dict[str, str] = {}  # sink vertex -> the tag of the outputs encoded for it
     tag_book = NameBook(limit=MAX_TAG)
@@ -194,10 +200,11 @@ def _plan_doc(
         lead: tuple[int, ...] = ()
         # The source has one replica: a run with a to_parallel step keeps its own vertex.
         if options.fuse and runs and not any(
-            p.steps[i].stateful or p.steps[i].parallel for i in runs[0]
+            p.steps[i].stateful or p.steps[i].parallel or p.steps[i].execution.processes > 1
+            for i in runs[0]
         ):
             lead = runs.pop(0)
-        decoder = None if isinstance(p.source, GenSource) else p.source.decoder
+        decoder = p.source.decoder
         nodes[src] = _source_node(src, p, doc_name, work(p, lead, decoder=decoder))
         chain.append(src)
         for run in runs:
@@ -214,44 +221,34 @@ def _plan_doc(
                 label = first.name if len(run) == 1 else f"{first.name}-to-{p.steps[run[-1]].name}"
                 name = names.take(label, prefix)
                 parallel = any(p.steps[i].parallel for i in run) or not options.ordered
+                steps = [p.steps[i] for i in run]
                 nodes[name] = _Node(name, MapVertex, [work(p, run)],
                                     {"replicas": options.max_replicas if parallel else 1,
-                                     "serial": not parallel})
+                                     "serial": not parallel,
+                                     "concurrency": _concurrency(steps) if parallel else 1,
+                                     "processes": max(s.execution.processes for s in steps)})
             chain.append(name)
         chains[p.index] = chain
         sink_names[p.index] = []
         # The vertex of the last step runs the encoders (Wallaroo's placement; one hop without a
-        # (de)serialization). Not a generator source feeding several sinks: a udsource cannot
-        # tag its messages (a TCP source's transformer can), so there each sink vertex encodes
-        # (a Kafka sink with an encoder vertex).
-        at_last = not (nodes[chain[-1]].cls is GenSourceVertex and len(p.sinks) > 1)
+        # (de)serialization; for a source, its transformer does).
         for i, sink in enumerate(p.sinks):
             suffix = "" if i == 0 else f"-{i + 1}"
-            if isinstance(sink, KafkaSink) and not at_last:
-                enc = names.take(_role_name(p, "encode", multi) + suffix)
-                nodes[enc] = _Node(enc, KafkaEncoderVertex, [work(p, sinks=(sink,))],
-                                   {"serial": options.ordered})
-                out = names.take(_role_name(p, "sink", multi) + suffix)
-                nodes[out] = _Node(out, KafkaSinkVertex, [work(p, encoded=True)],
-                                   _kafka_sink_fields(sink))
-                kafka_out[enc] = out
-                sink_names[p.index].append(enc)
-                continue
             out = names.take(_role_name(p, "sink", multi) + suffix)
-            w = work(p, encoded=True) if at_last else work(p, sinks=(sink,))
+            w = work(p, encoded=True)
             if isinstance(sink, KafkaSink):
                 nodes[out] = _Node(out, KafkaSinkVertex, [w], _kafka_sink_fields(sink))
             else:
                 nodes[out] = _Node(out, TcpSinkVertex, [w],
                                    {"host": sink.host, "port": int(sink.port)})
             sink_names[p.index].append(out)
-        if at_last and p.sinks:
+        if p.sinks:
             encoders[p.index] = tuple(p.sinks)
             if len(p.sinks) > 1:  # each encoding goes to its own sink, told apart by a tag
                 for name in sink_names[p.index]:
                     sink_tag[name] = tag_book.take(name)
 
-    # Edges: each pipeline's chain, then its sinks (kafka: encoder -> built-in sink).
+    # Edges: each pipeline's chain, then its sinks.
     hops: dict[tuple[str, str], set[int]] = defaultdict(set)
     order: list[tuple[str, str]] = []
 
@@ -267,8 +264,6 @@ def _plan_doc(
             hop(a, b, p.index)
         for s in sink_names[p.index]:
             hop(chain[-1], s, p.index)
-            if s in kafka_out:
-                hop(s, kafka_out[s], p.index)
         if not p.sinks:
             ended.add(p.index)
     # A done() pipeline whose last vertex would have no way out gets a blackhole sink.
@@ -296,7 +291,7 @@ def _plan_doc(
     for node in nodes.values():
         if node.cls in (TcpSinkVertex, KafkaSinkVertex):
             node.fields["retry"] = retry
-        if node.cls in (TcpSourceVertex, KafkaSourceVertex, GenSourceVertex):
+        if node.cls in (TcpSourceVertex, KafkaSourceVertex, UserSourceVertex):
             node.fields["ordered_writes"] = any(b in ordered for a, b in order if a == node.name)
     vertices = []
     for node in nodes.values():
@@ -322,7 +317,7 @@ def _plan_doc(
 
 
 #: vertex kinds whose container runs user code on each message, so can make a dead letter
-_USER_CODE = (MapVertex, KafkaSourceVertex, TcpSourceVertex)
+_USER_CODE = (MapVertex, KafkaSourceVertex, UdSourceVertex)
 
 
 def _dead_letters(v: Vertex) -> bool:
@@ -366,7 +361,10 @@ def _with_dead_letters(doc: PipelineDoc, options: PlanOptions, names: NameBook) 
 def _source_node(name: str, p: Pipeline, doc_name: str, w: Work) -> _Node:
     source = p.source
     if isinstance(source, GenSource):
-        return _Node(name, GenSourceVertex, [w], {"generator": source.generator})
+        return _Node(name, UserSourceVertex, [w], {"source": source.generator,
+                                                   "generated": True})
+    if isinstance(source, UserSource):
+        return _Node(name, UserSourceVertex, [w], {"source": source.source})
     if isinstance(source, KafkaSource):
         return _Node(name, KafkaSourceVertex, [w], {
             "topic": source.topic,
@@ -412,7 +410,7 @@ def _with_container(v: Vertex, doc: PipelineDoc, options: PlanOptions, ref: AppR
     if isinstance(v, MapVertex) and v.ordered:
         service = "batchmap"  # numa's batch mode: one round trip per batch, in order
     v = attrs.evolve(v, container=Container(service, command, tuple(env)))
-    if isinstance(v, TcpSourceVertex):
+    if isinstance(v, UdSourceVertex):
         command = serve_command(ref, v.name, options.fuse, dead_letters=options.dead_letters,
                                 transformer=True, ordered=options.ordered)
         env = [e for e in env if e.name not in (BIND_HOST_ENV, MAX_FRAME_ENV)]

@@ -31,8 +31,9 @@ from typing import Any
 
 from nfbuilder.codec import Codec
 from nfbuilder.plan import DEAD_LETTER, Vertex, Work
+from nfbuilder.records import EventTime
 from nfbuilder.runtime.errors import UserCodeError
-from nfbuilder.runtime.stages import SINGLE_KEY, Compiled, Out, Stage, user_error
+from nfbuilder.runtime.stages import SINGLE_KEY, Compiled, Out, Stage, _fn_of, user_error
 from nfbuilder.runtime.statetable import StateTable
 from nfbuilder.topology import FAIL
 
@@ -70,6 +71,20 @@ def dead_letter(pipeline: str, vertex: str, exc: UserCodeError, msg_id: str, pay
         with contextlib.suppress(UnicodeDecodeError):
             record["payload"] = payload.decode("utf-8")
     return json.dumps(record).encode() + b"\n"
+
+
+def _time_of(c: Compiled, stamped: EventTime) -> int:
+    try:
+        return stamped.time_ns
+    except TypeError as exc:
+        raise UserCodeError(f"pipeline {c.work.pipeline_name!r} decoder: {exc}; return "
+                            "EventTime(value, datetime_or_epoch_seconds)",
+                            function=_fn_of(c.work.decoder, "decode")) from None
+
+
+def _at(outs: list[Out], time_ns: int) -> list[Out]:
+    """``outs`` with the event time their message's decoder gave."""
+    return [o._replace(event_time_ns=time_ns) for o in outs]
 
 
 class VertexProgram:
@@ -138,6 +153,8 @@ class VertexProgram:
                 raise user_error(where, decoder, "decode", exc) from exc
             if obj is None:
                 return []
+            if type(obj) is EventTime:  # the decoder says when the message happened
+                return _at(c.stage(obj.value, msg_id, key, serialize), _time_of(c, obj))
         else:
             obj = self.codec.loads(payload)
         return c.stage(obj, msg_id, key, serialize)

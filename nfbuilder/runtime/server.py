@@ -39,6 +39,7 @@ from nfbuilder.runtime.servicers import (
 )
 from nfbuilder.runtime.settings import Settings
 from nfbuilder.runtime.stream import ErrorContract
+from nfbuilder.runtime.workers import WorkerPool
 
 log = logging.getLogger("nfbuilder.runtime")
 
@@ -173,11 +174,14 @@ def write_error_report(settings: Settings, message: str, details: str) -> Path |
 
 
 class _Server:
-    def __init__(self, kind: Kind, handler: object, settings: Settings, ordered: bool) -> None:
+    def __init__(self, kind: Kind, handler: object, settings: Settings, ordered: bool,
+                 workers: int = 1, pool: WorkerPool | None = None) -> None:
         self.kind = kind
         self.handler = handler
         self.settings = settings
         self.ordered = ordered
+        self.workers = workers
+        self.pool = pool
         self.endpoint = endpoint_for(kind, settings)
         self.exit_code = 0
         self._stop: asyncio.Event | None = None
@@ -197,12 +201,12 @@ class _Server:
         settings, handler = self.settings, self.handler
         prefix = "UDSinkError, " if self.kind == "sink" else ""
         errors = ErrorContract(settings.container_type, self.on_fatal, prefix)
-        workers = 1 if self.ordered else settings.map_workers
+        workers = 1 if self.ordered else max(self.workers, settings.map_workers)
         if self.kind in ("map", "batchmap"):
             batch = self.kind == "batchmap"
             return (map_pb2_grpc.add_MapServicer_to_server,
                     MapServicer(cast(MapHandler, handler), errors,
-                                workers=1 if batch else workers, batch=batch))
+                                workers=1 if batch else workers, batch=batch, pool=self.pool))
         if self.kind == "sourcetransformer":
             return (sourcetransform_pb2_grpc.add_SourceTransformServicer_to_server,
                     TransformerServicer(cast(MapHandler, handler), errors, workers=workers))
@@ -314,14 +318,19 @@ def serve(
     settings: Settings,
     *,
     ordered: bool = False,
+    workers: int = 1,
+    pool: WorkerPool | None = None,
 ) -> int:
     """Serve ``handler`` as a Numaflow ``kind`` server until told to stop; return the exit code.
 
     ``kind`` is "map" or "sourcetransformer" (``handler``: a sync :data:`MapHandler`),
     "source" (a :class:`SourceHandler`) or "sink" (an async :data:`SinkHandler`).
     ``ordered=True`` runs map handlers strictly one at a time in arrival order, whatever
-    ``settings.map_workers`` says. Blocks; returns 0 after SIGTERM/SIGINT, 1 after a user-code
-    error (reported to the client and to the runtime error-report directory).
+    ``workers`` (threads running the handler at once: a vertex with async steps awaits that
+    many messages together) or ``settings.map_workers`` say. Blocks; returns 0 after
+    SIGTERM/SIGINT, 1 after a user-code error (reported to the client and to the runtime
+    error-report directory). ``pool``: a map handler's worker processes, started (forked)
+    before this call; stopped when the server stops.
 
     Example::
 
@@ -329,4 +338,8 @@ def serve(
     """
     if kind not in KINDS:
         raise ServerError(f"unknown server kind {kind!r}; expected one of {', '.join(KINDS)}")
-    return _run(_Server(kind, handler, settings, ordered).run())
+    try:
+        return _run(_Server(kind, handler, settings, ordered, workers, pool).run())
+    finally:
+        if pool is not None:
+            pool.stop()

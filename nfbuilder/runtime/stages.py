@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from nfbuilder.plan import Work
 from nfbuilder.plan.routing import DROP, drop_value
 from nfbuilder.runtime.errors import UserCodeError
+from nfbuilder.runtime.steploop import asynchronous
 from nfbuilder.topology import KafkaSink, Sink, Step, partition_key
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class Out(NamedTuple):
     value: Any
     keys: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    #: the event time a decoder gave its message (``EventTime``); None: the input's
+    event_time_ns: int | None = None
 
 
 def _fn_of(obj: Any, method: str) -> str:
@@ -160,8 +163,13 @@ class _DropLog:
         self.next_at = now + self.interval_s
 
 
-def _method(step: Step) -> str:
-    return "compute_multi" if step.multi else "compute"
+def _step_fn(step: Step) -> Callable[..., Any]:
+    """What to call for ``step``'s computation; an ``async def`` one awaits on the step loop
+    (within its timeout) and returns the result, so every stage stays synchronous."""
+    fn = _direct(step.computation, step.method)
+    if step.asynchronous:
+        return asynchronous(fn, step.execution.timeout_s)
+    return fn
 
 
 def _where(pipeline: str, step: Step) -> str:
@@ -186,15 +194,15 @@ def _finishers(program: VertexProgram, work: Work) -> tuple[_Finish, Stage]:
     def finish(objs: list[Any], serialize: bool) -> list[Out]:
         if serialize:
             if keyer is None:
-                return [_new(Out, (dumps(o), (), tags)) for o in objs]
-            return [_new(Out, (dumps(o), (keyer(o),), tags)) for o in objs]
+                return [_new(Out, (dumps(o), (), tags, None)) for o in objs]
+            return [_new(Out, (dumps(o), (keyer(o),), tags, None)) for o in objs]
         if keyer is None:
-            return [_new(Out, (o, (), tags)) for o in objs]
-        return [_new(Out, (o, (keyer(o),), tags)) for o in objs]
+            return [_new(Out, (o, (), tags, None)) for o in objs]
+        return [_new(Out, (o, (keyer(o),), tags, None)) for o in objs]
 
     def one(obj: Any, msg_id: str, key: str | None, serialize: bool) -> list[Out]:
         keys = () if keyer is None else (keyer(obj),)
-        return [_new(Out, (dumps(obj) if serialize else obj, keys, tags))]
+        return [_new(Out, (dumps(obj) if serialize else obj, keys, tags, None))]
 
     return finish, one
 
@@ -240,8 +248,8 @@ def _dumps(program: VertexProgram, work: Work) -> Callable[[Any], bytes]:
 
 def _steps_stage(pipeline: str, steps: tuple[Step, ...], finish: _Finish, one: Stage) -> Stage:
     """The stage of a vertex running stateless steps (or none: a sink's encoding only)."""
-    resolved = [(s.computation, _direct(s.computation, _method(s)), s.multi, _method(s),
-                 _where(pipeline, s), s.name) for s in steps]
+    resolved = [(s.computation, _step_fn(s), s.multi, s.method, _where(pipeline, s), s.name)
+                for s in steps]
     if not resolved:
         return one
 
@@ -283,8 +291,8 @@ def _state_stage(
     spec = step.state
     assert spec is not None
     where = _where(pipeline, step)
-    comp, method, multi = step.computation, _method(step), step.multi
-    fn = _direct(comp, method)
+    comp, method, multi = step.computation, step.method, step.multi
+    fn = _step_fn(step)
     keyer = _keyer(where, step) if spec.partitioned else None
     declared = spec.declared()
     states = program.states
@@ -303,7 +311,7 @@ def _state_stage(
         if declared is not None and key not in declared:
             program.unknown_keys += 1
             warn_drop(key, msg_id)
-            return [_new(Out, (drop_value(step.name, key), (), (DROP,)))]
+            return [_new(Out, (drop_value(step.name, key), (), (DROP,), None))]
         entry = entries.get(key)
         if entry is None:
             entry = states.entry(spec, key)
@@ -420,7 +428,7 @@ def _encoder(pipeline: str, sink: Sink, tags: tuple[str, ...]) -> Callable[[Any]
             return None
         # plain bytes for a TCP sink is the common case, checked first
         if type(data) is bytes and not kafka:
-            return _new(Out, (data, (), tags))  # type: ignore[no-any-return]
+            return _new(Out, (data, (), tags, None))  # type: ignore[no-any-return]
         return convert(data)
 
     return encode

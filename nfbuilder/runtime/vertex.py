@@ -22,13 +22,14 @@ from nfbuilder.plan import (
     META_GROUP,
     META_PIPELINE,
     AppRef,
-    GenSourceVertex,
     KafkaSourceVertex,
     MapVertex,
     PlanOptions,
     StateVertex,
     TcpSinkVertex,
     TcpSourceVertex,
+    UdSourceVertex,
+    UserSourceVertex,
     Vertex,
     plan,
 )
@@ -134,7 +135,7 @@ def map_handler(program: VertexProgram) -> Any:
         def handle_one(datum: Datum) -> list[Result]:
             # The per-message path of most vertices: no pipeline lookup, metadata prebuilt.
             outs = process(single, datum.value, datum.id)
-            return [Result(o.value, o.keys, o.tags, meta) for o in outs]
+            return [Result(o.value, o.keys, o.tags, meta, o.event_time_ns) for o in outs]
 
         return handle_one
 
@@ -142,7 +143,7 @@ def map_handler(program: VertexProgram) -> Any:
         pipeline = pipeline_of(datum.user_metadata)
         outs = process(pipeline, datum.value, datum.id)
         meta = pipeline_metadata(program.work(pipeline).pipeline)
-        return [Result(o.value, o.keys, o.tags, meta) for o in outs]
+        return [Result(o.value, o.keys, o.tags, meta, o.event_time_ns) for o in outs]
 
     return handle
 
@@ -181,6 +182,19 @@ class TcpSourceHandler:
         return [self.partition]
 
 
+def user_source_handler(program: VertexProgram, replica: int) -> Any:
+    """The source handler of a user source vertex (a generator's, for a ``GenSourceConfig``):
+    record values pickled by the app's codec, or as they are for the transformer's decoder."""
+    from nfbuilder.runtime.usersource import GeneratorSource, UserSourceHandler
+
+    vertex = program.vertex
+    assert isinstance(vertex, UserSourceVertex)
+    work = vertex.works[0]
+    source = GeneratorSource(vertex.source) if vertex.generated else vertex.source
+    return UserSourceHandler(source, None if work.decode else program.codec, replica,
+                             f"pipeline {work.pipeline_name!r}")
+
+
 def sink_handler(program: VertexProgram, writer: Any, peer: str) -> Any:
     """An async sink handler: encode each datum, write the bytes, SUCCESS/FAILURE per id."""
     single = program.pipelines[0] if len(program.pipelines) == 1 else None
@@ -211,11 +225,11 @@ def sink_handler(program: VertexProgram, writer: Any, peer: str) -> Any:
 def serve_program(program: VertexProgram, settings: Settings, *,
                   transformer: bool = False) -> int:
     """Serve ``program``'s vertex with its servicer until SIGTERM; returns the exit code.
-    ``transformer``: a TCP source vertex's transformer container (it decodes the frames)."""
+    ``transformer``: a udsource vertex's transformer container (it decodes the records)."""
     from nfbuilder.runtime.server import serve
 
     vertex: Vertex = program.vertex
-    if transformer and not isinstance(vertex, TcpSourceVertex):
+    if transformer and not isinstance(vertex, UdSourceVertex):
         raise ServeError(f"vertex {vertex.name!r} has no transformer container of ours "
                          f"({type(vertex).__name__})")
     if isinstance(vertex, MapVertex):  # ordered ones in batch mode (the spec's service)
@@ -225,7 +239,15 @@ def serve_program(program: VertexProgram, settings: Settings, *,
         if batch:  # a state vertex saves once per key per batch, before the batch is answered
             program.states.defer_saves()
             handler.end_of_batch = program.states.flush
-        return serve("batchmap" if batch else "map", handler, settings, ordered=vertex.ordered)
+        pool = None
+        if vertex.processes > 1:  # forked now, before the server's loop and threads exist
+            from nfbuilder.runtime.servicers.mapper import map_bytes_answer
+            from nfbuilder.runtime.workers import WorkerPool
+
+            pool = WorkerPool(map_bytes_answer(handler), vertex.processes, name=vertex.name)
+            pool.start()
+        return serve("batchmap" if batch else "map", handler, settings, ordered=vertex.ordered,
+                     workers=vertex.concurrency, pool=pool)
     if isinstance(vertex, KafkaSourceVertex) or transformer:
         return serve("sourcetransformer", map_handler(program), settings)
     if isinstance(vertex, TcpSourceVertex):
@@ -238,11 +260,8 @@ def serve_program(program: VertexProgram, settings: Settings, *,
                                 max_buffered_bytes=settings.source_buffer_bytes,
                                 max_partial_bytes=settings.source_partial_bytes)
         return serve("source", TcpSourceHandler(frames, settings.replica), settings)
-    if isinstance(vertex, GenSourceVertex):
-        from nfbuilder.runtime.gensource import GenSourceHandler
-
-        handler = GenSourceHandler(program, vertex.generator, settings.replica)
-        return serve("source", handler, settings)
+    if isinstance(vertex, UserSourceVertex):
+        return serve("source", user_source_handler(program, settings.replica), settings)
     if isinstance(vertex, TcpSinkVertex):
         from nfbuilder.runtime.tcp import TcpSinkWriter
 

@@ -24,6 +24,7 @@ import grpc.aio
 from google.protobuf import empty_pb2
 
 from nfbuilder._proto import map_pb2, map_pb2_grpc, sourcetransform_pb2, sourcetransform_pb2_grpc
+from nfbuilder.runtime.errors import UserCodeError
 from nfbuilder.runtime.messages import DROP, MapHandler
 from nfbuilder.runtime.servicers.convert import (
     add_map_results,
@@ -32,7 +33,8 @@ from nfbuilder.runtime.servicers.convert import (
     transform_datum,
     write_metadata,
 )
-from nfbuilder.runtime.stream import BidiStream, ErrorContract, StreamSpec
+from nfbuilder.runtime.stream import BidiStream, ErrorContract, StreamSpec, batches_until_eot
+from nfbuilder.runtime.workers import WorkerError, WorkerPool
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -102,9 +104,34 @@ def _handshake_map() -> map_pb2.MapResponse:
     return map_pb2.MapResponse(handshake=map_pb2.Handshake(sot=True))
 
 
+_EOT = map_pb2.MapResponse(status=map_pb2.TransmissionStatus(eot=True))
+
+
+def map_answer(handler: MapHandler) -> Callable[[map_pb2.MapRequest], map_pb2.MapResponse]:
+    """The response to one data request: ``handler``'s results under the request's id."""
+    Response = map_pb2.MapResponse
+
+    def answer(request: map_pb2.MapRequest) -> map_pb2.MapResponse:
+        response = Response(id=request.id)
+        add_map_results(response.results, handler(map_datum(request)))
+        return response
+
+    return answer
+
+
+def map_bytes_answer(handler: MapHandler) -> Callable[[bytes], bytes]:
+    """:func:`map_answer` on serialized requests and responses: what a worker process of a
+    :class:`WorkerPool` runs."""
+    answer, parse = map_answer(handler), map_pb2.MapRequest.FromString
+    return lambda raw: answer(parse(raw)).SerializeToString()  # type: ignore[no-any-return]
+
+
 class MapServicer(map_pb2_grpc.MapServicer):
     """``map.v1.Map`` in unary mode over a synchronous :data:`MapHandler`; ``batch=True``: in
     batch mode (each batch closed by an EOT the servicer answers after the batch's responses).
+    ``pool``: the handler runs in these worker processes (started already, each running
+    :func:`map_bytes_answer` of it): a batch is split among them and answered in order; in
+    unary mode responses go out as the workers answer.
 
     Example::
 
@@ -112,16 +139,13 @@ class MapServicer(map_pb2_grpc.MapServicer):
     """
 
     def __init__(self, handler: MapHandler, errors: ErrorContract, *, workers: int = 1,
-                 batch: bool = False) -> None:
-        Response = map_pb2.MapResponse
-
-        def answer(request: map_pb2.MapRequest) -> map_pb2.MapResponse:
-            response = Response(id=request.id)
-            add_map_results(response.results, handler(map_datum(request)))
-            return response
-
+                 batch: bool = False, pool: WorkerPool | None = None) -> None:
+        answer = map_answer(handler)
         spec = StreamSpec("MapFn", _handshake_map())
-        if batch:
+        if pool is not None:
+            stream = BidiStream(spec, _pooled_batches(pool) if batch else _pooled_stream(pool),
+                                errors)
+        elif batch:
             stream = BidiStream.one_to_many(spec, _batch_answers(answer, handler), errors)
         else:
             stream = _stream(spec, answer, errors, workers)
@@ -142,7 +166,7 @@ def _batch_answers(
     returned; then every response and the EOT go out. numa acts on a batch only once it has
     every answer, so holding them costs no time, and what a response says is saved first."""
     end_of_batch = getattr(handler, "end_of_batch", None)
-    eot = map_pb2.MapResponse(status=map_pb2.TransmissionStatus(eot=True))
+    eot = _EOT
 
     def answers() -> Callable[[map_pb2.MapRequest], list[map_pb2.MapResponse]]:
         held: list[map_pb2.MapResponse] = []
@@ -160,6 +184,55 @@ def _batch_answers(
         return answer_many
 
     return answers
+
+
+def _worker_failed(exc: WorkerError) -> UserCodeError:
+    """A worker's failure as the error contract reports a user-code error of this process."""
+    return UserCodeError(exc.message, exc.traceback_text)
+
+
+def _pooled_batches(
+    pool: WorkerPool,
+) -> Callable[[AsyncIterator[map_pb2.MapRequest]], AsyncIterator[map_pb2.MapResponse]]:
+    """Batch mode over ``pool``: each batch (closed by its EOT) split among the workers, its
+    responses in the batch's order, then the EOT."""
+    parse = map_pb2.MapResponse.FromString
+
+    async def process(
+        requests: AsyncIterator[map_pb2.MapRequest],
+    ) -> AsyncIterator[map_pb2.MapResponse]:
+        async for batch in batches_until_eot(requests):
+            try:
+                answers = await pool.run([r.SerializeToString() for r in batch])
+            except WorkerError as exc:
+                raise _worker_failed(exc) from None
+            for raw in answers:
+                yield parse(raw)
+            yield _EOT
+
+    return process
+
+
+def _pooled_stream(
+    pool: WorkerPool,
+) -> Callable[[AsyncIterator[map_pb2.MapRequest]], AsyncIterator[map_pb2.MapResponse]]:
+    """Unary mode over ``pool``: responses as the workers give them."""
+    parse = map_pb2.MapResponse.FromString
+
+    async def process(
+        requests: AsyncIterator[map_pb2.MapRequest],
+    ) -> AsyncIterator[map_pb2.MapResponse]:
+        async def serialized() -> AsyncIterator[bytes]:
+            async for request in requests:
+                yield request.SerializeToString()
+
+        try:
+            async for raw in pool.stream(serialized()):
+                yield parse(raw)
+        except WorkerError as exc:
+            raise _worker_failed(exc) from None
+
+    return process
 
 
 def _drop_result(event_time: Any) -> list[_TransformResult]:
@@ -212,4 +285,4 @@ class TransformerServicer(sourcetransform_pb2_grpc.SourceTransformServicer):
         return sourcetransform_pb2.ReadyResponse(ready=True)
 
 
-__all__ = ["MapServicer", "TransformerServicer"]
+__all__ = ["MapServicer", "TransformerServicer", "map_answer", "map_bytes_answer"]
