@@ -28,7 +28,7 @@ from nfbuilder.local.serverinfo import wait_server_info
 from nfbuilder.plan import AppRef, PlanOptions, plan
 
 APPS = ["reverse", "celsius", "celsius_kafka", "alphabet", "alphabet_partitioned", "word_count",
-        "market_spread", "sequence_window"]
+        "market_spread", "sequence_window", "async_enrich", "prime_factors", "log_levels"]
 
 # spec key of the container -> (socket, server-info file, NUMAFLOW_UD_CONTAINER_TYPE, client).
 # Written out from the contract's table on purpose, not taken from runtime.server: this test is
@@ -46,6 +46,8 @@ def app_args(name: str) -> list[str]:
     if name == "celsius_kafka":
         return ["--kafka_source_topic", "in", "--kafka_source_brokers", "127.0.0.1:9",
                 "--kafka_sink_topic", "out", "--kafka_sink_brokers", "127.0.0.1:9"]
+    if name == "log_levels":  # the file is opened at the first read
+        return ["--file", "/nonexistent/app.log", "--out", f"127.0.0.1:{free_port()}"]
     n_in = 2 if name == "market_spread" else 1
     ins = ",".join(f"127.0.0.1:{free_port()}" for _ in range(n_in))
     return ["--in", ins, "--out", f"127.0.0.1:{free_port()}"]

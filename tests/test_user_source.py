@@ -85,6 +85,20 @@ def test_offsets_keep_their_type_through_read_ack_and_nack(asynchronous: bool) -
     assert [user_offset(m.offset) for m in msgs] == [b"\x00raw", "line-7", 42]
 
 
+def test_records_beyond_what_was_asked_for_come_with_the_next_read() -> None:
+    class Generous(Listed):
+        def read(self, n: int, timeout_s: float) -> Any:
+            return super().read(n + 2, timeout_s)
+
+    handler = UserSourceHandler(Generous([(i, i) for i in range(5)]), Codec.for_module(None),
+                                0, "pipeline 'p'")
+
+    async def go() -> list[list[Any]]:
+        return [[user_offset(m.offset) for m in await handler.read(2, 0.1)] for _ in range(4)]
+
+    assert asyncio.run(go()) == [[0, 1], [2, 3], [4], []]
+
+
 def test_bad_records_are_clear_errors() -> None:
     handler = UserSourceHandler(Listed([Record(1.5, b"x")]), None, 0, "pipeline 'p'")
     with pytest.raises(UserCodeError, match=r"pipeline 'p' source: a record's offset must be "

@@ -82,6 +82,7 @@ class UserSourceHandler:
         self.dumps = codec.dumps if codec is not None else None
         self.partition = partition
         self.where = f"{where} source"
+        self._extra: list[SourceMessage] = []  # read beyond what numa asked for
 
     async def _call(self, method: str, *args: Any) -> Any:
         try:
@@ -95,6 +96,9 @@ class UserSourceHandler:
             raise user_error(self.where, self.source, method, exc) from exc
 
     async def read(self, num_records: int, timeout_s: float) -> list[SourceMessage]:
+        if self._extra:  # a read that gave more than asked for: the rest first
+            out, self._extra = self._extra[:num_records], self._extra[num_records:]
+            return out
         records = await self._call("read", num_records, timeout_s)
         now = time.time_ns()
         out = []
@@ -108,7 +112,8 @@ class UserSourceHandler:
             except (TypeError, ValueError) as exc:
                 raise UserCodeError(f"{self.where}: {exc}", function=f"{_name(self.source)}.read",
                                     step=None) from None
-        return out[:num_records]
+        out, self._extra = out[:num_records], out[num_records:]
+        return out
 
     def _payload(self, value: Any) -> bytes:
         if self.dumps is not None:
