@@ -88,6 +88,10 @@ class CountingSaves:
         self.saves += 1
         self.store.save(*args, **kwargs)
 
+    def save_many(self, saves: Any, fence: Any = None) -> None:
+        self.saves += len(saves)
+        self.store.save_many(saves, fence)
+
 
 def test_held_saves_are_one_per_key_per_batch_with_every_id(tmp_path: Path) -> None:
     program = _state_program(tmp_path)

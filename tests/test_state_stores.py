@@ -22,6 +22,7 @@ from redis_server import RedisServer, require_redis_server, start_redis_server
 
 from nfbuilder.runtime.state import (
     FencedError,
+    Save,
     Snapshot,
     StateStore,
     StateStoreError,
@@ -65,6 +66,19 @@ def test_round_trip(open_kind: OpenStore) -> None:
     assert store.load("counts", "apple") == Snapshot(b"\x00\x01state", ("v-1-0", "v-2-0"))
     store.save("counts", "apple", b"next", ["v-3-0"])
     assert store.load("counts", "apple") == Snapshot(b"next", ("v-1-0", "v-2-0", "v-3-0"))
+
+
+def test_save_many_saves_each_key_as_save_does(open_kind: OpenStore) -> None:
+    store = open_kind()
+    store.save("counts", "apple", b"1", ["v-1-0"])
+    store.save_many([Save("counts", "apple", b"2", ["v-2-0"], {"v-2-0": b"out"}),
+                     Save("counts", "pear", b"1", ["v-3-0"]),
+                     Save("other", "apple", b"x", ["v-4-0"])])
+    assert store.load("counts", "apple") == Snapshot(b"2", ("v-1-0", "v-2-0"))
+    assert dict(store.load("counts", "apple").outputs)["v-2-0"] == b"out"  # type: ignore[union-attr]
+    assert store.load("counts", "pear") == Snapshot(b"1", ("v-3-0",))
+    assert store.load("other", "apple") == Snapshot(b"x", ("v-4-0",))
+    store.save_many([])  # nothing to do
 
 
 def test_count_and_clear_cover_one_namespace(open_kind: OpenStore) -> None:
@@ -324,6 +338,23 @@ def test_sqlite_processes_opening_one_new_file_at_once_all_succeed(tmp_path: Pat
 
 
 # ---------------------------------------------------------------- Redis
+
+
+def test_sqlite_save_many_is_one_transaction_refused_whole_when_fenced(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    old_owner, new_owner = open_store(url, namespace="app"), open_store(url, namespace="app")
+    try:
+        first = old_owner.claim("s", 0)
+        old_owner.save_many([Save("s", "a", b"1", ["m-1"])], fence=(0, first))
+        new_owner.claim("s", 0)
+        with pytest.raises(FencedError):
+            old_owner.save_many([Save("s", "a", b"2", ["m-2"]), Save("s", "b", b"1", ["m-3"])],
+                                fence=(0, first))
+        assert new_owner.load("s", "a") == Snapshot(b"1", ("m-1",))  # nothing of it written
+        assert new_owner.load("s", "b") is None
+    finally:
+        old_owner.close()
+        new_owner.close()
 
 
 def test_redis_unreachable_at_open_fails_fast_with_masked_url() -> None:

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from nfbuilder.codec import Codec
-from nfbuilder.runtime.state.store import Fence, StateStore
+from nfbuilder.runtime.state.store import Fence, Save, StateStore
 from nfbuilder.topology import StateSpec
 
 
@@ -75,8 +75,13 @@ class StateTable:
         if not dirty or store is None:
             return
         self._dirty = {}
-        for (_, key), (spec, entry) in dirty.items():
-            self._persist(store, spec, key, entry)
+        held = list(dirty.items())
+        dumps = self.codec.dumps
+        store.save_many([Save(spec.name, key, dumps(entry.obj), list(entry.pending),
+                              entry.pending) for (_, key), (spec, entry) in held],
+                        fence=self.fence)
+        for _, (_, entry) in held:
+            self._saved(store, entry)
 
     @property
     def durable(self) -> bool:
@@ -129,6 +134,11 @@ class StateTable:
     def _persist(self, store: StateStore, spec: StateSpec, key: str, entry: Entry) -> None:
         store.save(spec.name, key, self.codec.dumps(entry.obj), list(entry.pending),
                    entry.pending, fence=self.fence)
+        self._saved(store, entry)
+
+    @staticmethod
+    def _saved(store: StateStore, entry: Entry) -> None:
+        """``entry``'s pending ids are in the store now."""
         entry.persisted.update(entry.pending)
         entry.pending = {}
         _trim(entry.persisted, entry.at, store.id_window, time.time() - store.id_retention_s)

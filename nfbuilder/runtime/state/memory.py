@@ -20,6 +20,7 @@ from nfbuilder.runtime.state.store import (
     DEFAULT_ID_RETENTION_S,
     DEFAULT_ID_WINDOW,
     Fence,
+    Save,
     Snapshot,
     StateStoreError,
     fenced,
@@ -54,6 +55,10 @@ class MemoryStore:
                 return None
             data, window, rows = found
             return timed_snapshot(data, window, ((i, o, t) for i, (o, t) in rows.items()))
+
+    def save_many(self, saves: Sequence[Save], fence: Fence | None = None) -> None:
+        for save in saves:  # each key atomically, as save() does it
+            self.save(*save, fence=fence)
 
     def save(
         self,

@@ -38,6 +38,7 @@ from nfbuilder.runtime.state.store import (
     DEFAULT_ID_WINDOW,
     DEFAULT_TIMEOUT_S,
     Fence,
+    Save,
     Snapshot,
     StateStoreError,
     fenced,
@@ -301,6 +302,10 @@ class RedisStore:
         rows = [(i, check(outputs[i], state_name, key, i) if i in outputs else b"", t)
                 for i, t in ids]
         return timed_snapshot(data, json.loads(fields.get(b"ids") or b"[]"), rows)
+
+    def save_many(self, saves: Sequence[Save], fence: Fence | None = None) -> None:
+        for save in saves:  # each key atomically, as save() does it
+            self.save(*save, fence=fence)
 
     def save(
         self,

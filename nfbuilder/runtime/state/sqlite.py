@@ -29,6 +29,7 @@ from nfbuilder.runtime.state.store import (
     DEFAULT_ID_WINDOW,
     DEFAULT_TIMEOUT_S,
     Fence,
+    Save,
     Snapshot,
     StateStoreError,
     fenced,
@@ -212,30 +213,39 @@ class SqliteStore:
         outputs: Mapping[str, bytes] | None = None,
         fence: Fence | None = None,
     ) -> None:
-        ident = (self.namespace, state_name, key)
+        self.save_many([Save(state_name, key, data, applied_ids, outputs)], fence)
+
+    def save_many(self, saves: Sequence[Save], fence: Fence | None = None) -> None:
+        if not saves:
+            return
         # signed before the write lock is taken, to keep the transaction short
-        sign, got = self._seal.sign, outputs or {}
-        blob = sign(data, state_name, key)
-        signed = {i: sign(got.get(i, b""), state_name, key, i) for i in dict.fromkeys(applied_ids)}
+        sign = self._seal.sign
+        signed = [(s, sign(s.data, s.state_name, s.key),
+                   {i: sign((s.outputs or {}).get(i, b""), s.state_name, s.key, i)
+                    for i in dict.fromkeys(s.applied_ids)}) for s in saves]
+        first = saves[0]
         with self._lock:
             conn = self._conn
             try:
                 # IMMEDIATE takes the write lock before reading the old ids, so no other
-                # process can slip a save for this key in between (no lost id merge).
+                # process can slip a save for these keys in between (no lost id merge).
                 conn.execute("BEGIN IMMEDIATE")
                 if fence is not None:
-                    row = conn.execute(_EPOCH, (self.namespace, state_name, fence[0])).fetchone()
-                    if row is None or row[0] != fence[1]:
-                        conn.execute("ROLLBACK")
-                        raise fenced(self.url_for_display, state_name, key, fence)
-                row = conn.execute(_SELECT_IDS, ident).fetchone()
-                old = json.loads(row[0]) if row else []
-                window = json.dumps(merge_ids(old, applied_ids, self.id_window))
-                conn.execute(_UPSERT, (*ident, blob, window))
+                    for name in dict.fromkeys(s.state_name for s in saves):
+                        row = conn.execute(_EPOCH, (self.namespace, name, fence[0])).fetchone()
+                        if row is None or row[0] != fence[1]:
+                            conn.execute("ROLLBACK")
+                            raise fenced(self.url_for_display, name, first.key, fence)
                 now = time.time()
-                conn.executemany(_PUT_OUTPUT, [(*ident, msg_id, out, now)
-                                               for msg_id, out in signed.items()])
-                conn.execute(_DROP_EXPIRED, (*ident, now - self.id_retention_s, window))
+                for save, blob, outputs in signed:
+                    ident = (self.namespace, save.state_name, save.key)
+                    row = conn.execute(_SELECT_IDS, ident).fetchone()
+                    old = json.loads(row[0]) if row else []
+                    window = json.dumps(merge_ids(old, save.applied_ids, self.id_window))
+                    conn.execute(_UPSERT, (*ident, blob, window))
+                    conn.executemany(_PUT_OUTPUT, [(*ident, msg_id, out, now)
+                                                   for msg_id, out in outputs.items()])
+                    conn.execute(_DROP_EXPIRED, (*ident, now - self.id_retention_s, window))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:
@@ -243,7 +253,7 @@ class SqliteStore:
                         conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass  # the connection itself is unusable; its transaction died with it
-                raise self._error("save", state_name, key, exc) from exc
+                raise self._error("save", first.state_name, first.key, exc) from exc
 
     def claim(self, state_name: str, partition: int) -> int:
         ident = (self.namespace, state_name, partition)

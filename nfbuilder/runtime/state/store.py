@@ -56,7 +56,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import attrs
 
@@ -125,6 +125,16 @@ class Snapshot:
         return msg_id in self._id_set
 
 
+class Save(NamedTuple):
+    """The arguments of one :meth:`StateStore.save`, for :meth:`StateStore.save_many`."""
+
+    state_name: str
+    key: str
+    data: bytes
+    applied_ids: Sequence[str]
+    outputs: Mapping[str, bytes] | None = None
+
+
 @runtime_checkable
 class StateStore(Protocol):
     """Where stateful steps persist their per-key snapshots. Open one with :func:`open_store`."""
@@ -163,6 +173,12 @@ class StateStore(Protocol):
         Returns only once the write is durable in the store; raises StateStoreError otherwise.
         Safe to retry with the same arguments.
         """
+        ...
+
+    def save_many(self, saves: Sequence[Save], fence: Fence | None = None) -> None:
+        """Every one of ``saves`` as :meth:`save` does it, each key atomically (SQLite: all of
+        them in one transaction, one commit for a batch). What a batch-mode state vertex calls
+        at the end of a batch."""
         ...
 
     def count(self) -> int:
