@@ -39,6 +39,7 @@ from nfbuilder.local.rpc import (
     UdfStreamError,
     UserMetadata,
     connect,
+    metadata_bytes,
     request_fields,
     stream_error,
     to_ns,
@@ -52,6 +53,7 @@ from nfbuilder.local.sourcesink import (
     SourceClient,
     SourceRecord,
 )
+from nfbuilder.local.wire import encoded, map_request
 
 __all__ = [
     "Channel", "ClientError", "ConnectTimeout", "MapClient", "Partitions", "Result", "SinkClient",
@@ -238,6 +240,10 @@ class MapClient:
     def __init__(self, channel: Channel, *, max_in_flight: int = 500,
                  name: str = "map") -> None:
         self.stub = map_pb2_grpc.MapStub(channel)
+        # the data requests are written as bytes (local.wire), the handshake and EOT are not
+        self._map_fn = channel.stream_stream(
+            "/map.v1.Map/MapFn", request_serializer=encoded,
+            response_deserializer=map_pb2.MapResponse.FromString)
         self._stream: _Correlator[Any] = _Correlator(f"{name} MapFn stream", max_in_flight)
 
     @classmethod
@@ -246,7 +252,7 @@ class MapClient:
         """Open the MapFn stream and complete the handshake."""
         client = cls(channel, max_in_flight=max_in_flight, name=name)
         handshake = map_pb2.MapRequest(handshake=map_pb2.Handshake(sot=True))
-        await client._stream.start(client.stub.MapFn, handshake)
+        await client._stream.start(client._map_fn, handshake)
         return client
 
     async def map(
@@ -260,8 +266,8 @@ class MapClient:
         user_metadata: UserMetadata | None = None,
     ) -> list[Result]:
         """Map one message; returns its results (an empty list means "consumed, no output")."""
-        fields = request_fields(keys, value, event_time_ns, watermark_ns, headers, user_metadata)
-        request = map_pb2.MapRequest(id=id, request=map_pb2.MapRequest.Request(**fields))
+        request = map_request(id, keys, value, event_time_ns, watermark_ns, headers,
+                              metadata_bytes(user_metadata))
         response = await self._stream.call(id, request)
         return [
             Result(value=r.value, keys=tuple(r.keys), tags=tuple(r.tags),
@@ -274,8 +280,8 @@ class MapClient:
                                                     UserMetadata | None]]) -> list[list[Result]]:
         """Batch mode: map ``(id, keys, value, event_time_ns, watermark_ns, headers,
         user_metadata)`` items as one batch; returns each item's results, in item order."""
-        Request, Inner = map_pb2.MapRequest, map_pb2.MapRequest.Request
-        requests = [Request(id=i[0], request=Inner(**request_fields(*i[1:]))) for i in items]
+        requests = [map_request(id, keys, value, t, w, headers, metadata_bytes(meta))
+                    for id, keys, value, t, w, headers, meta in items]
         responses = await self._stream.call_batch([i[0] for i in items], requests, _MAP_EOT)
         return [[Result(value=r.value, keys=tuple(r.keys), tags=tuple(r.tags),
                         user_metadata=user_metadata_of(r) if r.HasField("metadata") else {})

@@ -241,8 +241,9 @@ class WireMetadata(dict[str, dict[str, bytes]]):
     bytes (a vertex marks all its outputs alike), with its protobuf form kept for the next
     request: read it, never change it."""
 
-    __slots__ = ("pb",)
+    __slots__ = ("pb", "raw")
     pb: metadata_pb2.Metadata
+    raw: bytes  # the serialized ``pb``, as it came
 
 
 _WIRE_METADATA: dict[bytes, WireMetadata] = {}
@@ -258,6 +259,16 @@ def metadata_pb(user_metadata: UserMetadata) -> metadata_pb2.Metadata:
     })
 
 
+def metadata_bytes(user_metadata: UserMetadata | None) -> bytes | None:
+    """:func:`metadata_pb` serialized (None for no user metadata), kept with a
+    :class:`WireMetadata`: what :mod:`nfbuilder.local.wire` puts in a request."""
+    if not user_metadata:
+        return None
+    if isinstance(user_metadata, WireMetadata):
+        return user_metadata.raw
+    return metadata_pb(user_metadata).SerializeToString()  # type: ignore[no-any-return]
+
+
 def user_metadata_of(message: Any) -> dict[str, dict[str, bytes]]:
     """The user metadata of a result/record message with a ``metadata`` field, as plain dicts
     (a :class:`WireMetadata` shared by the messages that carried the same bytes)."""
@@ -269,6 +280,7 @@ def user_metadata_of(message: Any) -> dict[str, dict[str, bytes]]:
         found = WireMetadata({group: dict(kv.key_value)
                               for group, kv in message.metadata.user_metadata.items()})
         found.pb = metadata_pb2.Metadata(user_metadata=message.metadata.user_metadata)
+        found.raw = found.pb.SerializeToString()
         _WIRE_METADATA[raw] = found
     return found
 

@@ -32,11 +32,12 @@ from nfbuilder.local.rpc import (
     UdfProtocolError,
     UdfStreamError,
     UserMetadata,
-    request_fields,
+    metadata_bytes,
     stream_error,
     to_ns,
     user_metadata_of,
 )
+from nfbuilder.local.wire import encoded, sink_request
 
 #: (offset bytes, partition id), as the source produced it.
 OffsetRef = tuple[bytes, int]
@@ -155,6 +156,10 @@ class SinkClient:
 
     def __init__(self, channel: grpc.aio.Channel, *, name: str = "sink") -> None:
         self.stub = sink_pb2_grpc.SinkStub(channel)
+        # the data requests are written as bytes (local.wire), the handshake and EOT are not
+        self._sink_fn = channel.stream_stream(
+            "/sink.v1.Sink/SinkFn", request_serializer=encoded,
+            response_deserializer=sink_pb2.SinkResponse.FromString)
         self._stream = _SerialStream(f"{name} SinkFn stream")
         self._lock = asyncio.Lock()
 
@@ -163,7 +168,7 @@ class SinkClient:
         """Open the SinkFn stream and complete the handshake."""
         client = cls(channel, name=name)
         handshake = sink_pb2.SinkRequest(handshake=sink_pb2.Handshake(sot=True))
-        await client._stream.start(client.stub.SinkFn, handshake)
+        await client._stream.start(client._sink_fn, handshake)
         return client
 
     async def write(self, batch: Sequence[SinkDatum]) -> dict[str, tuple[bool, str]]:
@@ -184,9 +189,11 @@ class SinkClient:
         self, batch: Sequence[SinkDatum], ids: set[str]
     ) -> dict[str, tuple[bool, str]]:
         stream = self._stream
-        for datum in batch:
-            await stream.write(sink_pb2.SinkRequest(request=_sink_request(datum)))
-        await stream.write(sink_pb2.SinkRequest(status=sink_pb2.TransmissionStatus(eot=True)))
+        for d in batch:
+            await stream.write(sink_request(d.id, d.keys, d.value, d.event_time_ns,
+                                            d.watermark_ns, d.headers,
+                                            metadata_bytes(d.user_metadata)))
+        await stream.write(_SINK_EOT)
         outcome: dict[str, tuple[bool, str]] = {}
         while True:
             response = await stream.read("sink results and their EOT")
@@ -315,10 +322,7 @@ class SourceClient:
         await self._acks.close()
 
 
-def _sink_request(datum: SinkDatum) -> sink_pb2.SinkRequest.Request:
-    return sink_pb2.SinkRequest.Request(**request_fields(
-        datum.keys, datum.value, datum.event_time_ns, datum.watermark_ns, datum.headers,
-        datum.user_metadata, id=datum.id))
+_SINK_EOT = sink_pb2.SinkRequest(status=sink_pb2.TransmissionStatus(eot=True))
 
 
 def _sink_outcome(stream: _SerialStream, result: Any) -> tuple[bool, str]:
