@@ -357,6 +357,32 @@ def test_sqlite_save_many_is_one_transaction_refused_whole_when_fenced(tmp_path:
         new_owner.close()
 
 
+def test_sqlite_file_with_a_json_id_window_is_read_and_then_rewritten(tmp_path: Path) -> None:
+    """Files written before the rows were the window keep it as JSON in the snapshot's row:
+    read as it is, and the next save goes on from it."""
+    import json
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    open_store(url, namespace="app").close()  # the tables
+    conn = sqlite3.connect(tmp_path / "state.db")
+    conn.execute("INSERT INTO nfbuilder_state VALUES ('app', 's', 'k', ?, ?)",
+                 (b"old", json.dumps(["m-2", "m-3"])))
+    conn.executemany("INSERT INTO nfbuilder_outputs VALUES ('app', 's', 'k', ?, ?, ?)",
+                     [("m-1", b"", 1.0), ("m-2", b"o2", 2.0), ("m-3", b"", 3.0)])
+    conn.commit()
+    conn.close()
+    store = open_store(url, namespace="app", id_window=3, id_retention_s=0)
+    try:
+        snap = store.load("s", "k")
+        assert snap is not None and snap.applied_ids == ("m-1", "m-2", "m-3")
+        assert dict(snap.outputs)["m-2"] == b"o2"
+        store.save("s", "k", b"new", ["m-4"])
+        assert store.load("s", "k") == Snapshot(b"new", ("m-2", "m-3", "m-4"))  # window of 3
+    finally:
+        store.close()
+
+
 def test_redis_unreachable_at_open_fails_fast_with_masked_url() -> None:
     started = time.monotonic()
     with pytest.raises(StateStoreError) as err:

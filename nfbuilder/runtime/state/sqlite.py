@@ -1,7 +1,10 @@
 """`sqlite:///path.db`: the embedded state store (default of the local engine).
 
-One table, one row per (namespace, state name, key) holding the snapshot bytes and the JSON list
-of applied message ids, so one UPSERT in one transaction changes both together. The file is in
+A row per (namespace, state name, key) holds the snapshot bytes, a row per applied message id
+its outputs and when it was saved; a save writes the snapshot and its ids in one transaction.
+The ids' rows in insertion order are the count window (the newest ``id_window``); a file written
+before that kept the window as a JSON list in the snapshot's row, read as such until its next
+save. The file is in
 WAL mode with a busy timeout, so several processes (one writer per partition, each with its own
 keys) can share it: a writer waits for another's short transaction instead of failing.
 ``synchronous=NORMAL``: in WAL mode a committed save survives a crash of the process (what the
@@ -33,7 +36,6 @@ from nfbuilder.runtime.state.store import (
     Snapshot,
     StateStoreError,
     fenced,
-    merge_ids,
     timed_snapshot,
 )
 
@@ -58,9 +60,10 @@ CREATE TABLE IF NOT EXISTS nfbuilder_outputs (
     PRIMARY KEY (namespace, state_name, key, msg_id)
 );
 """
-# Each applied id has a row with its outputs and the time it was saved at (``at``): the ids kept
-# by time are rows, so a save writes only its own ids and deletes only the expired ones, whatever
-# the retention holds (the ``ids`` column is the count window, bounded by ``id_window``).
+# Each applied id has a row with its outputs and the time it was saved at (``at``); rowid order
+# is the order they were applied in (a saved-again id is replaced: the newest position). So a
+# save writes only its own ids and deletes only those out of the count window and expired,
+# whatever the retention holds. The ``ids`` column is empty (a JSON window in older files).
 _FENCES = """CREATE TABLE IF NOT EXISTS nfbuilder_fences (
     namespace  TEXT NOT NULL,
     state_name TEXT NOT NULL,
@@ -75,26 +78,35 @@ _EPOCH = ("SELECT epoch FROM nfbuilder_fences"
 _AT_COLUMN = "ALTER TABLE nfbuilder_outputs ADD COLUMN at REAL NOT NULL DEFAULT 0"
 _AT_INDEX = """CREATE INDEX IF NOT EXISTS nfbuilder_outputs_at
 ON nfbuilder_outputs (namespace, state_name, key, at)"""
+# a key's rows in rowid order (every index ends with the rowid): the window's edge, cheaply
+_KEY_INDEX = """CREATE INDEX IF NOT EXISTS nfbuilder_outputs_key
+ON nfbuilder_outputs (namespace, state_name, key)"""
 
 _SELECT = "SELECT data, ids FROM nfbuilder_state WHERE namespace = ? AND state_name = ? AND key = ?"
-_SELECT_IDS = "SELECT ids FROM nfbuilder_state WHERE namespace = ? AND state_name = ? AND key = ?"
 _SELECT_OUTPUTS = (
     "SELECT msg_id, outputs, at FROM nfbuilder_outputs"
-    " WHERE namespace = ? AND state_name = ? AND key = ? ORDER BY at"
+    " WHERE namespace = ? AND state_name = ? AND key = ? ORDER BY rowid"
 )
 _PUT_OUTPUT = (
     "INSERT OR REPLACE INTO nfbuilder_outputs (namespace, state_name, key, msg_id, outputs, at)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
-# the expired rows: saved at or before the horizon and out of the count window (JSON list)
+# the expired rows: saved at or before the horizon, and older than the window's oldest row
+# (the ``id_window``-th newest; none while a key has fewer rows)
 _DROP_EXPIRED = (
     "DELETE FROM nfbuilder_outputs WHERE namespace = ? AND state_name = ? AND key = ?"
-    " AND at <= ? AND msg_id NOT IN (SELECT value FROM json_each(?))"
+    " AND at <= ? AND rowid < (SELECT rowid FROM nfbuilder_outputs"
+    " WHERE namespace = ? AND state_name = ? AND key = ? ORDER BY rowid DESC LIMIT 1 OFFSET ?)"
 )
 _UPSERT = """
 INSERT INTO nfbuilder_state (namespace, state_name, key, data, ids) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (namespace, state_name, key) DO UPDATE SET data = excluded.data, ids = excluded.ids
 """
+
+
+def _last_first(ids: Sequence[str]) -> list[str]:
+    """``ids`` once each, in the order of their last occurrence (``merge_ids``'s rule)."""
+    return list(reversed(dict.fromkeys(reversed(ids))))
 
 
 def sqlite_path(url: str) -> Path:
@@ -177,6 +189,7 @@ class SqliteStore:
                     if "duplicate column" not in str(exc):  # else: another process added it
                         raise
             conn.execute(_AT_INDEX)
+            conn.execute(_KEY_INDEX)
             conn.execute(_FENCES)
         except sqlite3.Error as exc:
             conn.close()
@@ -201,7 +214,9 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise self._error("load", state_name, key, exc) from exc
         check = self._seal.check
-        return timed_snapshot(check(bytes(row[0]), state_name, key), json.loads(row[1]),
+        # an older file's count window is the JSON list in the snapshot's row
+        window = json.loads(row[1]) if row[1] else [i for i, _, _ in timed[-self.id_window:]]
+        return timed_snapshot(check(bytes(row[0]), state_name, key), window,
                               [(i, check(b, state_name, key, i), at) for i, b, at in timed])
 
     def save(
@@ -239,13 +254,12 @@ class SqliteStore:
                 now = time.time()
                 for save, blob, outputs in signed:
                     ident = (self.namespace, save.state_name, save.key)
-                    row = conn.execute(_SELECT_IDS, ident).fetchone()
-                    old = json.loads(row[0]) if row else []
-                    window = json.dumps(merge_ids(old, save.applied_ids, self.id_window))
-                    conn.execute(_UPSERT, (*ident, blob, window))
-                    conn.executemany(_PUT_OUTPUT, [(*ident, msg_id, out, now)
-                                                   for msg_id, out in outputs.items()])
-                    conn.execute(_DROP_EXPIRED, (*ident, now - self.id_retention_s, window))
+                    conn.execute(_UPSERT, (*ident, blob, ""))
+                    # in the order of their last application: an id applied twice is newest
+                    conn.executemany(_PUT_OUTPUT, [(*ident, msg_id, outputs[msg_id], now)
+                                                   for msg_id in _last_first(save.applied_ids)])
+                    conn.execute(_DROP_EXPIRED, (*ident, now - self.id_retention_s, *ident,
+                                                 self.id_window - 1))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:
