@@ -21,6 +21,10 @@ __all__ = ["TcpSinkWriter"]
 _LOG = logging.getLogger("nfbuilder.runtime.tcp")
 
 
+#: how many bytes of chunks :meth:`TcpSinkWriter.write` sends in one write
+GROUP_BYTES = 64 * 1024
+
+
 class TcpSinkWriter:
     """Write byte chunks, in order, over one lazily opened TCP connection to ``host:port``.
 
@@ -74,7 +78,11 @@ class TcpSinkWriter:
         self._lock: asyncio.Lock | None = None
 
     async def write(self, chunks: Sequence[bytes]) -> list[bool]:
-        """Write ``chunks`` in order; ``result[i]`` says whether chunk ``i`` reached the kernel."""
+        """Write ``chunks`` in order; ``result[i]`` says whether chunk ``i`` reached the kernel.
+
+        Chunks go out in groups of up to :data:`GROUP_BYTES` (one write and one wait for the
+        kernel per group, not per chunk); a connection failing during a group fails that group
+        and the ones after it, to be retried."""
         for i, chunk in enumerate(chunks):
             if not isinstance(chunk, (bytes, bytearray, memoryview)):
                 raise TypeError(
@@ -86,23 +94,29 @@ class TcpSinkWriter:
         results = [False] * len(chunks)
         # Concurrent calls would interleave their chunks on the one stream: take turns.
         async with self._lock:
-            for i, chunk in enumerate(chunks):
+            start = 0
+            while start < len(chunks):
+                end, size = start, 0
+                while end < len(chunks) and (end == start or size < GROUP_BYTES):
+                    size += len(chunks[end])
+                    end += 1
                 conn = await self._connected()
                 if conn is None:
                     break
                 try:
-                    conn.transport.write(chunk)
+                    conn.transport.write(b"".join(chunks[start:end]))
                     await conn.flushed()
                 except ConnectionError as exc:
                     self._log.warning(
                         "TCP sink: connection to %s:%d failed after writing %d of %d chunks: %s; "
                         "the rest are reported as failed and will be retried",
-                        self._host, self._port, i, len(chunks), exc,
+                        self._host, self._port, start, len(chunks), exc,
                     )
                     self._drop(conn)
                     self._schedule_retry(first=True)
                     break
-                results[i] = True
+                results[start:end] = [True] * (end - start)
+                start = end
         return results
 
     async def close(self) -> None:

@@ -10,7 +10,7 @@ Example::
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -31,14 +31,43 @@ def to_timestamp(ns: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=ns // _NS, nanos=ns % _NS)
 
 
+class _WireUserMetadata(Mapping[str, Mapping[str, bytes]]):
+    """A request's user metadata, read from the wire message when first looked at: most
+    vertices serve one pipeline and never look (the multi-pipeline ones read the marker)."""
+
+    __slots__ = ("_groups", "_plain")
+
+    def __init__(self, groups: Any) -> None:
+        self._groups = groups
+        self._plain: dict[str, dict[str, bytes]] | None = None
+
+    def _read(self) -> dict[str, dict[str, bytes]]:
+        if self._plain is None:
+            self._plain = {name: dict(g.key_value) for name, g in self._groups.items()}
+        return self._plain
+
+    def __getitem__(self, name: str) -> Mapping[str, bytes]:
+        return self._read()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def __repr__(self) -> str:
+        return repr(self._read())
+
+
 def read_user_metadata(request: Any) -> UserMetadata:
-    """The request's user metadata as plain dicts (the shared empty mapping when absent)."""
+    """The request's user metadata, a read-only mapping of plain dicts read on first use (the
+    shared empty mapping when absent)."""
     if not request.HasField("metadata"):
         return NO_METADATA
     groups = request.metadata.user_metadata
     if not groups:
         return NO_METADATA
-    return {name: dict(group.key_value) for name, group in groups.items()}
+    return _WireUserMetadata(groups)
 
 
 def write_metadata(user_metadata: UserMetadata) -> metadata_pb2.Metadata | None:
