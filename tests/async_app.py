@@ -4,7 +4,8 @@
   awaiting when it started (its proof of concurrency);
 * ``state``: a partitioned async state step appending each word to its key's list after an
   await of random length, emitting ``key:position:word``;
-* ``timeout``: a step whose "slow" messages await past its 0.3 s timeout.
+* ``timeout``: a step whose "slow" messages await past its 0.3 s timeout;
+* ``gate``: a state step that waits for a file (``--gate DIR``) before it finishes.
 
     application_setup(["prog", "--in", "h:p", "--out", "h:p", "--mode", "state"])
 """
@@ -27,6 +28,10 @@ def application_setup(args):
         ab.to_parallel(probe)
     elif mode == "state":
         ab.to_state_partition(append, Words, "words", by_letter)
+    elif mode == "gate":
+        global _GATE
+        _GATE = args[args.index("--gate") + 1]
+        ab.to_stateful(gated, Words, "gated")
     else:
         ab.on_error("dead-letter", retries=0)
         ab.to(maybe_slow)
@@ -66,6 +71,21 @@ async def append(word, state):
     await asyncio.sleep(random.random() * 0.003)
     state.words.append(word)
     return f"{word[0]}:{len(state.words)}:{word}", True
+
+
+_GATE = ""
+
+
+@wallaroo.state_computation(name="gated")
+async def gated(word, state):
+    """Says it started (``<gate>/started``), then waits for ``<gate>/release``."""
+    import os
+
+    open(os.path.join(_GATE, "started"), "w").close()  # noqa: ASYNC230 - a test's signal
+    while not os.path.exists(os.path.join(_GATE, "release")):  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(0.01)
+    state.words.append(word)
+    return word, True
 
 
 @wallaroo.computation(name="maybe slow", timeout=0.3)

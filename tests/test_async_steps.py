@@ -168,3 +168,54 @@ def test_the_plan_gives_unordered_async_vertices_their_concurrency() -> None:
     loaded = load_app(APP, ["--in", "h:1", "--out", "h:2", "--mode", "timeout"])
     _, v = plan(loaded.app, PlanOptions(), AppRef("async_app")).find("maybe-slow")
     assert (v.concurrency, v.ordered) == (1, True)  # ordered: one message at a time
+
+
+def test_an_ordered_vertex_awaiting_a_step_still_answers_other_calls(tmp_path: Path) -> None:
+    """While a batch waits for its async step, the server's loop is free: IsReady answers."""
+    import subprocess
+
+    from nfbuilder._proto import map_pb2_grpc
+    from nfbuilder.codec import Codec
+    from nfbuilder.local.clients import MapClient
+    from nfbuilder.local.rpc import connect, wait_ready
+    from nfbuilder.local.serverinfo import wait_server_info
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    env = {**os.environ, "PYTHONPATH": ROOT, "NFBUILDER_SOCKET_DIR": str(tmp_path / "s"),
+           "NUMAFLOW_UD_CONTAINER_TYPE": "udf"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nfbuilder", "serve", "--app", APP, "--vertex", "gated", "--",
+         "--in", "h:1", "--out", "h:2", "--mode", "gate", "--gate", str(gate)],
+        cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+
+    async def go() -> list[list]:
+        await wait_server_info(tmp_path / "s" / "mapper-server-info", poll_s=0.05,
+                               deadline_s=60)
+        channel = await connect(str(tmp_path / "s" / "batchmap.sock"), retry_s=0.05,
+                                deadline_s=30)
+        try:
+            client = await MapClient.open(channel)
+            word = Codec.for_module(None).dumps("a")
+            batch = asyncio.ensure_future(client.map_batch(
+                [("m-1", (), word, 0, None, None, None)]))
+
+            async def started() -> None:
+                while not (gate / "started").exists():  # noqa: ASYNC110 - a file is the signal
+                    await asyncio.sleep(0.01)
+
+            await asyncio.wait_for(started(), 30)
+            await asyncio.wait_for(wait_ready(map_pb2_grpc.MapStub(channel), retry_s=0.05,
+                                              deadline_s=5), 5)
+            assert not batch.done()
+            (gate / "release").touch()
+            return await asyncio.wait_for(batch, 30)
+        finally:
+            await channel.close()
+
+    try:
+        (results,) = asyncio.run(go())
+        assert [r.value for r in results] == [b"a\n"]  # encoded for the sink
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -175,13 +175,14 @@ def write_error_report(settings: Settings, message: str, details: str) -> Path |
 
 class _Server:
     def __init__(self, kind: Kind, handler: object, settings: Settings, ordered: bool,
-                 workers: int = 1, pool: WorkerPool | None = None) -> None:
+                 workers: int = 1, pool: WorkerPool | None = None, waits: bool = False) -> None:
         self.kind = kind
         self.handler = handler
         self.settings = settings
         self.ordered = ordered
         self.workers = workers
         self.pool = pool
+        self.waits = waits
         self.endpoint = endpoint_for(kind, settings)
         self.exit_code = 0
         self._stop: asyncio.Event | None = None
@@ -206,7 +207,8 @@ class _Server:
             batch = self.kind == "batchmap"
             return (map_pb2_grpc.add_MapServicer_to_server,
                     MapServicer(cast(MapHandler, handler), errors,
-                                workers=1 if batch else workers, batch=batch, pool=self.pool))
+                                workers=1 if batch else workers, batch=batch, pool=self.pool,
+                                waits=self.waits))
         if self.kind == "sourcetransformer":
             return (sourcetransform_pb2_grpc.add_SourceTransformServicer_to_server,
                     TransformerServicer(cast(MapHandler, handler), errors, workers=workers))
@@ -320,6 +322,7 @@ def serve(
     ordered: bool = False,
     workers: int = 1,
     pool: WorkerPool | None = None,
+    waits: bool = False,
 ) -> int:
     """Serve ``handler`` as a Numaflow ``kind`` server until told to stop; return the exit code.
 
@@ -330,7 +333,8 @@ def serve(
     many messages together) or ``settings.map_workers`` say. Blocks; returns 0 after
     SIGTERM/SIGINT, 1 after a user-code error (reported to the client and to the runtime
     error-report directory). ``pool``: a map handler's worker processes, started (forked)
-    before this call; stopped when the server stops.
+    before this call; stopped when the server stops. ``waits``: the map handler waits for
+    async steps (batch mode runs it off the server's loop).
 
     Example::
 
@@ -339,7 +343,7 @@ def serve(
     if kind not in KINDS:
         raise ServerError(f"unknown server kind {kind!r}; expected one of {', '.join(KINDS)}")
     try:
-        return _run(_Server(kind, handler, settings, ordered, workers, pool).run())
+        return _run(_Server(kind, handler, settings, ordered, workers, pool, waits).run())
     finally:
         if pool is not None:
             pool.stop()

@@ -246,8 +246,9 @@ def serve_program(program: VertexProgram, settings: Settings, *,
 
             pool = WorkerPool(map_bytes_answer(handler), vertex.processes, name=vertex.name)
             pool.start()
+        waits = any(s.asynchronous for w in vertex.works for s in w.steps)
         return serve("batchmap" if batch else "map", handler, settings, ordered=vertex.ordered,
-                     workers=vertex.concurrency, pool=pool)
+                     workers=vertex.concurrency, pool=pool, waits=waits)
     if isinstance(vertex, KafkaSourceVertex) or transformer:
         return serve("sourcetransformer", map_handler(program), settings)
     if isinstance(vertex, TcpSourceVertex):

@@ -131,7 +131,9 @@ class MapServicer(map_pb2_grpc.MapServicer):
     batch mode (each batch closed by an EOT the servicer answers after the batch's responses).
     ``pool``: the handler runs in these worker processes (started already, each running
     :func:`map_bytes_answer` of it): a batch is split among them and answered in order; in
-    unary mode responses go out as the workers answer.
+    unary mode responses go out as the workers answer. ``waits`` (batch mode): the handler
+    awaits (an async step), so each batch runs on a thread of its own, one after the other,
+    and the server goes on answering other calls meanwhile.
 
     Example::
 
@@ -139,12 +141,15 @@ class MapServicer(map_pb2_grpc.MapServicer):
     """
 
     def __init__(self, handler: MapHandler, errors: ErrorContract, *, workers: int = 1,
-                 batch: bool = False, pool: WorkerPool | None = None) -> None:
+                 batch: bool = False, pool: WorkerPool | None = None,
+                 waits: bool = False) -> None:
         answer = map_answer(handler)
         spec = StreamSpec("MapFn", _handshake_map())
         if pool is not None:
             stream = BidiStream(spec, _pooled_batches(pool) if batch else _pooled_stream(pool),
                                 errors)
+        elif batch and waits:
+            stream = BidiStream(spec, _threaded_batches(answer, handler), errors)
         elif batch:
             stream = BidiStream.one_to_many(spec, _batch_answers(answer, handler), errors)
         else:
@@ -184,6 +189,33 @@ def _batch_answers(
         return answer_many
 
     return answers
+
+
+def _threaded_batches(
+    answer: Callable[[map_pb2.MapRequest], map_pb2.MapResponse], handler: MapHandler
+) -> Callable[[AsyncIterator[map_pb2.MapRequest]], AsyncIterator[map_pb2.MapResponse]]:
+    """Batch mode with each batch answered on one thread (the same one every time, so the
+    handler and its state see one message at a time, in order): a handler that waits for an
+    async step does not hold up the server's loop."""
+    end_of_batch = getattr(handler, "end_of_batch", None)
+    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nfbuilder-batch")
+
+    def run(batch: list[map_pb2.MapRequest]) -> list[map_pb2.MapResponse]:
+        out = [answer(request) for request in batch]
+        if end_of_batch is not None:
+            end_of_batch()
+        return out
+
+    async def process(
+        requests: AsyncIterator[map_pb2.MapRequest],
+    ) -> AsyncIterator[map_pb2.MapResponse]:
+        loop = asyncio.get_running_loop()
+        async for batch in batches_until_eot(requests):
+            for response in await loop.run_in_executor(thread, run, batch):
+                yield response
+            yield _EOT
+
+    return process
 
 
 def _worker_failed(exc: WorkerError) -> UserCodeError:
