@@ -214,15 +214,21 @@ def test_engine_and_harness_agree_on_a_user_source(tmp_path: Path) -> None:
     assert sorted(engine_out.split(b"\n")) == sorted(local.output().split(b"\n"))
 
 
+WATERMARKS: dict[bytes, int | None] = {}
+
+
 @pytest.fixture
 def sink_event_times(monkeypatch: pytest.MonkeyPatch) -> dict[bytes, int]:
-    """What the engine's sink requests say: value -> event time."""
+    """What the engine's sink requests say: value -> event time (and, in ``WATERMARKS``,
+    value -> watermark)."""
     seen: dict[bytes, int] = {}
+    WATERMARKS.clear()
     real = flow.SinkDatum
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         datum = real(*args, **kwargs)
         seen[datum.value] = datum.event_time_ns
+        WATERMARKS[datum.value] = datum.watermark_ns
         return datum
 
     monkeypatch.setattr(flow, "SinkDatum", recording)
@@ -261,6 +267,9 @@ def test_event_times_a_decoder_gives_reach_the_sink(
     asyncio.run(go())
     assert sink_event_times == {b"A\n": 1_767_261_600_250_000_000,
                                 b"B\n": 1_767_261_601_000_000_000}
+    # the source's watermark follows the times the transformer gave, not the arrival times
+    assert all(w is not None and 1_767_261_600_250_000_000 <= w <= 1_767_261_601_000_000_000
+               for w in WATERMARKS.values()), WATERMARKS
 
 
 def test_the_kafka_transformer_gives_the_decoders_event_time() -> None:

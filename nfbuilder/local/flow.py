@@ -464,7 +464,6 @@ class Flow:
             except ClientError as exc:
                 self.on_failure(rep, exc)
                 continue
-            src.advance([r.event_time_ns for r in records])
             transformer = src.transformer
             if transformer is not None:  # numa sends each record through it, concurrently
                 outs = await asyncio.gather(*(
@@ -472,6 +471,12 @@ class Flow:
                                    f"{r.partition_id}", r.keys, r.payload, r.event_time_ns,
                                    r.headers or None) for r in records))
                 transformer.processed += len(records)
+                # numa's source watermark follows the event times the transformer gave
+                # (source.rs: generate_and_publish_source_watermark after transform_batch)
+                src.advance([o.event_time_ns for results in outs for o in results
+                             if DROP not in o.tags])
+            else:
+                src.advance([r.event_time_ns for r in records])
             dedup = isinstance(self.vertices[rep.spec.vertex], UserSourceVertex)
             for i, r in enumerate(records):
                 msg_id = f"{rep.spec.vertex}-{base64.b64encode(r.offset).decode()}-0"
