@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 from redis_server import RedisServer
 
 from nfbuilder.codec import Codec
@@ -325,3 +327,13 @@ def test_a_truncated_blob_is_refused() -> None:
     assert seal.check(blob, "tally", "k") == b"payload"
     with pytest.raises(StateIntegrityError, match="its signature does not match"):
         seal.check(blob[: len(PREFIX) + 5], "tally", "k")
+
+
+@given(st.text(), st.text(), st.text(), st.none() | st.text())
+def test_the_signed_record_is_the_json_list_of_its_fields(ns: str, name: str, key: str,
+                                                          msg_id: str | None) -> None:
+    import json
+
+    from nfbuilder.runtime.state.signing import record
+
+    assert record(ns, name, key, msg_id) == json.dumps([ns, name, key, msg_id]).encode()

@@ -16,9 +16,9 @@ Example::
 from __future__ import annotations
 
 import hmac
-import json
 import os
 from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii as _quoted
 
 from nfbuilder.plan.graph import STATE_KEY_ENV as KEY_ENV
 from nfbuilder.runtime.state.store import StateStoreError
@@ -28,6 +28,15 @@ __all__ = ["KEY_ENV", "PREFIX", "Seal", "StateIntegrityError", "state_key"]
 #: what a signed blob starts with: a NUL (no pickle or text starts so) and the format version
 PREFIX = b"\x00nfb1"
 _MAC_SIZE = 32  # SHA-256
+
+
+def record(namespace: str, state_name: str, key: str, msg_id: str | None) -> bytes:
+    """What a blob's MAC covers besides the blob: ``json.dumps([namespace, state_name, key,
+    msg_id])`` (JSON makes it unambiguous, no field can run into the next, and it has no
+    newline), built with json's own C string encoder: the same bytes, a quarter of the time
+    (one is made per recorded message)."""
+    last = "null" if msg_id is None else _quoted(msg_id)
+    return f"[{_quoted(namespace)}, {_quoted(state_name)}, {_quoted(key)}, {last}]".encode()
 
 
 class StateIntegrityError(StateStoreError):
@@ -87,9 +96,8 @@ class Seal:
 
     def _mac(self, secret: bytes, payload: bytes, state_name: str, key: str,
              msg_id: str | None) -> bytes:
-        # JSON makes the record unambiguous (no field can run into the next) and has no "\n"
-        record = json.dumps([self._namespace, state_name, key, msg_id]).encode()
-        return hmac.digest(secret, PREFIX + record + b"\n" + payload, "sha256")
+        return hmac.digest(secret, PREFIX + record(self._namespace, state_name, key, msg_id)
+                           + b"\n" + payload, "sha256")
 
     def _refused(self, state_name: str, key: str, msg_id: str | None,
                  why: str) -> StateIntegrityError:
