@@ -268,12 +268,7 @@ class MapClient:
         """Map one message; returns its results (an empty list means "consumed, no output")."""
         request = map_request(id, keys, value, event_time_ns, watermark_ns, headers,
                               metadata_bytes(user_metadata))
-        response = await self._stream.call(id, request)
-        return [
-            Result(value=r.value, keys=tuple(r.keys), tags=tuple(r.tags),
-                   user_metadata=user_metadata_of(r) if r.HasField("metadata") else {})
-            for r in response.results
-        ]
+        return _results(await self._stream.call(id, request))
 
     async def map_batch(self, items: Sequence[tuple[str, Sequence[str], bytes, int, int | None,
                                                     Mapping[str, str] | None,
@@ -283,9 +278,7 @@ class MapClient:
         requests = [map_request(id, keys, value, t, w, headers, metadata_bytes(meta))
                     for id, keys, value, t, w, headers, meta in items]
         responses = await self._stream.call_batch([i[0] for i in items], requests, _MAP_EOT)
-        return [[Result(value=r.value, keys=tuple(r.keys), tags=tuple(r.tags),
-                        user_metadata=user_metadata_of(r) if r.HasField("metadata") else {})
-                 for r in response.results] for response in responses]
+        return [_results(response) for response in responses]
 
     async def close(self) -> None:
         """End the stream (the channel stays open; the caller closes it)."""
@@ -293,6 +286,13 @@ class MapClient:
 
 
 _MAP_EOT = map_pb2.MapRequest(status=map_pb2.TransmissionStatus(eot=True))
+
+
+def _results(response: map_pb2.MapResponse) -> list[Result]:
+    """A map response's results (an empty list: consumed, no output)."""
+    return [Result(value=r.value, keys=tuple(r.keys), tags=tuple(r.tags),
+                   user_metadata=user_metadata_of(r) if r.HasField("metadata") else {})
+            for r in response.results]
 
 
 class TransformClient:

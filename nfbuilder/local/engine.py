@@ -214,8 +214,7 @@ class Engine:
                 count = v.partitions if v.ordered else min(v.max_replicas, LOCAL_REPLICAS)
                 self.replicas[v.name] = [
                     Replica(ReplicaSpec(doc.name, v.name, v.container.service, r,
-                                        v.container.command, v.ordered,
-                                        1 if v.ordered else 500, indexed=v.partitions > 1
+                                        v.container.command, indexed=v.partitions > 1
                                         or count > 1), self.work_dir, env,
                             len(self.vertices) * 100 + r)
                     for r in range(count)
@@ -225,9 +224,8 @@ class Engine:
                     env = self._env(v, v.transformer)
                     self.transformers[v.name] = [
                         Replica(ReplicaSpec(doc.name, v.name, "sourcetransformer", r,
-                                            v.transformer.command, in_flight=500,
-                                            role="transformer"), self.work_dir, env,
-                                len(self.vertices) * 100 + 50 + r)
+                                            v.transformer.command, role="transformer"),
+                                self.work_dir, env, len(self.vertices) * 100 + 50 + r)
                         for r in range(count)
                     ]
 
@@ -396,7 +394,7 @@ class Engine:
             where = [f"vertex {label} busy on message {msg_id} for {seconds:.0f} s"
                      for label, msg_id, seconds in self.busy()]
             where += [f"{reps[0].spec.vertex}: {n} queued" for reps in self.replicas.values()
-                      if (n := sum(r.queue.qsize() + len(r.redeliver) for r in reps))]
+                      if (n := sum(r.pending for r in reps))]
             lines.append("not delivered when the run stopped: " + ("; ".join(where) or
                                                                    "in flight between vertices"))
         lines += self.loss_notes

@@ -180,6 +180,14 @@ class DeadLetterFile:
             self._file = None
 
 
+def transformed_times(outs: Any) -> list[int]:
+    """The event times a source's transformer gave its records (``outs``: the results of each),
+    DROPs left out: numa publishes a source's watermark from these, after the transformer
+    (rust/numaflow-core/src/source.rs v1.8.3: ``generate_and_publish_source_watermark`` after
+    ``transform_batch``)."""
+    return [o.event_time_ns for results in outs for o in results if DROP not in o.tags]
+
+
 def child_id(producer: str, parent: str, index: int) -> str:
     """The id of the ``index``-th result ``producer`` made of message ``parent``: the same when
     ``parent`` is processed again (the hash of its id stands for numa's input offset)."""
@@ -220,7 +228,7 @@ class Flow:
         self.dead_letters: DeadLetterFile | None = None
         #: ids of the user sources' messages written within :data:`DUPLICATE_WINDOW_S`,
         #: oldest first in ``_written_order``
-        self._written: dict[str, float] = {}
+        self._written: set[str] = set()
         self._written_order: collections.deque[tuple[float, str]] = collections.deque()
         #: source messages read again within the window and dropped (acked) as duplicates
         self.duplicates = 0
@@ -243,7 +251,7 @@ class Flow:
     def in_flight(self) -> int:
         """Messages queued or waiting for redelivery, over all replicas."""
         return sum(
-            r.queue.qsize() + len(r.redeliver) for reps in self.replicas.values() for r in reps
+            r.pending for reps in self.replicas.values() for r in reps
         )
 
     def router(self, vertex: str) -> Router:
@@ -386,10 +394,9 @@ class Flow:
                 await self.route(vertex, m.id, m.token, results, m)
 
     async def map_worker(self, rep: Replica) -> None:
-        """Up to ``in_flight`` requests at once (one for ordered vertices, as numa drives them);
-        results are routed in arrival order, as a serial Wallaroo step would emit them, so an
-        ordered vertex downstream sees each key's messages in order. A replica serving batch
-        mode gets :meth:`batch_worker`."""
+        """Up to ``in_flight`` requests at once; results are routed in arrival order, so an
+        ordered vertex downstream sees each key's messages in the order they came. A replica
+        serving batch mode (every ordered vertex) gets :meth:`batch_worker`."""
         if rep.spec.kind == "batchmap":
             await self.batch_worker(rep)
             return
@@ -409,8 +416,6 @@ class Flow:
             while True:
                 msg = await self._next(rep)
                 await calls.put((msg, asyncio.ensure_future(self._call_map(rep, msg))))
-                if rep.spec.ordered:
-                    await calls.join()
         finally:
             router.cancel()
 
@@ -453,6 +458,7 @@ class Flow:
     async def source_worker(self, src: SourceState) -> None:
         """Ack what is done, read a batch, route it; until the engine drains."""
         rep = src.replica
+        dedup = isinstance(self.vertices[rep.spec.vertex], UserSourceVertex)
         while not self.draining:
             await rep.ready.wait()
             try:
@@ -464,33 +470,38 @@ class Flow:
             except ClientError as exc:
                 self.on_failure(rep, exc)
                 continue
+            vertex = rep.spec.vertex
+            offsets = [base64.b64encode(r.offset).decode() for r in records]
             transformer = src.transformer
             if transformer is not None:  # numa sends each record through it, concurrently
                 outs = await asyncio.gather(*(
-                    self.transform(transformer, f"{base64.b64encode(r.offset).decode()}-"
-                                   f"{r.partition_id}", r.keys, r.payload, r.event_time_ns,
-                                   r.headers or None) for r in records))
+                    self.transform(transformer, f"{b64}-{r.partition_id}", r.keys, r.payload,
+                                   r.event_time_ns, r.headers or None)
+                    for b64, r in zip(offsets, records, strict=True)))
                 transformer.processed += len(records)
-                # numa's source watermark follows the event times the transformer gave
-                # (source.rs: generate_and_publish_source_watermark after transform_batch)
-                src.advance([o.event_time_ns for results in outs for o in results
-                             if DROP not in o.tags])
+                src.advance(transformed_times(outs))
             else:
                 src.advance([r.event_time_ns for r in records])
-            dedup = isinstance(self.vertices[rep.spec.vertex], UserSourceVertex)
             for i, r in enumerate(records):
-                msg_id = f"{rep.spec.vertex}-{base64.b64encode(r.offset).decode()}-0"
+                msg_id = f"{vertex}-{offsets[i]}-0"
                 # only a user source may read a record again (TCP offsets never repeat)
                 if dedup and self._duplicate(msg_id):
                     src.done.append((r.offset, r.partition_id))
                     continue
-                token = Token(src, (r.offset, r.partition_id))
-                self.entered += 1
-                src.tally.entered += 1
-                rep.processed += 1
                 results = outs[i] if transformer is not None else [SourceResult(r)]
-                await self.route(rep.spec.vertex, msg_id, token, results,
-                                 watermark_ns=src.watermark_ns, headers=r.headers or None)
+                await self.enter(src, rep, (r.offset, r.partition_id), msg_id, results,
+                                 r.headers or None)
+
+    async def enter(self, src: SourceState, rep: Replica, offset: tuple[bytes, int],
+                    msg_id: str, results: Any, headers: Any) -> None:
+        """A source message read by ``rep``, as ``results`` (its transformer's, or itself):
+        counted, given the token that acks ``offset`` once all its messages are done, routed."""
+        token = Token(src, offset)
+        self.entered += 1
+        src.tally.entered += 1
+        rep.processed += 1
+        await self.route(rep.spec.vertex, msg_id, token, results,
+                         watermark_ns=src.watermark_ns, headers=headers)
 
     def _duplicate(self, msg_id: str) -> bool:
         """Whether a source message with this id was written within the last
@@ -502,12 +513,11 @@ class Flow:
         written, order = self._written, self._written_order
         while order and (now - order[0][0] > DUPLICATE_WINDOW_S
                          or len(order) > MAX_REMEMBERED_IDS):
-            _, old = order.popleft()
-            written.pop(old, None)
+            written.discard(order.popleft()[1])
         if msg_id in written:
             self.duplicates += 1
             return True
-        written[msg_id] = now
+        written.add(msg_id)
         order.append((now, msg_id))
         return False
 

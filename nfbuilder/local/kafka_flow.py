@@ -20,7 +20,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from nfbuilder.local.flow import Flow, SourceState, Token
+from nfbuilder.local.flow import Flow, SourceState, transformed_times
 from nfbuilder.local.kafka import KafkaConsumer, KafkaSinkReplica, parse_offset
 from nfbuilder.local.process import Replica, ReplicaSpec
 from nfbuilder.plan import KafkaSinkVertex, KafkaSourceVertex
@@ -61,15 +61,10 @@ class KafkaSources:
             outs = await asyncio.gather(*(
                 flow.transform(rep, r.offset_id, r.keys, r.value, r.event_time_ns, r.headers)
                 for r in records))
-            src.advance([r.event_time_ns for r in records])
+            src.advance(transformed_times(outs))
             for r, results in zip(records, outs, strict=True):
-                flow.entered += 1
-                src.tally.entered += 1
-                rep.processed += 1
-                token = Token(src, (r.offset_bytes, r.partition))
-                await flow.route(rep.spec.vertex, f"{rep.spec.vertex}-{r.offset_id}", token,
-                                 results, watermark_ns=src.watermark_ns,
-                                 headers=r.headers or None)
+                await flow.enter(src, rep, (r.offset_bytes, r.partition),
+                                 f"{rep.spec.vertex}-{r.offset_id}", results, r.headers or None)
 
     async def close(self) -> None:
         """Commit what is done (after a drain: everything) and leave the consumer groups."""

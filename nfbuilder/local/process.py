@@ -33,7 +33,7 @@ from nfbuilder.local.clients import (
 )
 from nfbuilder.local.serverinfo import wait_server_info
 from nfbuilder.runtime.server import UD_CONTAINER_TYPES, Kind, endpoint_for
-from nfbuilder.runtime.settings import Settings
+from nfbuilder.runtime.settings import Settings, transport_from_env
 
 START_DEADLINE_S = 60.0
 #: the bounds of each replica's input queue: messages, and bytes of their values
@@ -48,7 +48,8 @@ class ReplicaSpec:
     kind: str  # map | batchmap | sink | source | sourcetransformer (kafka-sink: no process)
     replica: int
     command: tuple[str, ...]
-    ordered: bool = False
+    #: requests a map (unary mode) or transformer replica has outstanding at most; an ordered
+    #: vertex is in batch mode, one batch at a time
     in_flight: int = 500
     indexed: bool = False  # one of several replicas: its label shows which
     role: str = ""  # "transformer": the vertex's second container (a TCP source's decoder)
@@ -133,10 +134,9 @@ class Replica:
             raise ReplicaDied(self, self.proc.returncode)
         died.cancel()
         server_info = info_task.result()
-        # NFBUILDER_TRANSPORT picks the clients' channel: grpcio (default) or the lean h2 one.
+        # NFBUILDER_TRANSPORT picks the clients' channel: the lean h2 one (default) or grpcio
         self.channel = await connect(endpoint.socket_path, retry_s=0.05,
-                                     deadline_s=START_DEADLINE_S,
-                                     transport=Settings.from_env().transport)
+                                     deadline_s=START_DEADLINE_S, transport=transport_from_env())
         if self.spec.kind in ("map", "batchmap"):
             from nfbuilder._proto import map_pb2_grpc
 
@@ -178,6 +178,11 @@ class Replica:
         if self.queued_bytes < QUEUE_BYTES:
             self._room.set()
         return msg
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting for this replica: queued, or to be delivered again."""
+        return self.queue.qsize() + len(self.redeliver)
 
     def redelivery_due(self) -> bool:
         return time.monotonic() >= self.redeliver_at

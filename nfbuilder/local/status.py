@@ -37,7 +37,7 @@ class Status:
         rows = []
         for name, reps in engine.replica_groups().items():
             done = sum(r.processed for r in reps)
-            pending = sum(r.queue.qsize() + len(r.redeliver) for r in reps)
+            pending = sum(r.pending for r in reps)
             restarts = sum(r.restarts for r in reps)
             t0, n0 = self._prev.get(name, (now, done))
             rate = (done - n0) / (now - t0) if now > t0 else 0.0

@@ -80,6 +80,15 @@ def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> 
     return raw
 
 
+def transport_from_env(environ: Mapping[str, str] = os.environ) -> str:
+    """``NFBUILDER_TRANSPORT`` (one of :data:`TRANSPORTS`, the first by default), for the
+    engine's clients, which need only this of the settings::
+
+        transport_from_env({"NFBUILDER_TRANSPORT": "grpc"})   # 'grpc'
+    """
+    return _choice(environ, "NFBUILDER_TRANSPORT", TRANSPORTS)
+
+
 @attrs.frozen
 class Settings:
     """What a vertex container needs to know about its environment.
@@ -141,5 +150,5 @@ class Settings:
             source_partial_bytes=_int(
                 environ, "NFBUILDER_SOURCE_PARTIAL_BYTES", DEFAULT_MAX_PARTIAL_BYTES, minimum=1
             ),
-            transport=_choice(environ, "NFBUILDER_TRANSPORT", TRANSPORTS),
+            transport=transport_from_env(environ),
         )
