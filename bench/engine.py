@@ -127,7 +127,7 @@ def profile_harness(frames: list[bytes], fuse: bool, serialize: bool = False,
 
 
 # -- (c) the embedded engine ------------------------------------------------------------------
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -195,7 +195,7 @@ def engine(frames: list[bytes], words: int, timeout: float) -> tuple[float, list
         done.set()
 
     with tempfile.TemporaryDirectory(prefix="nfb-bench-") as work_dir:
-        in_port = _free_port()
+        in_port = free_port()
         thread = threading.Thread(target=receive, daemon=True)
         thread.start()
         with _engine_process(in_port, out_port, work_dir) as proc:

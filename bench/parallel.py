@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 
+from bench.engine import free_port  # noqa: E402
 from bench.map_vertex import BurstDriver, prebuilt_bursts  # noqa: E402
 
 APP_ARGS = ["--in", "127.0.0.1:7000", "--out", "127.0.0.1:7001"]
@@ -91,7 +92,6 @@ async def enrich_seconds(orders: int, lookup_ms: int) -> float:
     from nfbuilder.local.engine import Engine, EngineOptions
     from nfbuilder.local.tcptools import TcpReceiver, send_frames
     from nfbuilder.plan import PlanOptions
-    from tests.engine_harness import free_port
 
     rx = await TcpReceiver.start()
     port = free_port()

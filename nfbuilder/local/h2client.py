@@ -127,10 +127,9 @@ class H2Call:
     """
 
     __slots__ = (
-        "_backlog", "_cancelled", "_chunked", "_chunks", "_conn", "_deserialize", "_done",
-        "_drain", "_error", "_half_closed", "_head", "_inbox", "_local_closed", "_need",
-        "_outbox", "_pump", "_reader", "_serialize", "_timer", "_trailers", "_unacked",
-        "_waiter", "stream_id",
+        "_backlog", "_cancelled", "_conn", "_deserialize", "_done", "_drain", "_error",
+        "_half_closed", "_inbox", "_local_closed", "_outbox", "_pump", "_reader", "_serialize",
+        "_timer", "_trailers", "_unacked", "_waiter", "stream_id",
     )
 
     def __init__(self, conn: _Connection, serialize: Callable[[Any], bytes] | None,
@@ -141,10 +140,6 @@ class H2Call:
         self.stream_id = 0
         # receiving: DATA bytes -> messages (the reader), kept in the inbox until read
         self._reader = MessageReader(conn.max_message_bytes)
-        self._chunks: list[bytes] = []  # DATA of a message known to be incomplete
-        self._chunked = 0  # their bytes
-        self._need = 0  # bytes to gather before feeding the reader is worth it
-        self._head = b""  # up to 5 first bytes of the partial message the reader holds
         self._inbox: deque[bytes] = deque()
         self._backlog = 0  # bytes of the messages in the inbox
         self._unacked = 0  # flow-controlled bytes received, not yet handed back
@@ -232,46 +227,21 @@ class H2Call:
     # ------------------------------------------------------------------ the connection's side
 
     def _receive(self, data: bytes, flow_controlled: int) -> None:
-        """DATA arrived: complete messages go to the inbox. A message spread over many frames
-        is gathered first and fed once, so a 64 MiB one is not re-copied per frame."""
+        """DATA arrived: complete messages go to the inbox (the reader gathers a message spread
+        over many frames and joins it once)."""
         self._unacked += flow_controlled
-        if self._chunked + len(data) < self._need:
-            self._chunks.append(data)
-            self._chunked += len(data)
-        else:
-            if self._chunks:
-                self._chunks.append(data)
-                data = b"".join(self._chunks)
-                self._chunks, self._chunked = [], 0
-            try:
-                messages = self._reader.feed(data)
-            except GrpcWireError as exc:
-                self._conn.finish(self, _rpc_error(_CODES[exc.code], str(exc)),
-                                  reset=ErrorCodes.CANCEL)
-                return
-            self._expect(data)
-            if messages:
-                self._inbox.extend(messages)
-                self._backlog += sum(len(m) for m in messages)
-                self._wake()
+        try:
+            messages = self._reader.feed(data)
+        except GrpcWireError as exc:
+            self._conn.finish(self, _rpc_error(_CODES[exc.code], str(exc)),
+                              reset=ErrorCodes.CANCEL)
+            return
+        if messages:
+            self._inbox.extend(messages)
+            self._backlog += sum(len(m) for m in messages)
+            self._wake()
         if self._backlog < ACK_BELOW:
             self._conn.hand_back_soon[self] = None
-
-    def _expect(self, fed: bytes) -> None:
-        """After feeding ``fed``: how many more bytes the reader's partial message needs."""
-        pending = self._reader.pending
-        if not pending:
-            self._head, self._need = b"", 0
-            return
-        if pending <= len(fed):  # the partial message started within ``fed``
-            start = len(fed) - pending
-            self._head = fed[start:start + 5]
-        else:  # it started earlier, with fewer than 5 bytes (the size was unknown)
-            self._head = (self._head + fed[:5])[:5]
-        if len(self._head) < 5:
-            self._need = 5 - pending
-        else:  # the gRPC prefix: 1 flag byte, then the message size (big-endian)
-            self._need = 5 + int.from_bytes(self._head[1:5], "big") - pending
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -593,7 +563,7 @@ class _Connection(asyncio.Protocol):
                                          "without a grpc-status trailer"), reset=reset)
             return
         code, message, _ = status_of(call._trailers)
-        if call._reader.pending or call._chunked:
+        if call._reader.pending:
             self.finish(call, _rpc_error(grpc.StatusCode.INTERNAL, "the server ended the stream "
                                          "inside a message"), reset=reset)
         elif code == 0:

@@ -9,8 +9,9 @@ with an error carries the UDF's status message and, in ``grpc-status-details-bin
     await wait_ready(map_pb2_grpc.MapStub(channel), retry_s=0.05, deadline_s=30)
 
 Two transports give the same :data:`Channel` API (the part of ``grpc.aio.Channel`` the stubs
-use): ``transport="grpc"``, grpcio's channel, the default and the reference, and
-``transport="h2"``, the lean :class:`~nfbuilder.local.h2client.H2Channel`.
+use): ``transport="grpc"``, grpcio's channel, this function's default and the reference, and
+``transport="h2"``, the lean :class:`~nfbuilder.local.h2client.H2Channel` (what the engine uses
+unless NFBUILDER_TRANSPORT says otherwise).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The one server module: socket, server-info file, IsReady, signals, shutdown, fatal errors.
 
 A vertex container calls :func:`serve` with its kind and a handler; it returns the process exit
-code (0 after SIGTERM/SIGINT, 1 after a user-code error). The gRPC transport is grpcio
-(``grpc.aio``, the default) or the lean h2 one (:mod:`nfbuilder.runtime.h2server`), chosen by
-``settings.transport`` (NFBUILDER_TRANSPORT); everything else here is shared by both.
+code (0 after SIGTERM/SIGINT, 1 after a user-code error). The gRPC transport is the lean h2
+one (:mod:`nfbuilder.runtime.h2server`, the default) or grpcio (``grpc.aio``, the reference),
+chosen by ``settings.transport`` (NFBUILDER_TRANSPORT); everything else here is shared by both.
 
 Example::
 

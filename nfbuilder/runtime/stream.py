@@ -324,17 +324,11 @@ class InlineCall(Generic[Req, Resp]):
                     return None
                 append(self._spec.open(first))
                 self._opened = True
-            if self._many:
-                extend = out.extend
-                for request in iterator:
-                    if _is_handshake(request):
-                        raise ProtocolError(_SECOND_HANDSHAKE)
-                    extend(answer(request))
-                return None
+            add = out.extend if self._many else append  # answer gives a list, or one
             for request in iterator:
                 if _is_handshake(request):
                     raise ProtocolError(_SECOND_HANDSHAKE)
-                append(answer(request))
+                add(answer(request))
         except ProtocolError as error:
             return self._spec.refused(error)
         except Exception as exc:  # noqa: BLE001 - any handler failure takes the fatal path

@@ -18,10 +18,11 @@ Offsets keep their type across the wire: a record's offset (bytes, str or int) c
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from nfbuilder.codec import Codec
@@ -85,15 +86,11 @@ class UserSourceHandler:
         self._extra: list[SourceMessage] = []  # read beyond what numa asked for
 
     async def _call(self, method: str, *args: Any) -> Any:
-        try:
+        with _user_code(self.where, self.source, method):
             result = getattr(self.source, method)(*args)
             if inspect.isawaitable(result):
                 result = await result
             return result
-        except UserCodeError:
-            raise
-        except Exception as exc:
-            raise user_error(self.where, self.source, method, exc) from exc
 
     async def read(self, num_records: int, timeout_s: float) -> list[SourceMessage]:
         if self._extra:  # a read that gave more than asked for: the rest first
@@ -146,6 +143,17 @@ class UserSourceHandler:
         return [int(p) for p in await self._call("partitions")]
 
 
+@contextlib.contextmanager
+def _user_code(where: str, source: Any, method: str) -> Iterator[None]:
+    """An exception of the user's ``source.method`` as the ``UserCodeError`` naming it."""
+    try:
+        yield
+    except UserCodeError:
+        raise
+    except Exception as exc:
+        raise user_error(where, source, method, exc) from exc
+
+
 def _name(obj: Any) -> str:
     return type(obj).__qualname__
 
@@ -156,16 +164,12 @@ def take(source: Any, count: int, where: str,
     yielding ``(ack, record)``: call ``ack()`` once the record is handled. Stops early when a
     read gives nothing and ``pending()`` says nothing is left (or the source has no
     ``pending``). ``async def`` methods are awaited on the step loop."""
-    run = awaiter(max(timeout_s * 20, 60.0))
+    run = awaiter(60.0)
 
     def call(method: str, *args: Any) -> Any:
-        try:
+        with _user_code(f"{where} source", source, method):
             result = getattr(source, method)(*args)
             return run(result) if inspect.iscoroutine(result) else result
-        except UserCodeError:
-            raise
-        except Exception as exc:
-            raise user_error(f"{where} source", source, method, exc) from exc
 
     taken = 0
     while taken < count:
