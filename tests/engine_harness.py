@@ -36,12 +36,16 @@ async def wait_idle(engine: Engine, quiet_s: float, timeout_s: float = 60) -> No
 
 
 async def until_delivered(loaded: Any, count: int, work_dir: str,
-                          plan: PlanOptions | None = None, timeout_s: float = 60) -> Engine:
+                          plan: PlanOptions | None = None, timeout_s: float = 60,
+                          during: Any = None) -> Engine:
     """Run ``loaded`` on the engine until ``count`` messages reached its sinks, then drain and
-    stop; fails the test if it takes longer than ``timeout_s`` or a vertex keeps failing."""
+    stop; fails the test if it takes longer than ``timeout_s`` or a vertex keeps failing.
+    ``during(engine)`` runs once the engine has started (to send, or to kill a process)."""
     engine = Engine(loaded, EngineOptions(plan or PlanOptions(), quiet=True, work_dir=work_dir))
     await engine.start()
     try:
+        if during is not None:
+            await during(engine)
         deadline = time.monotonic() + timeout_s
         while engine.delivered < count and not engine.failure:
             assert time.monotonic() < deadline, (

@@ -46,10 +46,13 @@ def test_a_batch_is_answered_at_its_eot_after_end_of_batch() -> None:
 
     answer_many = _batch_answers(answer, handler)()
     assert [answer_many(_request(i)) for i in range(3)] == [[], [], []]  # held back
+    assert calls == []  # nothing saved before the EOT
     out = answer_many(EOT)
+    assert calls == ["saved"]  # saved before the batch is answered
     assert [r.id for r in out[:3]] == ["m-0", "m-1", "m-2"]
     assert out[3].status.eot and len(out) == 4
     assert answer_many(EOT)[0].status.eot  # an empty batch: just the EOT
+    assert calls == ["saved", "saved"]
     # each call (stream) holds its own batch
     other = _batch_answers(answer, handler)()
     assert other(_request(9)) == [] and answer_many(EOT) == [out[3]]

@@ -61,4 +61,6 @@ def test_a_big_message_in_many_small_pieces_is_joined_once() -> None:
     got: list[bytes] = []
     for i in range(0, len(wire), 16384):
         got += reader.feed(wire[i:i + 16384])
+        if 0 < i < len(payload) - 16384:  # under way: pieces kept apart, nothing re-joined yet
+            assert reader._parts and reader._buf == b"", i
     assert got == [payload, b"next"] and reader.pending == 0

@@ -70,7 +70,9 @@ def containers(manifest: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]
 
 
 async def start_and_handshake(vertex: str, kind: str, container: dict[str, Any],
-                              sock_dir: Path) -> None:
+                              sock_dir: Path, ordered: bool = False) -> None:
+    """Start the container's command and shake hands as numa would; an ``ordered`` udf vertex
+    must serve numa's batch mode (its order and batch saves need it)."""
     sock, info, ud_type, client_cls = KINDS[kind]
     env = {**os.environ, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
     env.update({
@@ -90,7 +92,7 @@ async def start_and_handshake(vertex: str, kind: str, container: dict[str, Any],
         server_info = await wait_server_info(sock_dir / info, poll_s=0.05, deadline_s=60)
         assert server_info.language == "python"
         if kind == "udf":  # numa dials the socket of the mode the server info names
-            assert server_info.map_mode in ("unary-map", "batch-map")
+            assert server_info.map_mode == ("batch-map" if ordered else "unary-map")
             sock = {"unary-map": "map.sock", "batch-map": "batchmap.sock"}[server_info.map_mode]
         channel = await connect(sock_dir / sock, retry_s=0.05, deadline_s=30)
         try:
@@ -126,10 +128,12 @@ def test_every_vertex_starts_from_its_manifest_command(name: str, tmp_path: Path
     docs = [d for d in yaml.safe_load_all(files["pipeline.yaml"]) if d["kind"] == "Pipeline"]
     found = [c for d in docs for c in containers(d)]
     assert found, "the manifest has no user container"
+    ordered = {v["name"] for d in docs for v in d["spec"]["vertices"]
+               if v.get("ordered", {}).get("enabled")}
 
     async def all_vertices() -> None:
         await asyncio.gather(*(
-            start_and_handshake(v, kind, spec, tmp_path / f"v{i}")
+            start_and_handshake(v, kind, spec, tmp_path / f"v{i}", v in ordered)
             for i, (v, kind, spec) in enumerate(found)))
 
     asyncio.run(all_vertices())

@@ -9,15 +9,14 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from engine_harness import ROOT, free_port
+from engine_harness import ROOT, free_port, until_delivered
 
 from apps.data import frame
 from nfbuilder.loader import load_app
-from nfbuilder.local.engine import Engine, EngineOptions
+from nfbuilder.local.engine import Engine
 from nfbuilder.local.tcptools import TcpReceiver, send_frames
 from nfbuilder.plan import PlanOptions
 from nfbuilder.testing import run
@@ -30,28 +29,26 @@ def _children(pid: int) -> list[int]:
         return [int(p) for p in f.read().split()]
 
 
-async def _engine_run(tmp_path: Path, mode: str, words: list[str], during=None,
-                      expect: int | None = None) -> tuple[list[str], Engine]:
+async def _engine_run(tmp_path: Path, mode: str, words: list[str], during=None
+                      ) -> tuple[list[str], Engine]:
+    """tests/parallel_app.py on the engine: ``words`` sent while ``during(engine)`` runs,
+    until every one is delivered; the sink's lines and the engine."""
     rx = await TcpReceiver.start()
     port = free_port()
     loaded = load_app(APP, ["--in", f"127.0.0.1:{port}", "--out", f"127.0.0.1:{rx.address[1]}",
                             "--mode", mode])
-    engine = Engine(loaded, EngineOptions(PlanOptions(), quiet=True,
-                                          work_dir=str(tmp_path / "run")))
-    await engine.start()
-    try:
+
+    async def send_and(engine: Engine) -> None:
         sender = asyncio.ensure_future(send_frames(("127.0.0.1", port),
                                                    [frame(w.encode()) for w in words]))
         if during is not None:
             await during(engine)
         await sender
-        deadline = time.monotonic() + 90
-        while engine.delivered < (len(words) if expect is None else expect):
-            assert time.monotonic() < deadline, f"{engine.delivered} delivered"
-            await asyncio.sleep(0.02)
-        await engine.drain()
+
+    try:
+        engine = await until_delivered(loaded, len(words), str(tmp_path / "run"),
+                                       timeout_s=90, during=send_and)
     finally:
-        await engine.stop_processes()
         await rx.close()
     return rx.data().decode().split("\n")[:-1], engine
 

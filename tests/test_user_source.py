@@ -8,19 +8,18 @@ import asyncio
 import datetime
 import os
 import signal
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_harness import free_port
+from engine_harness import free_port, until_delivered
 
 import nfbuilder.local.flow as flow
 from apps.data import frame
 from nfbuilder.codec import Codec
 from nfbuilder.loader import load_app
-from nfbuilder.local.engine import Engine, EngineOptions
+from nfbuilder.local.engine import Engine
 from nfbuilder.local.tcptools import TcpReceiver, send_frames
 from nfbuilder.plan import PlanOptions
 from nfbuilder.records import Record
@@ -150,25 +149,16 @@ def _write_log(path: Path, n: int) -> dict[str, int]:
     return counts
 
 
-async def _on_engine(tmp_path: Path, log: Path, until: int, during: Any = None,
-                     plan: PlanOptions | None = None) -> tuple[bytes, Engine]:
-    """apps/log_levels.py on the engine over ``log`` until ``until`` messages were delivered
-    (``during(engine)`` runs first); the sink's bytes and the engine."""
+async def _on_engine(tmp_path: Path, app: str, args: list[str], until: int,
+                     during: Any = None, plan: PlanOptions | None = None) -> tuple[bytes, Engine]:
+    """``app`` on the engine (``args`` with ``--out`` appended) until ``until`` messages were
+    delivered (``during(engine)`` runs first); the sink's bytes and the engine."""
     rx = await TcpReceiver.start()
-    loaded = load_app(LOG_APP, ["--file", str(log), "--out", f"127.0.0.1:{rx.address[1]}"])
-    engine = Engine(loaded, EngineOptions(plan or PlanOptions(), quiet=True,
-                                          work_dir=str(tmp_path / "run")))
-    await engine.start()
     try:
-        if during is not None:
-            await during(engine)
-        deadline = time.monotonic() + 120
-        while engine.delivered < until:
-            assert time.monotonic() < deadline, f"{engine.delivered} delivered"
-            await asyncio.sleep(0.02)
-        await engine.drain()
+        loaded = load_app(app, [*args, "--out", f"127.0.0.1:{rx.address[1]}"])
+        engine = await until_delivered(loaded, until, str(tmp_path / "run"), plan,
+                                       timeout_s=120, during=during)
     finally:
-        await engine.stop_processes()
         await rx.close()
     return rx.data(), engine
 
@@ -190,7 +180,7 @@ def test_the_source_killed_mid_run_loses_and_duplicates_nothing(tmp_path: Path) 
         os.kill(rep.proc.pid, signal.SIGKILL)
 
     data, engine = asyncio.run(_on_engine(
-        tmp_path, log, 6000, kill_the_source,
+        tmp_path, LOG_APP, ["--file", str(log)], 6000, kill_the_source,
         PlanOptions(state_store=f"sqlite:///{tmp_path}/state.db")))
     out = data.decode().split("\n")[:-1]
     assert killed and engine.replicas["source"][0].restarts >= 1
@@ -201,7 +191,7 @@ def test_the_source_killed_mid_run_loses_and_duplicates_nothing(tmp_path: Path) 
     for level, total in counts.items():
         assert sorted(seen[level]) == list(range(1, total + 1)), level
     assert engine.flow.duplicates > 0  # it did read some lines again
-    assert not engine.lost_messages(), engine.summary_lines()
+    assert not engine.lost_messages(), engine.summary()
     assert (tmp_path / "app.log.acked").read_text() == "6000"
 
 
@@ -210,7 +200,7 @@ def test_engine_and_harness_agree_on_a_user_source(tmp_path: Path) -> None:
     _write_log(log, 300)
     local = run(LOG_APP, ["--file", str(log), "--out", "h:1"], {0: 1000})
     os.remove(str(log) + ".acked")  # the harness acked them all: start again
-    engine_out, _ = asyncio.run(_on_engine(tmp_path, log, 300))
+    engine_out, _ = asyncio.run(_on_engine(tmp_path, LOG_APP, ["--file", str(log)], 300))
     assert sorted(engine_out.split(b"\n")) == sorted(local.output().split(b"\n"))
 
 
@@ -239,32 +229,22 @@ def test_event_times_from_a_user_source_reach_the_sink(
         tmp_path: Path, sink_event_times: dict[bytes, int]) -> None:
     log = tmp_path / "app.log"
     log.write_text("2026-12-01T10:00:00Z INFO a\n2026-12-01T10:00:05Z ERROR b\n")
-    asyncio.run(_on_engine(tmp_path, log, 2))
+    asyncio.run(_on_engine(tmp_path, LOG_APP, ["--file", str(log)], 2))
     t0 = int(datetime.datetime(2026, 12, 1, 10, tzinfo=datetime.timezone.utc).timestamp())
     assert sink_event_times == {b"INFO 1\n": t0 * 10**9, b"ERROR 1\n": (t0 + 5) * 10**9}
 
 
 def test_event_times_a_decoder_gives_reach_the_sink(
         tmp_path: Path, sink_event_times: dict[bytes, int]) -> None:
-    async def go() -> None:
-        rx = await TcpReceiver.start()
-        port = free_port()
-        loaded = load_app(EVENT_APP, ["--in", f"127.0.0.1:{port}",
-                                      "--out", f"127.0.0.1:{rx.address[1]}"])
-        engine = Engine(loaded, EngineOptions(PlanOptions(), quiet=True,
-                                              work_dir=str(tmp_path / "run")))
-        await engine.start()
-        try:
-            await send_frames(("127.0.0.1", port), [
-                frame(b"1767261600.25,a"), frame(b"1767261601,b"), frame(b"bad,c")])
-            letters = engine.flow.dead_letters
-            while engine.delivered < 2 or letters is None or not letters.count:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-        finally:
-            await engine.stop_processes()
-            await rx.close()
+    port = free_port()
 
-    asyncio.run(go())
+    async def send(engine: Engine) -> None:
+        await send_frames(("127.0.0.1", port), [
+            frame(b"1767261600.25,a"), frame(b"1767261601,b"), frame(b"bad,c")])
+
+    _, engine = asyncio.run(_on_engine(tmp_path, EVENT_APP, ["--in", f"127.0.0.1:{port}"], 2,
+                                       send))
+    assert engine.flow.dead_letters is not None and engine.flow.dead_letters.count == 1
     assert sink_event_times == {b"A\n": 1_767_261_600_250_000_000,
                                 b"B\n": 1_767_261_601_000_000_000}
     # the source's watermark follows the times the transformer gave, not the arrival times
@@ -283,3 +263,14 @@ def test_the_kafka_transformer_gives_the_decoders_event_time() -> None:
     (letter,) = handle(Datum("o-1", (), b"bad,x", 0, None, {}, {}))
     assert "the event time must be a datetime or seconds since the Unix epoch" in \
         letter.value.decode()
+
+
+def test_a_sources_watermark_comes_from_the_transformed_event_times_without_drops() -> None:
+    """The one rule both source paths (udsource and Kafka) advance their watermark by."""
+    from nfbuilder.local.clients import TransformResult
+    from nfbuilder.local.flow import transformed_times
+    from nfbuilder.plan.routing import DROP
+
+    outs = [[TransformResult(b"a", 5), TransformResult(b"b", 7)],
+            [TransformResult(b"", 1, tags=(DROP,))], []]
+    assert transformed_times(outs) == [5, 7]
