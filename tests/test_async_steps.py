@@ -174,7 +174,7 @@ def test_an_ordered_vertex_awaiting_a_step_still_answers_other_calls(tmp_path: P
 
     from nfbuilder._proto import map_pb2_grpc
     from nfbuilder.codec import Codec
-    from nfbuilder.local.clients import MapClient
+    from nfbuilder.local.clients import MapClient, SinkDatum
     from nfbuilder.local.rpc import connect, wait_ready
     from nfbuilder.local.serverinfo import wait_server_info
 
@@ -195,8 +195,7 @@ def test_an_ordered_vertex_awaiting_a_step_still_answers_other_calls(tmp_path: P
         try:
             client = await MapClient.open(channel)
             word = Codec.for_module(None).dumps("a")
-            batch = asyncio.ensure_future(client.map_batch(
-                [("m-1", (), word, 0, None, None, None)]))
+            batch = asyncio.ensure_future(client.map_batch([SinkDatum("m-1", word)]))
 
             async def started() -> None:
                 while not (gate / "started").exists():  # noqa: ASYNC110 - a file is the signal

@@ -385,7 +385,8 @@ def test_map_requires_a_handshake_reply(tmp_path: Path) -> None:
                 await MapClient.open(ch)
             assert str(err.value).startswith(
                 "map MapFn stream: invalid handshake response, expected handshake.sot=true as "
-                "the first reply, received id: \"no-handshake\"")
+                "the first reply, received MapReply(id='no-handshake', results=[], "
+                "handshake=None, eot=None)")
             with pytest.raises(ConnectTimeout, match=r"IsReady did not succeed within 0.2 s "
                                                      r"\(last error UNAVAILABLE: warming up\)"):
                 await wait_ready(map_pb2_grpc.MapStub(ch), retry_s=0.05, deadline_s=0.2)

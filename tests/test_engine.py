@@ -10,6 +10,8 @@ import signal
 import pytest
 from engine_harness import run_app_on_engine
 
+from nfbuilder.local.process import QUEUE_MESSAGES
+
 APPS = ["reverse", "celsius", "alphabet", "alphabet_partitioned", "word_count", "market_spread",
         "sequence_window"]
 
@@ -70,7 +72,7 @@ def test_back_pressure_paused_receiver_bounds_memory(tmp_path) -> None:
     out, _, engine = asyncio.run(run_app_on_engine(
         "reverse", inputs, work_dir=str(tmp_path / "run"), state_store="memory://",
         during=pause_then_resume))
-    bound = sum(r.queue.maxsize for reps in engine.replicas.values() for r in reps)
+    bound = sum(QUEUE_MESSAGES for reps in engine.replicas.values() for r in reps)
     assert max(seen_max) <= bound + 1000
     lines = [x for x in out.decode().split("\n") if x]
     assert len(lines) == n and len(set(lines)) == n

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from nfbuilder.local.process import QUEUE_BYTES, Replica, ReplicaSpec
+from nfbuilder.local.process import QUEUE_BYTES, QUEUE_MESSAGES, Replica, ReplicaSpec
 
 
 class Big:
@@ -22,10 +22,10 @@ def test_a_writer_waits_while_the_queue_holds_its_bytes_and_goes_on_when_it_drai
         await rep.put(Big(half))  # now at the bound
         third = asyncio.ensure_future(rep.put(Big(half)))
         await asyncio.sleep(0.05)
-        assert not third.done() and rep.queue.qsize() == 2  # waits: 16 MiB are queued
-        rep.took(rep.queue.get_nowait())
+        assert not third.done() and len(rep.queue) == 2  # waits: 16 MiB are queued
+        assert len(rep.take(1)) == 1
         await asyncio.wait_for(third, 5)
-        assert rep.queue.qsize() == 2 and rep.queued_bytes == 2 * half
+        assert len(rep.queue) == 2 and rep.queued_bytes == 2 * half
 
     asyncio.run(main())
 
@@ -35,7 +35,25 @@ def test_a_message_bigger_than_the_bound_still_goes_into_an_empty_queue(tmp_path
         rep = Replica(ReplicaSpec("doc", "v", "map", 0, ()), tmp_path, {}, 0)
         await asyncio.wait_for(rep.put(Big(QUEUE_BYTES + 1)), 5)
         assert rep.queued_bytes == QUEUE_BYTES + 1
-        rep.took(rep.queue.get_nowait())
+        assert len(rep.take(5)) == 1
         assert rep.queued_bytes == 0
+
+    asyncio.run(main())
+
+
+def test_a_batch_goes_in_as_far_as_the_count_bound_and_the_rest_when_there_is_room(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        rep = Replica(ReplicaSpec("doc", "v", "map", 0, ()), tmp_path, {}, 0)
+        msgs = [Big(i % 7) for i in range(QUEUE_MESSAGES + 10)]
+        writer = asyncio.ensure_future(rep.put_many(msgs))
+        await asyncio.sleep(0.05)
+        assert not writer.done() and len(rep.queue) == QUEUE_MESSAGES
+        await asyncio.wait_for(rep.arrival(5), 5)  # the reader was woken for what is there
+        first = rep.take(400)
+        await asyncio.wait_for(writer, 5)
+        rest = rep.take(QUEUE_MESSAGES)
+        assert first + rest == msgs  # in order, each once
+        assert rep.queued_bytes == 0 and not rep.queue
 
     asyncio.run(main())

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from engine_harness import free_port, until_delivered
 
-import nfbuilder.local.flow as flow
 from apps.data import frame
 from nfbuilder.codec import Codec
 from nfbuilder.loader import load_app
 from nfbuilder.local.engine import Engine
+from nfbuilder.local.sourcesink import SinkClient
 from nfbuilder.local.tcptools import TcpReceiver, send_frames
 from nfbuilder.plan import PlanOptions
 from nfbuilder.records import Record
@@ -213,15 +213,15 @@ def sink_event_times(monkeypatch: pytest.MonkeyPatch) -> dict[bytes, int]:
     value -> watermark)."""
     seen: dict[bytes, int] = {}
     WATERMARKS.clear()
-    real = flow.SinkDatum
+    real = SinkClient.write
 
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        datum = real(*args, **kwargs)
-        seen[datum.value] = datum.event_time_ns
-        WATERMARKS[datum.value] = datum.watermark_ns
-        return datum
+    async def recording(self: SinkClient, batch: Any) -> Any:
+        for datum in batch:
+            seen[datum.value] = datum.event_time_ns
+            WATERMARKS[datum.value] = datum.watermark_ns
+        return await real(self, batch)
 
-    monkeypatch.setattr(flow, "SinkDatum", recording)
+    monkeypatch.setattr(SinkClient, "write", recording)
     return seen
 
 

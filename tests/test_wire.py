@@ -1,14 +1,17 @@
-"""The engine's hand-written map and sink requests parse, with the generated classes, into the
-very messages the classes build (the oracle), for any keys, values, times and metadata."""
+"""The engine's hand-written map, sink and transformer requests parse, with the generated
+classes, into the very messages the classes build (the oracle), for any keys, values, times and
+metadata; and its hand-read map responses read as the generated class reads them."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfbuilder._proto import map_pb2, metadata_pb2, sink_pb2
+from nfbuilder._proto import map_pb2, metadata_pb2, sink_pb2, sourcetransform_pb2
 from nfbuilder.local.rpc import (
     metadata_bytes,
     metadata_pb,
@@ -16,7 +19,14 @@ from nfbuilder.local.rpc import (
     to_ns,
     user_metadata_of,
 )
-from nfbuilder.local.wire import encoded, map_request, sink_request
+from nfbuilder.local.wire import (
+    WireError,
+    encoded,
+    map_request,
+    map_response,
+    sink_request,
+    transform_request,
+)
 
 texts = st.text(max_size=20)
 times = st.integers(min_value=-(2**62), max_value=2**62)
@@ -50,6 +60,19 @@ def test_a_sink_request_parses_as_the_generated_one(f: tuple) -> None:
     _same_as_given(got.request, keys, value, t, w, headers, meta)
 
 
+@settings(max_examples=300, deadline=None)
+@given(fields)
+def test_a_transform_request_parses_as_the_generated_one(f: tuple) -> None:
+    id, keys, value, t, w, headers, meta = f
+    raw = transform_request(id, keys, value, t, w, headers, metadata_bytes(meta))
+    want = sourcetransform_pb2.SourceTransformRequest(
+        request=sourcetransform_pb2.SourceTransformRequest.Request(
+            **request_fields(keys, value, t, w, headers, meta, id=id)))
+    got = sourcetransform_pb2.SourceTransformRequest.FromString(raw)
+    assert got == want and got.request.id == id
+    _same_as_given(got.request, keys, value, t, w, headers, meta)
+
+
 def _same_as_given(request: Any, keys: tuple, value: bytes, t: int, w: int | None,
                    headers: dict, meta: dict) -> None:
     """The parsed request says what was given (not only what the generated classes make of
@@ -71,3 +94,73 @@ def test_metadata_from_the_wire_is_sent_as_it_came() -> None:
 def test_the_serializer_takes_bytes_and_messages() -> None:
     eot = map_pb2.MapRequest(status=map_pb2.TransmissionStatus(eot=True))
     assert encoded(b"raw") == b"raw" and encoded(eot) == eot.SerializeToString()
+
+
+# -- map responses, read by hand -------------------------------------------------------------
+result_fields = st.tuples(st.lists(texts, max_size=3), st.binary(max_size=50),
+                          st.lists(texts, max_size=3), st.none() | metas)
+responses = st.builds(
+    lambda id, results, hs, eot: map_pb2.MapResponse(
+        id=id,
+        results=[map_pb2.MapResponse.Result(
+            keys=k, value=v, tags=t,
+            **({} if m is None else {"metadata": metadata_pb(m)})) for k, v, t, m in results],
+        **({} if hs is None else {"handshake": map_pb2.Handshake(sot=hs)}),
+        **({} if eot is None else {"status": map_pb2.TransmissionStatus(eot=eot)})),
+    texts, st.lists(result_fields, max_size=4), st.none() | st.booleans(),
+    st.none() | st.booleans())
+
+
+def _as_generated(raw: bytes) -> tuple[Any, ...]:
+    """What the generated class reads from ``raw``, in the shape of a MapReply."""
+    r = map_pb2.MapResponse.FromString(raw)
+    results = [(x.value, tuple(x.keys), tuple(x.tags),
+                {g: dict(kv.key_value) for g, kv in x.metadata.user_metadata.items()})
+               for x in r.results]
+    return (r.id, results, r.handshake.sot if r.HasField("handshake") else None,
+            r.status.eot if r.HasField("status") else None)
+
+
+def _as_read(raw: bytes) -> tuple[Any, ...]:
+    reply = map_response(raw)
+    results = [(x.value, x.keys, x.tags, {g: dict(kv) for g, kv in x.user_metadata.items()})
+               for x in reply.results]
+    return (reply.id, results, reply.handshake, reply.eot)
+
+
+@settings(max_examples=300, deadline=None)
+@given(responses, responses)
+def test_a_map_response_reads_as_the_generated_class_reads_it(a: Any, b: Any) -> None:
+    raw = a.SerializeToString()
+    assert _as_read(raw) == _as_generated(raw)
+    # two messages back to back are one message, merged: results appended, the last id kept,
+    # handshake and status merged
+    both = raw + b.SerializeToString()
+    assert _as_read(both) == _as_generated(both)
+
+
+# an unknown varint, fixed64, fixed32, LEN field and a group, and nack_options (field 5)
+_UNKNOWN = (b"\x78\x01" b"\x81\x01" + b"\x00" * 8 + b"\x8d\x01" + b"\x00" * 4
+            + b"\xfa\x01\x02hi" + b"\xf3\x01\x08\x01\xf4\x01")
+
+
+def test_unknown_fields_are_skipped_at_every_level() -> None:
+    result = map_pb2.MapResponse.Result(value=b"v", keys=["k"]).SerializeToString()
+    result += _UNKNOWN + b"\x2a\x00"
+    raw = _UNKNOWN + b"\x0a" + bytes([len(result)]) + result + b"\x12\x02id"
+    assert _as_read(raw) == _as_generated(raw) == ("id", [(b"v", ("k",), (), {})], None, None)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=40) | responses.map(lambda r: r.SerializeToString()).flatmap(
+    lambda raw: st.tuples(st.just(raw), st.integers(0, max(len(raw) - 1, 0)),
+                          st.binary(max_size=3)).map(lambda t: t[0][:t[1]] + t[2])))
+def test_bytes_that_are_not_a_map_response_are_refused_as_the_generated_class_refuses_them(
+        raw: bytes) -> None:
+    try:
+        want = _as_generated(raw)
+    except DecodeError:
+        with pytest.raises(WireError):
+            map_response(raw)
+    else:
+        assert _as_read(raw) == want

@@ -22,8 +22,9 @@ here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -35,12 +36,13 @@ from nfbuilder.local.rpc import (
     Channel,
     ClientError,
     ConnectTimeout,
+    Outgoing,
     UdfProtocolError,
     UdfStreamError,
     UserMetadata,
     connect,
     metadata_bytes,
-    request_fields,
+    open_call,
     stream_error,
     to_ns,
     user_metadata_of,
@@ -53,7 +55,14 @@ from nfbuilder.local.sourcesink import (
     SourceClient,
     SourceRecord,
 )
-from nfbuilder.local.wire import encoded, map_request
+from nfbuilder.local.wire import (
+    Result,
+    WireError,
+    encoded,
+    map_request,
+    map_response,
+    transform_request,
+)
 
 __all__ = [
     "Channel", "ClientError", "ConnectTimeout", "MapClient", "Partitions", "Result", "SinkClient",
@@ -62,19 +71,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-_CLOSE = object()  # ends the request iterator: the client half-closes the stream
 
 Resp = TypeVar("Resp")
-
-
-@attrs.frozen
-class Result:
-    """One map output message (event time and headers are inherited from the parent)."""
-
-    value: bytes
-    keys: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    user_metadata: UserMetadata = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen
@@ -88,30 +86,73 @@ class TransformResult:
     user_metadata: UserMetadata = attrs.field(factory=dict, hash=False)
 
 
+class _Group:
+    """Requests sent together whose replies are gathered by id, in the order of the requests:
+    unary calls (one or many), or a batch-mode batch (``eot``: ``done`` waits for the server's
+    EOT as well)."""
+
+    __slots__ = ("done", "eot", "left", "replies")
+
+    def __init__(self, n: int, loop: asyncio.AbstractEventLoop, *, eot: bool = False) -> None:
+        self.replies: list[Any] = [None] * n
+        self.left = n
+        self.eot = eot
+        self.done: asyncio.Future[list[Any]] = loop.create_future()
+
+
+class _Slots:
+    """At most ``size`` requests in flight: a slot is taken before a request is sent and given
+    back when its reply comes (or the call gives up on it)."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"max_in_flight must be >= 1, received {size}")
+        self.size = self.free = size
+        self._room: asyncio.Future[None] | None = None
+
+    async def take(self, n: int) -> None:
+        """Take ``n`` (at most ``size``) slots, waiting until they are free."""
+        while self.free < n:
+            room = self._room
+            if room is None or room.done():
+                room = self._room = asyncio.get_running_loop().create_future()
+            await asyncio.wait((room,))  # shared by the waiters: none may cancel it
+        self.free -= n
+
+    def give(self, n: int) -> None:
+        self.free += n
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
+
+
 class _Correlator(Generic[Resp]):
-    """One bidi stream whose replies carry the request id (map unary mode, transformer)."""
+    """One bidi stream whose replies carry the request id (map unary and batch mode,
+    transformer). Requests are written as they come, many at once; one reader task reads
+    whatever has arrived and hands each reply to the group that sent it."""
 
     def __init__(self, what: str, max_in_flight: int) -> None:
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, received {max_in_flight}")
         self._what = what
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._pending: dict[str, asyncio.Future[Resp]] = {}
-        self._slots = asyncio.Semaphore(max_in_flight)
+        #: request id -> (its group, its index there), until the reply comes
+        self._pending: dict[str, tuple[_Group, int]] = {}
+        self._slots = _Slots(max_in_flight)
         self._failure: ClientError | None = None
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
-        self._eot: asyncio.Future[None] | None = None  # batch mode: the EOT awaited
+        self._batch: _Group | None = None  # batch mode: the batch waiting for its EOT
 
-    async def start(self, method: Callable[[AsyncIterator[Any]], Any], handshake: Any) -> None:
+    async def start(self, method: Callable[[], Any], handshake: Any,
+                    accepted: Callable[[Any], bool]) -> None:
+        """Open the stream with ``handshake``; ``accepted(first_reply)``: whether the reply is
+        the handshake with ``sot=true``."""
         # numa enqueues the handshake before it starts the call, so it is the first frame sent.
-        self._queue.put_nowait(handshake)
-        self._call = method(self._requests())
+        self._call = open_call(method)
+        await self._send((handshake,))
         try:
             first = await self._call.read()
         except grpc.aio.AioRpcError as exc:
             raise stream_error(f"{self._what} handshake", exc) from None
-        if first is grpc.aio.EOF or not (first.HasField("handshake") and first.handshake.sot):
+        if first is grpc.aio.EOF or not accepted(first):
             self._call.cancel()
             got = "end of stream" if first is grpc.aio.EOF else repr(first)
             raise UdfProtocolError(
@@ -120,104 +161,143 @@ class _Correlator(Generic[Resp]):
             )
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
-    async def _requests(self) -> AsyncIterator[Any]:
-        while True:
-            item = await self._queue.get()
-            if item is _CLOSE:
-                return
-            yield item
+    async def _send(self, requests: Sequence[Any]) -> None:
+        # a call that has ended: the reader fails every waiter with how it ended
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await self._call.write_many(requests)
+
+    def _register(self, group: _Group, ids: Sequence[str], first: int) -> None:
+        """Wait for the replies to ``ids`` (``group``'s, from its index ``first`` on); all of
+        them or, when one is already waited for, none."""
+        if self._failure is not None:
+            raise self._failure
+        pending = self._pending
+        if len(ids) > 1 and len(set(ids)) != len(ids) or any(id in pending for id in ids):
+            raise ValueError(f"{self._what}: a request id is already in flight; ids must be "
+                             "unique among outstanding requests")
+        for i, id in enumerate(ids, first):
+            pending[id] = (group, i)
+
+    def _forget(self, group: _Group, ids: Sequence[str]) -> int:
+        """Drop the ids of ``group`` still waiting for a reply (the caller gave up); returns
+        how many."""
+        pending, n = self._pending, 0
+        for id in ids:
+            entry = pending.get(id)
+            if entry is not None and entry[0] is group:
+                del pending[id]
+                n += 1
+        return n
 
     async def call(self, id: str, request: Any) -> Resp:
         """Send one request and wait for the reply with the same id."""
-        async with self._slots:
-            if self._failure is not None:
-                raise self._failure
-            if id in self._pending:
-                raise ValueError(f"{self._what}: request id {id!r} is already in flight; "
-                                 "ids must be unique among outstanding requests")
-            future: asyncio.Future[Resp] = asyncio.get_running_loop().create_future()
-            self._pending[id] = future
-            self._queue.put_nowait(request)
-            try:
-                return await future
-            finally:
-                if self._pending.get(id) is future:  # cancelled: forget the waiter
-                    del self._pending[id]
+        return (await self.call_many((id,), (request,)))[0]
+
+    async def call_many(self, ids: Sequence[str], requests: Sequence[Any]) -> list[Resp]:
+        """Send ``requests`` (as many at once as the in-flight bound allows) and wait for the
+        reply to each, returned in request order."""
+        group = _Group(len(ids), asyncio.get_running_loop())
+        sent, size = 0, self._slots.size
+        try:
+            while sent < len(ids):
+                chunk = min(size, len(ids) - sent)
+                await self._slots.take(chunk)
+                try:
+                    self._register(group, ids[sent:sent + chunk], sent)
+                except BaseException:
+                    self._slots.give(chunk)
+                    raise
+                await self._send(requests[sent:sent + chunk])
+                sent += chunk
+            return await group.done
+        finally:
+            if group.left:  # failed or cancelled: give back the slots of what is unanswered
+                self._slots.give(self._forget(group, ids[:sent]))
 
     async def call_batch(self, ids: Sequence[str], requests: Sequence[Any], eot: Any) -> list[Resp]:
         """Batch mode: send every request, then ``eot``; wait for the reply to each id and then
         for the server's EOT (an EOT before every id is answered is fatal, as in numa)."""
-        if self._failure is not None:
-            raise self._failure
-        loop = asyncio.get_running_loop()
-        futures = []
-        for id, request in zip(ids, requests, strict=True):
-            future: asyncio.Future[Resp] = loop.create_future()
-            self._pending[id] = future
-            futures.append(future)
-            self._queue.put_nowait(request)
-        self._eot = loop.create_future()
-        self._queue.put_nowait(eot)
-        eot_future = self._eot
+        group = _Group(len(ids), asyncio.get_running_loop(), eot=True)
+        self._register(group, ids, 0)
+        self._batch = group
         try:
-            results = [await f for f in futures]
-            await eot_future
-            return results
-        except BaseException:
-            # the batch fails as one: its other waiters' errors are the same, seen here
-            waiters: list[asyncio.Future[Any]] = [*futures, eot_future]
-            for f in waiters:
-                if f.done() and not f.cancelled():
-                    f.exception()
-            raise
+            await self._send([*requests, eot])
+            return await group.done
         finally:
-            for id in ids:
-                self._pending.pop(id, None)
-            self._eot = None
+            self._batch = None
+            if group.left:
+                self._forget(group, ids)
 
     async def _read_loop(self) -> None:
         failure: ClientError = UdfStreamError(self._what, None, "closed by the engine")
         try:
             while True:
-                response = await self._call.read()
-                if response is grpc.aio.EOF:
+                responses = await self._call.read_many()
+                if not responses:
                     failure = UdfStreamError(
-                        self._what, None,
-                        f"the server ended the stream with {len(self._pending)} request(s) pending")
+                        self._what, None, f"the server ended the stream with "
+                        f"{len(self._pending)} request(s) pending")
                     break
-                if self._eot is not None and response.HasField("status") \
-                        and response.status.eot:
-                    if self._pending:
-                        failure = UdfProtocolError(
-                            f"UDF_PARTIAL_RESPONSE(batch_map): {self._what} sent EOT with "
-                            f"{len(self._pending)} id(s) of the batch unanswered")
-                        break
-                    self._eot.set_result(None)
-                    continue
-                future = self._pending.pop(response.id, None)
-                if future is None or future.done():
-                    # numa logs and ignores a reply for an unknown id.
-                    _log.warning("%s: ignoring a reply for unknown id %r", self._what, response.id)
-                    continue
-                future.set_result(response)
+                broken = self._answer(responses)
+                if broken is not None:
+                    failure = broken
+                    break
         except grpc.aio.AioRpcError as exc:
             failure = stream_error(self._what, exc)
+        except WireError as exc:
+            failure = UdfProtocolError(f"{self._what}: the server sent a reply that is {exc}")
         finally:
             self._fail(failure)
+
+    def _answer(self, responses: list[Any]) -> ClientError | None:
+        """Hand each reply to its group; a batch's EOT completes the batch. Returns the error
+        that breaks the stream, if one does."""
+        pending = self._pending
+        answered = 0
+        try:
+            for response in responses:
+                entry = pending.pop(response.id, None)
+                if entry is None:
+                    batch = self._batch
+                    if batch is not None and response.eot:  # batch mode: a MapReply
+                        if batch.left:
+                            return UdfProtocolError(
+                                f"UDF_PARTIAL_RESPONSE(batch_map): {self._what} sent EOT with "
+                                f"{batch.left} id(s) of the batch unanswered")
+                        if not batch.done.done():
+                            batch.done.set_result(batch.replies)
+                        self._batch = None
+                        continue
+                    # numa logs and ignores a reply for an unknown id.
+                    _log.warning("%s: ignoring a reply for unknown id %r", self._what,
+                                 response.id)
+                    continue
+                group, i = entry
+                group.replies[i] = response
+                group.left -= 1
+                if not group.eot:
+                    answered += 1
+                    if not group.left and not group.done.done():
+                        group.done.set_result(group.replies)
+            return None
+        finally:
+            if answered:
+                self._slots.give(answered)
 
     def _fail(self, failure: ClientError) -> None:
         if self._failure is None:
             self._failure = failure
         pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(self._failure)
-        if self._eot is not None and not self._eot.done():
-            self._eot.set_exception(self._failure)
+        groups = {group for group, _ in pending.values()}
+        self._slots.give(sum(1 for group, _ in pending.values() if not group.eot))
+        if self._batch is not None:
+            groups.add(self._batch)
+        for group in groups:
+            if not group.done.done():
+                group.done.set_exception(self._failure)
 
     async def close(self) -> None:
-        """Half-close the stream, cancel it and fail whatever is still pending."""
-        self._queue.put_nowait(_CLOSE)
+        """Cancel the stream and fail whatever is still pending."""
         if self._call is not None:
             self._call.cancel()
         if self._reader is not None:
@@ -243,7 +323,7 @@ class MapClient:
         # the data requests are written as bytes (local.wire), the handshake and EOT are not
         self._map_fn = channel.stream_stream(
             "/map.v1.Map/MapFn", request_serializer=encoded,
-            response_deserializer=map_pb2.MapResponse.FromString)
+            response_deserializer=map_response)
         self._stream: _Correlator[Any] = _Correlator(f"{name} MapFn stream", max_in_flight)
 
     @classmethod
@@ -252,7 +332,7 @@ class MapClient:
         """Open the MapFn stream and complete the handshake."""
         client = cls(channel, max_in_flight=max_in_flight, name=name)
         handshake = map_pb2.MapRequest(handshake=map_pb2.Handshake(sot=True))
-        await client._stream.start(client._map_fn, handshake)
+        await client._stream.start(client._map_fn, handshake, lambda reply: bool(reply.handshake))
         return client
 
     async def map(
@@ -268,17 +348,20 @@ class MapClient:
         """Map one message; returns its results (an empty list means "consumed, no output")."""
         request = map_request(id, keys, value, event_time_ns, watermark_ns, headers,
                               metadata_bytes(user_metadata))
-        return _results(await self._stream.call(id, request))
+        return (await self._stream.call(id, request)).results  # type: ignore[no-any-return]
 
-    async def map_batch(self, items: Sequence[tuple[str, Sequence[str], bytes, int, int | None,
-                                                    Mapping[str, str] | None,
-                                                    UserMetadata | None]]) -> list[list[Result]]:
-        """Batch mode: map ``(id, keys, value, event_time_ns, watermark_ns, headers,
-        user_metadata)`` items as one batch; returns each item's results, in item order."""
-        requests = [map_request(id, keys, value, t, w, headers, metadata_bytes(meta))
-                    for id, keys, value, t, w, headers, meta in items]
-        responses = await self._stream.call_batch([i[0] for i in items], requests, _MAP_EOT)
-        return [_results(response) for response in responses]
+    async def map_many(self, items: Sequence[Outgoing]) -> list[list[Result]]:
+        """Unary mode, many at once: map ``items`` (sent together, as far as ``max_in_flight``
+        allows); returns each item's results, in item order, once all are answered."""
+        responses = await self._stream.call_many([m.id for m in items], _map_requests(items))
+        return [response.results for response in responses]
+
+    async def map_batch(self, items: Sequence[Outgoing]) -> list[list[Result]]:
+        """Batch mode: map ``items`` as one batch; returns each item's results, in item
+        order."""
+        responses = await self._stream.call_batch([m.id for m in items], _map_requests(items),
+                                                  _MAP_EOT)
+        return [response.results for response in responses]
 
     async def close(self) -> None:
         """End the stream (the channel stays open; the caller closes it)."""
@@ -288,11 +371,9 @@ class MapClient:
 _MAP_EOT = map_pb2.MapRequest(status=map_pb2.TransmissionStatus(eot=True))
 
 
-def _results(response: map_pb2.MapResponse) -> list[Result]:
-    """A map response's results (an empty list: consumed, no output)."""
-    return [Result(value=r.value, keys=tuple(r.keys), tags=tuple(r.tags),
-                   user_metadata=user_metadata_of(r) if r.HasField("metadata") else {})
-            for r in response.results]
+def _map_requests(items: Sequence[Outgoing]) -> list[bytes]:
+    return [map_request(m.id, m.keys, m.value, m.event_time_ns, m.watermark_ns, m.headers,
+                        metadata_bytes(m.user_metadata)) for m in items]
 
 
 class TransformClient:
@@ -310,6 +391,11 @@ class TransformClient:
     def __init__(self, channel: Channel, *, max_in_flight: int = 500,
                  name: str = "transformer") -> None:
         self.stub = sourcetransform_pb2_grpc.SourceTransformStub(channel)
+        # the data requests are written as bytes (local.wire), the handshake is not
+        self._transform_fn = channel.stream_stream(
+            "/sourcetransformer.v1.SourceTransform/SourceTransformFn",
+            request_serializer=encoded,
+            response_deserializer=sourcetransform_pb2.SourceTransformResponse.FromString)
         self._what = f"{name} SourceTransformFn stream"
         self._stream: _Correlator[Any] = _Correlator(self._what, max_in_flight)
 
@@ -320,7 +406,9 @@ class TransformClient:
         client = cls(channel, max_in_flight=max_in_flight, name=name)
         handshake = sourcetransform_pb2.SourceTransformRequest(
             handshake=sourcetransform_pb2.Handshake(sot=True))
-        await client._stream.start(client.stub.SourceTransformFn, handshake)
+        await client._stream.start(
+            client._transform_fn, handshake,
+            lambda reply: reply.HasField("handshake") and reply.handshake.sot)
         return client
 
     async def transform(
@@ -334,11 +422,22 @@ class TransformClient:
         user_metadata: UserMetadata | None = None,
     ) -> list[TransformResult]:
         """Transform one source message; returns at least one result, each with an event time."""
-        fields = request_fields(keys, value, event_time_ns, watermark_ns, headers, user_metadata,
-                                id=id)
-        request = sourcetransform_pb2.SourceTransformRequest(
-            request=sourcetransform_pb2.SourceTransformRequest.Request(**fields))
-        response = await self._stream.call(id, request)
+        request = transform_request(id, keys, value, event_time_ns, watermark_ns, headers,
+                                    metadata_bytes(user_metadata))
+        return self._results(id, await self._stream.call(id, request))
+
+    async def transform_many(
+        self, items: Sequence[tuple[str, Sequence[str], bytes, int, Mapping[str, str] | None]],
+    ) -> list[list[TransformResult]]:
+        """Transform ``(id, keys, value, event_time_ns, headers)`` source messages, sent
+        together (as far as ``max_in_flight`` allows); returns each one's results, in order."""
+        requests = [transform_request(id, keys, value, t, None, headers)
+                    for id, keys, value, t, headers in items]
+        ids = [item[0] for item in items]
+        responses = await self._stream.call_many(ids, requests)
+        return [self._results(id, r) for id, r in zip(ids, responses, strict=True)]
+
+    def _results(self, id: str, response: Any) -> list[TransformResult]:
         if not response.results:
             raise UdfProtocolError(
                 f"UDF_PARTIAL_RESPONSE(transformer): {self._what} answered id {id!r} with an "

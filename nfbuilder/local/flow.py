@@ -22,13 +22,14 @@ import contextlib
 import hashlib
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from nfbuilder.local.clients import ClientError, SinkDatum
+from nfbuilder.local.clients import ClientError
 from nfbuilder.local.process import Replica
 from nfbuilder.plan import (
     DROP,
@@ -41,7 +42,6 @@ from nfbuilder.plan import (
     output_id,
     partition_of,
 )
-from nfbuilder.plan.routing import siphash13
 
 log = logging.getLogger("nfbuilder.engine")
 
@@ -80,7 +80,7 @@ class Msg:
     value: bytes
     keys: tuple[str, ...]
     event_time_ns: int
-    meta: Any
+    user_metadata: Any
     token: Token
     watermark_ns: int | None = None
     headers: Any = None
@@ -191,7 +191,13 @@ def transformed_times(outs: Any) -> list[int]:
 def child_id(producer: str, parent: str, index: int) -> str:
     """The id of the ``index``-th result ``producer`` made of message ``parent``: the same when
     ``parent`` is processed again (the hash of its id stands for numa's input offset)."""
-    return output_id(producer, hashlib.blake2b(parent.encode(), digest_size=8).hexdigest(), index)
+    return f"{child_prefix(producer, parent)}{index}"
+
+
+def child_prefix(producer: str, parent: str) -> str:
+    """:func:`child_id` without the index, for all of a message's results at once: the
+    ``output_id`` form ``<producer>-<offset>-``, the hash of ``parent`` for the offset."""
+    return output_id(producer, hashlib.blake2b(parent.encode(), digest_size=8).hexdigest(), "")
 
 
 class Flow:
@@ -260,24 +266,26 @@ class Flow:
             found = self._routers[vertex] = Router(self.edges.get(vertex, ()))
         return found
 
-    async def route(self, vertex: str, parent_id: str, token: Token, results: Any,
-                    parent: Msg | None = None, *, watermark_ns: int | None = None,
-                    headers: Any = None) -> None:
-        """Send each of ``results`` (of ``vertex``) along the edges its tags select.
+    def collect(self, vertex: str, parent_id: str, token: Token, results: Any,
+                event_time_ns: int | None, watermark_ns: int | None, headers: Any,
+                out: dict[Replica, list[Msg]]) -> None:
+        """Add each of ``results`` (of ``vertex``, made of message ``parent_id``) to ``out``
+        (replica -> its new messages), along the edges its tags select; what goes nowhere is
+        counted in the pipeline's tally.
 
-        A map's results take the event time, watermark and headers of ``parent``; a source's
-        (or transformer's) results have their own event time and take ``watermark_ns`` and
-        ``headers``."""
-        outs: list[tuple[Replica, Msg]] = []
-        router = self.router(vertex)
+        A map's results take their parent's ``event_time_ns`` (and its watermark and headers);
+        a source's (or transformer's) have their own (``event_time_ns`` None)."""
         tally = token.tally
-        if parent is not None:
-            watermark_ns, headers = parent.watermark_ns, parent.headers
         if not results:
             tally.filtered += 1
+            return
+        router = self.router(vertex)
+        replicas, dead = self.replicas, self.dead_letter_vertices
+        prefix = ""
+        added = 0
         for i, r in enumerate(results):
             tags = r.tags
-            dsts = router.destinations(tags)
+            dsts = router.destinations(tags) if tags else router.untagged
             if not dsts:
                 reason = drop_reason(r.value) if DROP in tags else None
                 if reason is None:
@@ -287,111 +295,145 @@ class Flow:
                     tally.sample = tally.sample or f"step {reason['step']!r}, key " \
                                                    f"{reason['key']!r}"
                 continue
-            msg_id = child_id(vertex, parent_id, i)
+            if not prefix:
+                prefix = child_prefix(vertex, parent_id)
+            msg_id = f"{prefix}{i}"
             for dst in dsts:
-                if dst in self.dead_letter_vertices:
+                if dst in dead:
                     assert self.dead_letters is not None
                     self.dead_letters.write(r.value)
                     tally.dead_lettered += 1
                     continue
-                reps = self.replicas.get(dst)
+                reps = replicas.get(dst)
                 if reps is None:  # blackhole
                     continue
                 keys = tuple(r.keys)
-                # numa routes to an ordered vertex by key, else shards by the message (its id is
-                # new every time: not worth partition_of's memo)
+                # numa routes to an ordered vertex by key, else shards by the message
                 n = len(reps)
                 if n == 1:
-                    idx = 0
+                    rep = reps[0]
                 elif self.vertices[dst].ordered:
-                    idx = partition_of(keys, n)
+                    rep = reps[partition_of(keys, n)]
                 else:
-                    idx = siphash13(msg_id.encode()) % n
-                event_time = parent.event_time_ns if parent is not None else r.event_time_ns
-                outs.append((reps[idx], Msg(msg_id, r.value, keys, event_time, r.user_metadata,
-                                            token, watermark_ns, headers)))
-        token.add(len(outs) - 1)
-        for rep, msg in outs:
-            await rep.put(msg)
-        self.last_move = time.monotonic()
+                    rep = reps[zlib.crc32(msg_id.encode()) % n]
+                msg = Msg(msg_id, r.value, keys,
+                          r.event_time_ns if event_time_ns is None else event_time_ns,
+                          r.user_metadata, token, watermark_ns, headers)
+                found = out.get(rep)
+                if found is None:
+                    out[rep] = [msg]
+                else:
+                    found.append(msg)
+                added += 1
+        token.add(added - 1)
 
-    async def _next(self, rep: Replica) -> Msg:
-        """The next message for ``rep``: a redelivery once it is due (JetStream redelivers only
-        after ackWait: ``--redelivery-delay``), else the next new one."""
-        while True:
-            await rep.ready.wait()
-            if rep.redeliver and rep.redelivery_due():
-                return rep.redeliver.popleft()  # type: ignore[no-any-return]
-            try:
-                return rep.took(await asyncio.wait_for(rep.queue.get(), 0.2))
-            except asyncio.TimeoutError:
-                continue
+    async def deliver(self, out: dict[Replica, list[Msg]]) -> None:
+        """Queue what :meth:`collect` gathered (the messages of at least one source or map
+        message: something moved)."""
+        self.last_move = time.monotonic()
+        for rep, msgs in out.items():
+            await rep.put_many(msgs)
+
+    async def route(self, vertex: str, parent_id: str, token: Token, results: Any,
+                    parent: Msg | None = None, *, watermark_ns: int | None = None,
+                    headers: Any = None) -> None:
+        """Send each of ``results`` (of ``vertex``) along the edges its tags select (a
+        :meth:`collect` and :meth:`deliver` of one message).
+
+        A map's results take the event time, watermark and headers of ``parent``; a source's
+        (or transformer's) results have their own event time and take ``watermark_ns`` and
+        ``headers``."""
+        out: dict[Replica, list[Msg]] = {}
+        if parent is None:
+            self.collect(vertex, parent_id, token, results, None, watermark_ns, headers, out)
+        else:
+            self.collect(vertex, parent_id, token, results, parent.event_time_ns,
+                         parent.watermark_ns, parent.headers, out)
+        await self.deliver(out)
 
     async def _batch(self, rep: Replica) -> list[Msg]:
-        """The next message for ``rep`` and those waiting behind it, up to ``read_batch``
-        (due redeliveries first), as numa reads a batch."""
-        batch = [await self._next(rep)]
-        while len(batch) < self.read_batch:
+        """The messages waiting for ``rep``, up to ``read_batch``, due redeliveries first, as
+        numa reads a batch (JetStream redelivers only after ackWait: ``--redelivery-delay``);
+        waits for at least one."""
+        limit = self.read_batch
+        while True:
+            await rep.ready.wait()
+            batch: list[Msg] = []
             if rep.redeliver and rep.redelivery_due():
-                batch.append(rep.redeliver.popleft())
-            elif not rep.queue.empty():
-                batch.append(rep.took(rep.queue.get_nowait()))
-            else:
-                break
-        return batch
+                redeliver = rep.redeliver
+                while redeliver and len(batch) < limit:
+                    batch.append(redeliver.popleft())
+            if len(batch) < limit and rep.queue:
+                batch += rep.take(limit - len(batch))
+            if batch:
+                return batch
+            await rep.arrival(0.2)
 
-    async def _call_map(self, rep: Replica, msg: Msg) -> Any:
-        """The map results of ``msg``, or None when the replica failed (msg is redelivered)."""
-        rep.busy[msg.id] = time.monotonic()
+    async def _call_map(self, rep: Replica, batch: list[Msg]) -> Any:
+        """The map results of each of ``batch``'s messages (unary mode, sent together), or
+        None when the replica failed (the batch is redelivered)."""
+        now = time.monotonic()
+        busy = rep.busy
+        for m in batch:
+            busy[m.id] = now
         try:
-            return await rep.connected().map(msg.id, msg.keys, msg.value, msg.event_time_ns,
-                                             msg.watermark_ns, msg.headers, msg.meta)
+            return await rep.connected().map_many(batch)
         except ClientError as exc:
-            rep.redeliver.append(msg)
+            rep.redeliver.extend(batch)
             self.on_failure(rep, exc)
             return None
         finally:
-            rep.busy.pop(msg.id, None)
+            for m in batch:
+                busy.pop(m.id, None)
 
-    async def transform(self, rep: Replica, id: str, keys: Any, value: bytes,
-                        event_time_ns: int, headers: Any = None) -> Any:
-        """The transformer results of one source record, retried until the transformer answers
-        (numa retries a record until it does)."""
+    async def transform(self, rep: Replica,
+                        items: list[tuple[str, Any, bytes, int, Any]]) -> list[Any]:
+        """The transformer results of source records (``(id, keys, value, event_time_ns,
+        headers)``, sent together), retried until the transformer answers them (numa retries
+        a record until it does)."""
+        if not items:
+            return []
+        busy = rep.busy
         while True:
             await rep.ready.wait()
-            rep.busy[id] = time.monotonic()
+            now = time.monotonic()
+            for item in items:
+                busy[item[0]] = now
             try:
-                return await rep.connected().transform(id, keys, value, event_time_ns,
-                                                       headers=headers)
+                return await rep.connected().transform_many(items)  # type: ignore[no-any-return]
             except ClientError as exc:
                 self.on_failure(rep, exc)
                 await asyncio.sleep(0.05)  # a stopping replica stays "ready": do not spin
             finally:
-                rep.busy.pop(id, None)
+                for item in items:
+                    busy.pop(item[0], None)
 
     async def batch_worker(self, rep: Replica) -> None:
         """An ordered vertex in batch mode, as numa drives it: the messages waiting (up to
         ``read_batch``, redeliveries first) go as one batch; the next batch goes when every
         message of this one is answered; results are routed in the batch's order."""
+        vertex = rep.spec.vertex
         while True:
             batch = await self._batch(rep)
             now = time.monotonic()
+            busy = rep.busy
             for m in batch:
-                rep.busy[m.id] = now
+                busy[m.id] = now
             try:
-                outs = await rep.connected().map_batch(
-                    [(m.id, m.keys, m.value, m.event_time_ns, m.watermark_ns, m.headers, m.meta)
-                     for m in batch])
+                outs = await rep.connected().map_batch(batch)
             except ClientError as exc:
                 rep.redeliver.extendleft(reversed(batch))
                 self.on_failure(rep, exc)
                 continue
             finally:
-                rep.busy.clear()
-            vertex = rep.spec.vertex
+                busy.clear()
+            out: dict[Replica, list[Msg]] = {}
+            collect = self.collect
             for m, results in zip(batch, outs, strict=True):
-                rep.processed += 1
-                await self.route(vertex, m.id, m.token, results, m)
+                collect(vertex, m.id, m.token, results, m.event_time_ns, m.watermark_ns,
+                        m.headers, out)
+            rep.processed += len(batch)
+            await self.deliver(out)
 
     async def map_worker(self, rep: Replica) -> None:
         """Up to ``in_flight`` requests at once; results are routed in arrival order, so an
@@ -400,22 +442,30 @@ class Flow:
         if rep.spec.kind == "batchmap":
             await self.batch_worker(rep)
             return
-        calls: asyncio.Queue[tuple[Msg, asyncio.Future[Any]]] = asyncio.Queue(rep.spec.in_flight)
+        # the batches sent, oldest first: a few at a time (each up to ``read_batch``; the
+        # client lets ``in_flight`` requests out at once), each one's results routed once it
+        # is all answered
+        calls: asyncio.Queue[tuple[list[Msg], asyncio.Future[Any]]] = asyncio.Queue(2)
+        vertex = rep.spec.vertex
 
         async def route_in_order() -> None:
             while True:
-                msg, call = await calls.get()
-                results = await call
-                if results is not None:
-                    rep.processed += 1
-                    await self.route(rep.spec.vertex, msg.id, msg.token, results, msg)
-                calls.task_done()
+                batch, call = await calls.get()
+                outs = await call
+                if outs is None:
+                    continue
+                out: dict[Replica, list[Msg]] = {}
+                for m, results in zip(batch, outs, strict=True):
+                    self.collect(vertex, m.id, m.token, results, m.event_time_ns,
+                                 m.watermark_ns, m.headers, out)
+                rep.processed += len(batch)
+                await self.deliver(out)
 
         router = asyncio.ensure_future(route_in_order())
         try:
             while True:
-                msg = await self._next(rep)
-                await calls.put((msg, asyncio.ensure_future(self._call_map(rep, msg))))
+                batch = await self._batch(rep)
+                await calls.put((batch, asyncio.ensure_future(self._call_map(rep, batch))))
         finally:
             router.cancel()
 
@@ -429,22 +479,22 @@ class Flow:
         while True:
             batch = await self._batch(rep)
             while batch:
-                data = [SinkDatum(m.id, m.value, m.keys, m.event_time_ns, m.watermark_ns,
-                                  dict(m.headers or {}), user_metadata=m.meta or {})
-                        for m in batch]
                 try:
-                    outcome = await rep.connected().write(data)
+                    outcome = await rep.connected().write(batch)
                 except ClientError as exc:
                     rep.redeliver.extendleft(reversed(batch))
                     self.on_failure(rep, exc)
                     break
-                failed = [m for m in batch if not outcome[m.id][0]]
+                failed = []
                 for m in batch:
                     if outcome[m.id][0]:
-                        rep.processed += 1
-                        self.delivered += 1
                         m.token.tally.delivered += 1
                         m.token.add(-1)
+                    else:
+                        failed.append(m)
+                done = len(batch) - len(failed)
+                rep.processed += done
+                self.delivered += done
                 self.last_move = time.monotonic()
                 if failed:
                     log.debug("%s: %d writes failed (%s); retrying", rep.spec.label, len(failed),
@@ -474,14 +524,14 @@ class Flow:
             offsets = [base64.b64encode(r.offset).decode() for r in records]
             transformer = src.transformer
             if transformer is not None:  # numa sends each record through it, concurrently
-                outs = await asyncio.gather(*(
-                    self.transform(transformer, f"{b64}-{r.partition_id}", r.keys, r.payload,
-                                   r.event_time_ns, r.headers or None)
-                    for b64, r in zip(offsets, records, strict=True)))
+                outs = await self.transform(transformer, [
+                    (f"{b64}-{r.partition_id}", r.keys, r.payload, r.event_time_ns,
+                     r.headers or None) for b64, r in zip(offsets, records, strict=True)])
                 transformer.processed += len(records)
                 src.advance(transformed_times(outs))
             else:
                 src.advance([r.event_time_ns for r in records])
+            out: dict[Replica, list[Msg]] = {}
             for i, r in enumerate(records):
                 msg_id = f"{vertex}-{offsets[i]}-0"
                 # only a user source may read a record again (TCP offsets never repeat)
@@ -489,19 +539,22 @@ class Flow:
                     src.done.append((r.offset, r.partition_id))
                     continue
                 results = outs[i] if transformer is not None else [SourceResult(r)]
-                await self.enter(src, rep, (r.offset, r.partition_id), msg_id, results,
-                                 r.headers or None)
+                self.enter(src, rep, (r.offset, r.partition_id), msg_id, results,
+                           r.headers or None, out)
+            if records:
+                await self.deliver(out)
 
-    async def enter(self, src: SourceState, rep: Replica, offset: tuple[bytes, int],
-                    msg_id: str, results: Any, headers: Any) -> None:
+    def enter(self, src: SourceState, rep: Replica, offset: tuple[bytes, int], msg_id: str,
+              results: Any, headers: Any, out: dict[Replica, list[Msg]]) -> None:
         """A source message read by ``rep``, as ``results`` (its transformer's, or itself):
-        counted, given the token that acks ``offset`` once all its messages are done, routed."""
+        counted, given the token that acks ``offset`` once all its messages are done, and
+        collected into ``out`` (for :meth:`deliver`)."""
         token = Token(src, offset)
         self.entered += 1
         src.tally.entered += 1
         rep.processed += 1
-        await self.route(rep.spec.vertex, msg_id, token, results,
-                         watermark_ns=src.watermark_ns, headers=headers)
+        self.collect(rep.spec.vertex, msg_id, token, results, None, src.watermark_ns, headers,
+                     out)
 
     def _duplicate(self, msg_id: str) -> bool:
         """Whether a source message with this id was written within the last

@@ -32,7 +32,7 @@ import asyncio
 import base64
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 import grpc
@@ -176,20 +176,28 @@ class H2Call:
     async def write(self, request: Any) -> None:
         """Queue one request; it leaves with whatever else is written in this loop iteration.
         Waits while :data:`SEND_BUFFER` bytes are waiting (flow control, a slow socket)."""
+        await self.write_many((request,))
+
+    async def write_many(self, requests: Sequence[Any]) -> None:
+        """:meth:`write` for several requests at once: framed in one pass, sent together. Unlike
+        grpc.aio's ``write``, calls may overlap (each one's requests stay together)."""
         if self._done:
             if self._error is not None:
                 raise self._error
             raise asyncio.InvalidStateError("RPC already finished.")
         if self._half_closed:
             raise asyncio.InvalidStateError("RPC is half closed after calling done_writing.")
-        data = self._serialize(request) if self._serialize is not None else request
-        limit = self._conn.max_message_bytes
-        if len(data) > limit:
-            error = _rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"Sent message larger than max ({len(data)} vs. {limit})")
-            self._conn.finish(self, error, reset=ErrorCodes.CANCEL)
-            raise error
-        self._outbox += frame_message(data)
+        serialize, limit = self._serialize, self._conn.max_message_bytes
+        parts = []
+        for request in requests:
+            data = serialize(request) if serialize is not None else request
+            if len(data) > limit:
+                error = _rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"Sent message larger than max ({len(data)} vs. {limit})")
+                self._conn.finish(self, error, reset=ErrorCodes.CANCEL)
+                raise error
+            parts.append(frame_message(data))
+        self._outbox += b"".join(parts)
         self._conn.want_send(self)
         if len(self._outbox) >= SEND_BUFFER or self._conn.paused:
             await self._drained()
@@ -204,13 +212,34 @@ class H2Call:
     async def read(self) -> Any:
         """The next response, ``grpc.aio.EOF`` after the last one of a call that ended OK;
         raises ``AioRpcError`` with the status of a failed call (after its earlier responses)."""
+        if not self._inbox and not await self._arrived():
+            return grpc.aio.EOF
+        raw = self._inbox.popleft()
+        self._backlog -= len(raw)
+        self._read_some()
+        return self._deserialize(raw) if self._deserialize is not None else raw
+
+    async def read_many(self) -> list[Any]:
+        """Every response that has arrived, at least one (waits for it); ``[]`` after the last
+        one of a call that ended OK; raises as :meth:`read` does."""
+        if not self._inbox and not await self._arrived():
+            return []
+        raws, self._inbox = list(self._inbox), deque()
+        self._backlog = 0
+        self._read_some()
+        deserialize = self._deserialize
+        return [deserialize(raw) for raw in raws] if deserialize is not None else raws
+
+    async def _arrived(self) -> bool:
+        """Wait for a response in the inbox: True, or False when the call ended OK without
+        one more; raises for a failed or cancelled call."""
         while not self._inbox:
             if self._done:
                 if self._cancelled:
                     raise asyncio.CancelledError
                 if self._error is not None:
                     raise self._error
-                return grpc.aio.EOF
+                return False
             self._waiter = self._conn.loop.create_future()
             try:
                 await self._waiter
@@ -218,11 +247,12 @@ class H2Call:
                 self._waiter = None
         if self._cancelled:
             raise asyncio.CancelledError
-        raw = self._inbox.popleft()
-        self._backlog -= len(raw)
+        return True
+
+    def _read_some(self) -> None:
+        """Responses left the inbox: hand the received bytes back once the reader caught up."""
         if self._unacked and self._backlog < ACK_BELOW:
             self._conn.hand_back(self)
-        return self._deserialize(raw) if self._deserialize is not None else raw
 
     # ------------------------------------------------------------------ the connection's side
 
@@ -255,11 +285,12 @@ class H2Call:
 
     async def _drained(self) -> None:
         while not self._done and (len(self._outbox) >= SEND_BUFFER or self._conn.paused):
-            self._drain = self._conn.loop.create_future()
-            try:
-                await self._drain
-            finally:
-                self._drain = None
+            # writers may wait together: they share one future, which a writer that is
+            # cancelled must not cancel for the others (hence ``wait``, not ``await``)
+            drain = self._drain
+            if drain is None or drain.done():
+                drain = self._drain = self._conn.loop.create_future()
+            await asyncio.wait((drain,))
         if self._error is not None:
             raise self._error
 

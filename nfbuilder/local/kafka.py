@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import attrs
 
 from nfbuilder.local.process import Replica, ReplicaSpec
-from nfbuilder.local.sourcesink import SinkDatum
+from nfbuilder.local.rpc import Outgoing
 from nfbuilder.plan import KafkaSinkVertex, KafkaSourceVertex
 
 log = logging.getLogger("nfbuilder.kafka")
@@ -287,11 +287,11 @@ class KafkaSinkClient:
             raise
         return cls(spec, producer, worker)
 
-    async def write(self, batch: Sequence[SinkDatum]) -> dict[str, tuple[bool, str]]:
+    async def write(self, batch: Sequence[Outgoing]) -> dict[str, tuple[bool, str]]:
         """Produce the batch, flush, return ``{id: (delivered, error)}``."""
         return await self._worker.run(self._write, list(batch))
 
-    def _write(self, batch: list[SinkDatum]) -> dict[str, tuple[bool, str]]:
+    def _write(self, batch: list[Outgoing]) -> dict[str, tuple[bool, str]]:
         ck = _kafka()
         outcome: dict[str, tuple[bool, str]] = {}
 
@@ -325,7 +325,7 @@ class KafkaSinkClient:
             self._worker.shutdown()
 
 
-def record_key_and_headers(d: SinkDatum, set_key: bool) -> tuple[bytes | None, list[Any]]:
+def record_key_and_headers(d: Outgoing, set_key: bool) -> tuple[bytes | None, list[Any]]:
     """As numa's Kafka sink writes a message: the keys joined with ``:`` as the record key
     (with ``setKey``), the message headers plus ``__key_len`` and ``__key_<i>``."""
     headers = [(k, v.encode()) for k, v in (d.headers or {}).items()]

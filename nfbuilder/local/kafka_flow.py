@@ -16,11 +16,10 @@ a :class:`~nfbuilder.local.kafka.KafkaSinkReplica` driven by the ordinary sink w
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
-from nfbuilder.local.flow import Flow, SourceState, transformed_times
+from nfbuilder.local.flow import Flow, Msg, SourceState, transformed_times
 from nfbuilder.local.kafka import KafkaConsumer, KafkaSinkReplica, parse_offset
 from nfbuilder.local.process import Replica, ReplicaSpec
 from nfbuilder.plan import KafkaSinkVertex, KafkaSourceVertex
@@ -58,13 +57,15 @@ class KafkaSources:
             _mark_done(src, consumer)
             await consumer.commit()
             records = await consumer.poll(flow.read_batch, flow.read_timeout_ms)
-            outs = await asyncio.gather(*(
-                flow.transform(rep, r.offset_id, r.keys, r.value, r.event_time_ns, r.headers)
-                for r in records))
+            outs = await flow.transform(
+                rep, [(r.offset_id, r.keys, r.value, r.event_time_ns, r.headers) for r in records])
             src.advance(transformed_times(outs))
+            out: dict[Replica, list[Msg]] = {}
             for r, results in zip(records, outs, strict=True):
-                await flow.enter(src, rep, (r.offset_bytes, r.partition),
-                                 f"{rep.spec.vertex}-{r.offset_id}", results, r.headers or None)
+                flow.enter(src, rep, (r.offset_bytes, r.partition),
+                           f"{rep.spec.vertex}-{r.offset_id}", results, r.headers or None, out)
+            if records:
+                await flow.deliver(out)
 
     async def close(self) -> None:
         """Commit what is done (after a drain: everything) and leave the consumer groups."""

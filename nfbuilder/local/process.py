@@ -74,12 +74,13 @@ class Replica:
         self.channel: Any = None
         self.client: Any = None
         self.ready = asyncio.Event()
-        #: the messages waiting for this replica: at most QUEUE_MESSAGES of them, and
-        #: writers wait while they hold QUEUE_BYTES or more (see ``put``)
-        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_MESSAGES)
+        #: the messages waiting for this replica, oldest first: at most QUEUE_MESSAGES of
+        #: them, and writers wait while they hold QUEUE_BYTES or more (see ``put_many``)
+        self.queue: deque[Any] = deque()
         self.queued_bytes = 0
         self._room = asyncio.Event()
         self._room.set()
+        self._arrived = asyncio.Event()  # set while the queue is not empty
         self.redeliver: deque[Any] = deque()
         self.redeliver_at = 0.0  # time.monotonic() from which the redeliveries are sent
         #: message id -> time.monotonic() it was sent, while the replica works on it
@@ -164,25 +165,48 @@ class Replica:
         self.ready.set()
 
     async def put(self, msg: Any) -> None:
-        """Queue ``msg`` (its ``value`` is counted), waiting while the queue is full by count or
-        by bytes; a message bigger than the whole bound still goes, into an empty queue."""
-        while self.queued_bytes >= QUEUE_BYTES and not self.queue.empty():
-            self._room.clear()
-            await self._room.wait()
-        self.queued_bytes += len(msg.value)
-        await self.queue.put(msg)
+        """Queue ``msg``: :meth:`put_many` of one."""
+        await self.put_many((msg,))
 
-    def took(self, msg: Any) -> Any:
-        """``msg`` left the queue: its bytes no longer count. Returns it."""
-        self.queued_bytes -= len(msg.value)
-        if self.queued_bytes < QUEUE_BYTES:
+    async def put_many(self, msgs: Any) -> None:
+        """Queue ``msgs`` in order (their ``value`` bytes are counted), each waiting while the
+        queue is full by count or by bytes; a message bigger than the whole bound still goes,
+        into an empty queue."""
+        queue = self.queue
+        for msg in msgs:
+            while (len(queue) >= QUEUE_MESSAGES or self.queued_bytes >= QUEUE_BYTES) and queue:
+                self._arrived.set()  # what is queued already must reach the reader
+                self._room.clear()
+                await self._room.wait()
+            self.queued_bytes += len(msg.value)
+            queue.append(msg)
+        if queue:
+            self._arrived.set()
+
+    def take(self, n: int) -> list[Any]:
+        """Up to ``n`` queued messages, oldest first (none when the queue is empty)."""
+        queue = self.queue
+        if n >= len(queue):
+            taken = list(queue)
+            queue.clear()
+            self._arrived.clear()
+        else:
+            taken = [queue.popleft() for _ in range(n)]
+        self.queued_bytes -= sum([len(m.value) for m in taken])
+        if len(queue) < QUEUE_MESSAGES and self.queued_bytes < QUEUE_BYTES:
             self._room.set()
-        return msg
+        return taken
+
+    async def arrival(self, timeout_s: float) -> None:
+        """Wait until a message is queued, at most ``timeout_s``."""
+        if not self.queue:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout_s)
 
     @property
     def pending(self) -> int:
         """Messages waiting for this replica: queued, or to be delivered again."""
-        return self.queue.qsize() + len(self.redeliver)
+        return len(self.queue) + len(self.redeliver)
 
     def redelivery_due(self) -> bool:
         return time.monotonic() >= self.redeliver_at

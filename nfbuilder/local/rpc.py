@@ -227,6 +227,66 @@ async def wait_ready(
         await asyncio.sleep(retry_s)
 
 
+class Outgoing(Protocol):
+    """One message the engine sends a map or sink UDF, as the request carries it: the engine's
+    own messages are these, and so is :class:`~nfbuilder.local.sourcesink.SinkDatum`."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def keys(self) -> Sequence[str]: ...
+    @property
+    def value(self) -> bytes: ...
+    @property
+    def event_time_ns(self) -> int: ...
+    @property
+    def watermark_ns(self) -> int | None: ...
+    @property
+    def headers(self) -> Mapping[str, str] | None: ...
+    @property
+    def user_metadata(self) -> UserMetadata | None: ...
+
+
+def open_call(method: Any) -> Any:
+    """Start a bidi call of ``method`` (a channel's ``stream_stream`` multicallable) with the
+    batch API the clients drive: ``write_many(requests)``, ``read_many()`` (the responses that
+    have arrived, ``[]`` at the end), ``read``, ``done_writing``, ``cancel``. An h2 call has
+    it; a grpc.aio call gets it from :class:`_GrpcCall`."""
+    call = method()
+    return call if hasattr(call, "write_many") else _GrpcCall(call)
+
+
+class _GrpcCall:
+    """A grpc.aio stream-stream call with the h2 call's batch API. grpc.aio takes one write at
+    a time, so the writes of overlapping ``write_many`` calls wait behind a lock."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._lock = asyncio.Lock()
+
+    async def write_many(self, requests: Sequence[Any]) -> None:
+        async with self._lock:
+            for request in requests:
+                await self._call.write(request)
+
+    async def write(self, request: Any) -> None:
+        await self.write_many((request,))
+
+    async def read(self) -> Any:
+        return await self._call.read()
+
+    async def read_many(self) -> list[Any]:
+        response = await self._call.read()
+        return [] if response is grpc.aio.EOF else [response]
+
+    async def done_writing(self) -> None:
+        async with self._lock:
+            await self._call.done_writing()
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+
 def timestamp_pb(ns: int) -> timestamp_pb2.Timestamp:
     """A protobuf Timestamp for nanoseconds since the epoch (floor division keeps nanos >= 0)."""
     return timestamp_pb2.Timestamp(seconds=ns // _NS, nanos=ns % _NS)
@@ -273,14 +333,19 @@ def metadata_bytes(user_metadata: UserMetadata | None) -> bytes | None:
 def user_metadata_of(message: Any) -> dict[str, dict[str, bytes]]:
     """The user metadata of a result/record message with a ``metadata`` field, as plain dicts
     (a :class:`WireMetadata` shared by the messages that carried the same bytes)."""
-    raw = message.metadata.SerializeToString()
+    return user_metadata_from(message.metadata.SerializeToString())
+
+
+def user_metadata_from(raw: bytes) -> WireMetadata:
+    """The user metadata of a serialized ``metadata.Metadata`` (see :func:`user_metadata_of`);
+    raises ``google.protobuf.message.DecodeError`` for bytes that are not one."""
     found = _WIRE_METADATA.get(raw)
     if found is None:
         if len(_WIRE_METADATA) >= 4096:  # bounded: only repeated metadata is worth keeping
             _WIRE_METADATA.clear()
-        found = WireMetadata({group: dict(kv.key_value)
-                              for group, kv in message.metadata.user_metadata.items()})
-        found.pb = metadata_pb2.Metadata(user_metadata=message.metadata.user_metadata)
+        groups = metadata_pb2.Metadata.FromString(raw).user_metadata
+        found = WireMetadata({group: dict(kv.key_value) for group, kv in groups.items()})
+        found.pb = metadata_pb2.Metadata(user_metadata=groups)
         found.raw = found.pb.SerializeToString()
         _WIRE_METADATA[raw] = found
     return found

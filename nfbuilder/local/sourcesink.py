@@ -29,10 +29,12 @@ from google.protobuf import empty_pb2
 from nfbuilder._proto import sink_pb2, sink_pb2_grpc, source_pb2, source_pb2_grpc
 from nfbuilder.local.rpc import (
     ClientError,
+    Outgoing,
     UdfProtocolError,
     UdfStreamError,
     UserMetadata,
     metadata_bytes,
+    open_call,
     stream_error,
     to_ns,
     user_metadata_of,
@@ -86,7 +88,7 @@ class _SerialStream:
         self._failure: ClientError | None = None
 
     async def start(self, method: Callable[[], Any], handshake: Any) -> None:
-        self._call = method()
+        self._call = open_call(method)
         await self.write(handshake)
         first = await self.read("the handshake reply")
         if not (first.HasField("handshake") and first.handshake.sot):
@@ -107,8 +109,11 @@ class _SerialStream:
         raise failure
 
     async def write(self, request: Any) -> None:
+        await self.write_many((request,))
+
+    async def write_many(self, requests: Sequence[Any]) -> None:
         try:
-            await self._call.write(request)
+            await self._call.write_many(requests)
         except grpc.aio.AioRpcError as exc:
             self.broken(stream_error(self.what, exc))
         except asyncio.InvalidStateError:  # grpc.aio: the server ended the call meanwhile
@@ -171,7 +176,7 @@ class SinkClient:
         await client._stream.start(client._sink_fn, handshake)
         return client
 
-    async def write(self, batch: Sequence[SinkDatum]) -> dict[str, tuple[bool, str]]:
+    async def write(self, batch: Sequence[Outgoing]) -> dict[str, tuple[bool, str]]:
         """Send one batch then EOT; return ``{id: (ok, err_msg)}`` once the sink's EOT arrives.
 
         Raises UdfProtocolError when the ids do not match one-to-one (missing, duplicate or
@@ -186,14 +191,13 @@ class SinkClient:
             return await self._stream.exchange(lambda: self._write(batch, set(ids)))
 
     async def _write(
-        self, batch: Sequence[SinkDatum], ids: set[str]
+        self, batch: Sequence[Outgoing], ids: set[str]
     ) -> dict[str, tuple[bool, str]]:
         stream = self._stream
-        for d in batch:
-            await stream.write(sink_request(d.id, d.keys, d.value, d.event_time_ns,
-                                            d.watermark_ns, d.headers,
-                                            metadata_bytes(d.user_metadata)))
-        await stream.write(_SINK_EOT)
+        await stream.write_many([
+            *[sink_request(d.id, d.keys, d.value, d.event_time_ns, d.watermark_ns, d.headers,
+                           metadata_bytes(d.user_metadata)) for d in batch],
+            _SINK_EOT])
         outcome: dict[str, tuple[bool, str]] = {}
         while True:
             response = await stream.read("sink results and their EOT")

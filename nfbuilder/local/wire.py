@@ -1,20 +1,28 @@
-"""The engine's map and sink requests, written in protobuf's wire format directly.
+"""The engine's map and sink requests, and the map responses, in protobuf's wire format
+directly.
 
 Building a ``MapRequest`` (two ``Timestamp`` messages, the request, the envelope) and then
-serializing it costs the engine several microseconds per message and hop; the bytes are simple
-enough to write at once. Only the requests the engine sends per message are written here (the
-field numbers are ``proto/nfbuilder/proto/map.proto`` and ``sink.proto``'s, which follow the
-Numaflow contract); everything else, and every response, goes through the generated classes.
-The tests parse what this writes with them::
+serializing it costs the engine several microseconds per message and hop, and so does reading a
+``MapResponse`` into the generated classes and then into :class:`Result`; the bytes are simple
+enough to write and read at once. Only the messages the engine sends and reads per message are
+done here (the field numbers are ``proto/nfbuilder/proto/map.proto`` and ``sink.proto``'s,
+which follow the Numaflow contract); everything else goes through the generated classes. The
+tests check both ways against them::
 
     raw = map_request("v-1-0", ("k",), b"x", event_time_ns=5, watermark_ns=None)
     map_pb2.MapRequest.FromString(raw).request.value      # b'x'
+    map_response(map_pb2.MapResponse(id="v-1-0").SerializeToString()).id   # 'v-1-0'
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from google.protobuf.message import DecodeError
+
+from nfbuilder.local.rpc import UserMetadata, user_metadata_from
 
 _NS = 1_000_000_000
 _U64 = 1 << 64
@@ -66,16 +74,38 @@ def _headers(tag: bytes, headers: Mapping[str, str]) -> bytes:
                     for k, v in headers.items())
 
 
-def _body(keys: Sequence[str], value: bytes, event_time_ns: int,
-          watermark_ns: int | None) -> bytes:
-    """Fields 1-4, common to a map and a sink request: keys, value, event time, watermark."""
-    out = b"".join([_field(b"\x0a", k.encode()) for k in keys]) if keys else b""
-    if value:
-        out += _field(b"\x12", value)
-    out += _timestamp(b"\x1a", event_time_ns)
+def _times(event_time_ns: int, watermark_ns: int | None) -> bytes:
+    """Fields 3 and 4, common to a map and a sink request: event time, watermark."""
+    out = _timestamp(b"\x1a", event_time_ns)
     if watermark_ns is not None:
         out += _timestamp(b"\x22", watermark_ns)
     return out
+
+
+def _remembered(cache: dict[Any, bytes], key: Any, make: Callable[[], bytes]) -> bytes:
+    found = cache.get(key)
+    if found is None:
+        if len(cache) >= 4096:
+            cache.clear()
+        found = cache[key] = make()
+    return found
+
+
+#: what follows the value in a map request without headers, by (event time, watermark,
+#: metadata): the outputs of one message, and the messages of one batch, mostly share it
+_MAP_TAILS: dict[tuple[int, int | None, bytes | None], bytes] = {}
+
+
+def _keys_and_value(keys: Sequence[str], value: bytes, tail: bytes) -> bytes:
+    """Fields 1 and 2 (keys, value), then ``tail``."""
+    parts: list[bytes] = []
+    for k in keys:
+        kb = k.encode()
+        parts += (b"\x0a", _varint(len(kb)), kb)
+    if value:
+        parts += (b"\x12", _varint(len(value)), value)
+    parts.append(tail)
+    return b"".join(parts)
 
 
 def map_request(id: str, keys: Sequence[str], value: bytes, event_time_ns: int,
@@ -83,26 +113,52 @@ def map_request(id: str, keys: Sequence[str], value: bytes, event_time_ns: int,
                 metadata: bytes | None = None) -> bytes:
     """A serialized ``map.v1.MapRequest`` data request; ``metadata``: a serialized
     ``metadata.Metadata`` (:func:`metadata_bytes`)."""
-    body = _body(keys, value, event_time_ns, watermark_ns)
     if headers:
-        body += _headers(b"\x2a", headers)
-    if metadata:
-        body += _field(b"\x32", metadata)
-    return _field(b"\x0a", body) + (_field(b"\x12", id.encode()) if id else b"")
+        tail = _times(event_time_ns, watermark_ns) + _headers(b"\x2a", headers)
+        if metadata:
+            tail += _field(b"\x32", metadata)
+    else:
+        tail = _remembered(
+            _MAP_TAILS, (event_time_ns, watermark_ns, metadata),
+            lambda: _times(event_time_ns, watermark_ns)
+            + (_field(b"\x32", metadata) if metadata else b""))
+    body = _keys_and_value(keys, value, tail)
+    if not id:
+        return b"\x0a" + _varint(len(body)) + body
+    idb = id.encode()
+    return b"".join((b"\x0a", _varint(len(body)), body, b"\x12", _varint(len(idb)), idb))
 
 
 def sink_request(id: str, keys: Sequence[str], value: bytes, event_time_ns: int,
                  watermark_ns: int | None = None, headers: Mapping[str, str] | None = None,
                  metadata: bytes | None = None) -> bytes:
     """A serialized ``sink.v1.SinkRequest`` data request (id inside the request body)."""
-    body = _body(keys, value, event_time_ns, watermark_ns)
+    tail = _times(event_time_ns, watermark_ns)
     if id:
-        body += _field(b"\x2a", id.encode())
+        tail += _field(b"\x2a", id.encode())
     if headers:
-        body += _headers(b"\x32", headers)
+        tail += _headers(b"\x32", headers)
     if metadata:
-        body += _field(b"\x3a", metadata)
-    return _field(b"\x0a", body)
+        tail += _field(b"\x3a", metadata)
+    body = _keys_and_value(keys, value, tail)
+    return b"\x0a" + _varint(len(body)) + body
+
+
+def transform_request(id: str, keys: Sequence[str], value: bytes, event_time_ns: int,
+                      watermark_ns: int | None = None,
+                      headers: Mapping[str, str] | None = None,
+                      metadata: bytes | None = None) -> bytes:
+    """A serialized ``sourcetransformer.v1.SourceTransformRequest`` data request (id inside the
+    request body, after the headers)."""
+    tail = _times(event_time_ns, watermark_ns)
+    if headers:
+        tail += _headers(b"\x2a", headers)
+    if id:
+        tail += _field(b"\x32", id.encode())
+    if metadata:
+        tail += _field(b"\x3a", metadata)
+    body = _keys_and_value(keys, value, tail)
+    return b"\x0a" + _varint(len(body)) + body
 
 
 def encoded(request: Any) -> bytes:
@@ -111,3 +167,169 @@ def encoded(request: Any) -> bytes:
     if type(request) is bytes:
         return request
     return request.SerializeToString()  # type: ignore[no-any-return]
+
+
+# -- reading map responses ---------------------------------------------------------------------
+#: the user metadata of a result without any (shared, read-only)
+NO_METADATA: UserMetadata = MappingProxyType({})
+
+
+class Result(NamedTuple):
+    """One map output message (event time and headers are inherited from the parent)."""
+
+    value: bytes
+    keys: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    user_metadata: UserMetadata = NO_METADATA
+
+
+class MapReply(NamedTuple):
+    """A ``map.v1.MapResponse`` as the engine reads it: ``handshake`` and ``eot`` are None
+    when the message has no ``handshake`` / ``status``, else their ``sot`` / ``eot``."""
+
+    id: str
+    results: list[Result]
+    handshake: bool | None = None
+    eot: bool | None = None
+
+
+_new = tuple.__new__
+
+
+class WireError(ValueError):
+    """Bytes that are not a valid message of the expected type."""
+
+
+def _varint_at(buf: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it."""
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 64:
+            raise WireError("a varint longer than 10 bytes")
+
+
+def _skip(buf: bytes, pos: int, tag: int) -> int:
+    """Past the value at ``pos`` of an unknown field with ``tag`` (a group to its end tag)."""
+    wire_type = tag & 7
+    if tag < 8:
+        raise WireError("field number 0")
+    if wire_type == 0:
+        return _varint_at(buf, pos)[1]
+    if wire_type == 1:
+        return pos + 8
+    if wire_type == 5:
+        return pos + 4
+    if wire_type == 2:
+        n, pos = _varint_at(buf, pos)
+        return pos + n
+    if wire_type == 3:
+        while True:
+            inner, pos = _varint_at(buf, pos)
+            if inner & 7 == 4:
+                if inner >> 3 != tag >> 3:
+                    raise WireError("a group ends with another field's end tag")
+                return pos
+            pos = _skip(buf, pos, inner)
+    raise WireError(f"wire type {wire_type}")
+
+
+def _flag(buf: bytes | None) -> bool | None:
+    """Field 1 (a bool) of a ``Handshake`` / ``TransmissionStatus`` (None: no such message)."""
+    if buf is None:
+        return None
+    flag, pos, end = False, 0, len(buf)
+    while pos < end:
+        tag, pos = _varint_at(buf, pos)
+        if tag == 0x08:
+            n, pos = _varint_at(buf, pos)
+            flag = n != 0
+        else:
+            pos = _skip(buf, pos, tag)
+    if pos != end:
+        raise WireError("a field runs past the end of its message")
+    return flag
+
+
+def _joined(seen: bytes | None, more: bytes) -> bytes:
+    # a message field seen twice is merged: the same as parsing its bytes concatenated
+    return more if seen is None else seen + more
+
+
+#: the tags of length-delimited fields 1 to 4
+_READ_TAGS = frozenset((0x0A, 0x12, 0x1A, 0x22))
+
+
+def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """``(tag, start, stop)`` of each length-delimited field numbered 1 to 4 in
+    ``buf[pos:end]`` (the fields the responses read here have); every other field is
+    skipped."""
+    while pos < end:
+        tag = buf[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = _varint_at(buf, pos)
+        if tag not in _READ_TAGS:
+            pos = _skip(buf, pos, tag)
+            continue
+        n = buf[pos]
+        if n < 0x80:
+            pos += 1
+        else:
+            n, pos = _varint_at(buf, pos)
+        if pos + n > end:
+            raise WireError("a field runs past the end of its message")
+        yield tag, pos, pos + n
+        pos += n
+    if pos != end:  # a skipped field ran past it
+        raise WireError("a field runs past the end of its message")
+
+
+def _result(buf: bytes, pos: int, end: int) -> Result:
+    """A ``MapResponse.Result`` in ``buf[pos:end]``: keys (1), value (2), tags (3), metadata
+    (4); nack_options (5) is not read."""
+    keys: list[str] = []
+    tags: list[str] = []
+    value = b""
+    metadata: bytes | None = None
+    for tag, start, stop in _fields(buf, pos, end):
+        if tag == 0x12:
+            value = buf[start:stop]
+        elif tag == 0x0A:
+            keys.append(buf[start:stop].decode())
+        elif tag == 0x1A:
+            tags.append(buf[start:stop].decode())
+        else:
+            metadata = _joined(metadata, buf[start:stop])
+    # tuple.__new__: a NamedTuple's own __new__ is a Python function, dear at this rate
+    return _new(Result, (value, tuple(keys), tuple(tags),
+                         NO_METADATA if metadata is None else user_metadata_from(metadata)))
+
+
+def map_response(raw: bytes) -> MapReply:
+    """Read a serialized ``map.v1.MapResponse`` as the generated class would (unknown fields
+    skipped, the last of a repeated scalar kept, a repeated message merged): results (1), id
+    (2), handshake (3), status (4). Raises :class:`WireError` for bytes that are not one."""
+    results: list[Result] = []
+    id = ""
+    handshake: bytes | None = None
+    status: bytes | None = None
+    try:
+        for tag, start, stop in _fields(raw, 0, len(raw)):
+            if tag == 0x0A:
+                results.append(_result(raw, start, stop))
+            elif tag == 0x12:
+                id = raw[start:stop].decode()
+            elif tag == 0x1A:
+                handshake = _joined(handshake, raw[start:stop])
+            else:
+                status = _joined(status, raw[start:stop])
+        return MapReply(id, results, _flag(handshake), _flag(status))
+    except (IndexError, UnicodeDecodeError, DecodeError, WireError) as exc:
+        raise WireError(f"not a MapResponse: {exc}") from None

@@ -139,7 +139,7 @@ def siphash13(data: bytes) -> int:
     return v0 ^ v1 ^ v2 ^ v3
 
 
-def output_id(producer: str, offset: str | int, index: int) -> str:
+def output_id(producer: str, offset: str | int, index: int | str) -> str:
     """``<producer>-<offset>-<index>``: output ``index`` of the message read at ``offset`` by
     vertex ``producer``."""
     return f"{producer}-{offset}-{index}"
