@@ -136,7 +136,7 @@ def test_single_pipeline_map_handler_stamps_the_pipeline() -> None:
 def test_bidi_stream_needs_exactly_one_body() -> None:
     spec = StreamSpec("MapFn", map_pb2.MapResponse())
     errors = ErrorContract("udf", lambda message, tb: None)
-    message = "BidiStream needs exactly one of process, answer and answers"
+    message = "BidiStream needs exactly one of process, answer, answers and batch"
     with pytest.raises(TypeError, match=message):
         BidiStream[MapReq, map_pb2.MapResponse](spec, None, errors)
 

@@ -9,8 +9,9 @@ methods from the generated ``add_*Servicer_to_server`` function.
 Each connection is one asyncio protocol. A read is fed to h2 whole, every complete message in
 it is handled, and all that the read produced goes out in one ``transport.write``. Calls of a
 one-to-one stream (map, transformer: :meth:`BidiStream.inline`) are answered right there, in
-``data_received``, with no task or future per message; every other call (source, sink, the
-unary methods) runs as one task.
+``data_received``, with no task or future per message; the requests of a batch stream (sink:
+:meth:`BidiStream.batched`) are collected there too, and each batch its EOT closes is answered
+by one task; every other call (source, the unary methods) runs as one task.
 
 Example::
 
@@ -47,7 +48,7 @@ from nfbuilder.runtime.grpcwire import (
     response_headers,
     status_trailers,
 )
-from nfbuilder.runtime.stream import DETAILS_TRAILER, BidiStream, Failure, InlineCall
+from nfbuilder.runtime.stream import DETAILS_TRAILER, BatchCall, BidiStream, Failure, InlineCall
 
 log = logging.getLogger("nfbuilder.runtime")
 
@@ -70,7 +71,7 @@ class Method:
 
     ``unary(request, context)`` (an awaitable) or ``stream(requests, context)`` (an async
     generator) is the grpc.aio-style behaviour; ``inline`` is the :class:`BidiStream` whose
-    one-to-one calls are answered in ``data_received``.
+    calls are answered from ``data_received`` (one-to-one, one-to-many or batches).
 
     Example::
 
@@ -120,7 +121,7 @@ def _method(path: str, handler: Any) -> Method:
     if handler.request_streaming and handler.response_streaming:
         behaviour = handler.stream_stream
         owner = getattr(behaviour, "__self__", None)  # the BidiStream whose handle() this is
-        inline = owner if isinstance(owner, BidiStream) and owner.inline() is not None else None
+        inline = owner if isinstance(owner, BidiStream) and owner.answers_inline else None
         return Method(path, parse, serialize, stream=behaviour, inline=inline)
     raise ValueError(f"{path}: the h2 transport serves unary and bidi-streaming methods only")
 
@@ -192,14 +193,20 @@ class _Context:
 class _Call:
     """One HTTP/2 stream carrying one gRPC call."""
 
-    __slots__ = ("client_done", "done", "headers_sent", "inline", "method", "out", "reader",
-                 "requests", "stream_id", "task", "timer", "trailers", "unary_body")
+    __slots__ = ("batches", "client_done", "done", "headers_sent", "held", "inline", "method",
+                 "out", "owed", "reader", "requests", "stream_id", "task", "timer", "trailers",
+                 "unary_body")
 
     def __init__(self, stream_id: int, method: Method | None, max_message_bytes: int) -> None:
         self.stream_id = stream_id
         self.method = method
         self.reader = MessageReader(max_message_bytes)
         self.inline: InlineCall[Any, Any] | None = None
+        self.batches: BatchCall[Any, Any] | None = None
+        # a batch call: bytes received while a batch is answered, and those of them not yet
+        # handed back to the client's window (over QUEUE_HIGH_WATER: once the answer is out)
+        self.held = 0
+        self.owed = 0
         self.requests: _Requests | None = None
         self.unary_body: list[bytes] = []
         self.task: asyncio.Task[None] | None = None
@@ -487,7 +494,9 @@ class _Connection(asyncio.Protocol):
                 return
             call.timer = asyncio.get_running_loop().call_later(seconds, self._expire, call)
         if method.inline is not None:
-            call.inline = method.inline.inline()
+            call.batches = method.inline.batched()
+            if call.batches is None:
+                call.inline = method.inline.inline()
         elif method.stream is not None:
             call.requests = _Requests(self, call)
             call.task = asyncio.get_running_loop().create_task(self._run_stream(call, method))
@@ -507,27 +516,52 @@ class _Connection(asyncio.Protocol):
         if call.requests is not None:
             self._queue(call, call.requests, messages, size)
             return
+        if call.batches is not None:
+            self._collect(call, call.batches, messages, size)
+            return
         self.acknowledge(call.stream_id, size)
         if call.inline is not None:
             if messages:
-                self._answer_inline(call, call.inline, messages)
+                self._feed(call, call.inline, messages)
         else:
             call.unary_body.extend(messages)
 
-    def _answer_inline(self, call: _Call, inline: InlineCall[Any, Any], messages: list[bytes]
-                       ) -> None:
+    def _feed(self, call: _Call, feeder: InlineCall[Any, Any] | BatchCall[Any, Any],
+              messages: list[bytes]) -> bool:
+        """Parse ``messages`` and feed them to ``feeder``; send the responses it gives at once
+        and end the call with its failure, if any. Whether the call goes on."""
         method = call.method
         assert method is not None
         requests = self._parse(call, method, messages)
         if requests is None:
-            return
+            return False
         responses: list[Any] = []
-        failure = inline.feed(requests, responses)
+        failure = feeder.feed(requests, responses)
         if responses:
             serialize = method.serialize
             self._send(call, b"".join([frame_message(serialize(r)) for r in responses]))
         if failure is not None:
             self._finish(call, failure)
+            return False
+        return True
+
+    def _collect(self, call: _Call, batches: BatchCall[Any, Any], messages: list[bytes],
+                 size: int) -> None:
+        """Feed a batch call; the first batch its EOT closes starts the task answering them."""
+        if call.task is None:
+            self.acknowledge(call.stream_id, size)
+        else:  # as a task call's queue: the client may not run far ahead of a slow handler
+            call.held += size
+            if call.held > QUEUE_HIGH_WATER:
+                call.owed += size
+            else:
+                self.acknowledge(call.stream_id, size)
+        # the only response fed back is the handshake reply; the batches' go from the task
+        if messages and self._feed(call, batches, messages) and batches.ready \
+                and call.task is None:
+            assert call.method is not None
+            call.task = asyncio.get_running_loop().create_task(
+                self._answer_batches(call, call.method, batches))
 
     def _queue(self, call: _Call, requests: _Requests, messages: list[bytes], size: int) -> None:
         if not messages:
@@ -562,6 +596,10 @@ class _Connection(asyncio.Protocol):
                                        "bytes of it)"))
         elif call.requests is not None:
             call.requests.close()
+        elif call.batches is not None:
+            if call.task is None:  # else the task ends the call once it has answered
+                call.batches.end()
+                self._finish(call, None)
         elif call.inline is not None:
             self._finish(call, None)  # the client half-closed: as grpc.aio, end with OK
         else:
@@ -624,6 +662,30 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:  # noqa: BLE001 - the servicer's own bug ends only this call
             failure = _unexpected(method, exc)
         self._finish(call, failure)
+        self.flush_soon()
+
+    async def _answer_batches(self, call: _Call, method: Method,
+                              batches: BatchCall[Any, Any]) -> None:
+        """Answer a batch call's ready batches in order; then, if the client has half-closed,
+        end the call with OK."""
+        serialize = method.serialize
+        failure: Failure | None = None
+        try:
+            while failure is None and batches.ready:
+                responses, failure = await batches.answer()
+                if responses:
+                    self._send(call, b"".join([frame_message(serialize(r)) for r in responses]))
+                self.flush_soon()
+        except Exception as exc:  # noqa: BLE001 - the servicer's own bug ends only this call
+            failure = _unexpected(method, exc)
+        call.task = None
+        if call.owed:
+            self.acknowledge(call.stream_id, call.owed)
+        call.held = call.owed = 0
+        if failure is not None or call.client_done:
+            if failure is None:
+                batches.end()
+            self._finish(call, failure)
         self.flush_soon()
 
     async def _run_unary(self, call: _Call, method: Method, request: Any) -> None:

@@ -27,7 +27,7 @@ import attrs
 import grpc
 import grpc.aio
 
-from nfbuilder._proto import map_pb2_grpc, sink_pb2_grpc, source_pb2_grpc, sourcetransform_pb2_grpc
+from nfbuilder._proto import map_pb2_grpc, source_pb2_grpc, sourcetransform_pb2_grpc
 from nfbuilder.runtime.errors import UNKNOWN_CONTAINER
 from nfbuilder.runtime.h2server import H2Server, methods_of
 from nfbuilder.runtime.messages import MapHandler, SinkHandler, SourceHandler
@@ -37,6 +37,7 @@ from nfbuilder.runtime.servicers import (
     SourceServicer,
     TransformerServicer,
 )
+from nfbuilder.runtime.servicers.sink import add_to_server as add_sink_servicer_to_server
 from nfbuilder.runtime.settings import Settings
 from nfbuilder.runtime.stream import ErrorContract
 from nfbuilder.runtime.workers import WorkerPool
@@ -215,9 +216,7 @@ class _Server:
         if self.kind == "source":
             return (source_pb2_grpc.add_SourceServicer_to_server,
                     SourceServicer(cast(SourceHandler, handler), errors))
-        return sink_pb2_grpc.add_SinkServicer_to_server, SinkServicer(
-            cast(SinkHandler, handler), errors
-        )
+        return add_sink_servicer_to_server, SinkServicer(cast(SinkHandler, handler), errors)
 
     def _prepare_socket(self) -> str:
         path = self.endpoint.socket_path

@@ -4,13 +4,15 @@ Every Numaflow v1 bidi stream (map, transformer, source read/ack, sink) starts w
 carrying ``handshake{sot: true}`` that the server must answer with a handshake before anything
 else; a second handshake is a protocol error; a handler failure ends the call with the error
 contract's status. A servicer describes its stream with a :class:`StreamSpec` and either a
-``process`` async generator or a synchronous one-to-one ``answer``; :class:`BidiStream` does
-the rest, for either transport:
+``process`` async generator, a synchronous one-to-one ``answer`` or an async ``batch``
+answer (requests collected until each EOT); :class:`BidiStream` does the rest, for either
+transport:
 
 * grpc.aio (and any transport that gives a :class:`Context`): ``stream.handle`` is the
   stream-stream method;
 * a transport that parses requests itself (the h2 server's hot path): ``stream.inline()``
-  gives an :class:`InlineCall` per call, fed the requests of each read, no task per message.
+  gives an :class:`InlineCall` per call, fed the requests of each read, no task per message;
+  ``stream.batched()`` a :class:`BatchCall`, fed the same way, awaited once per batch.
 
 Both report how a call fails as a :class:`Failure` (status code, message, details trailer).
 
@@ -23,7 +25,8 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 import attrs
@@ -196,13 +199,15 @@ class BidiStream(Generic[Req, Resp]):
         *,
         answer: Callable[[Req], Resp] | None = None,
         answers: Callable[[], Callable[[Req], Sequence[Resp]]] | None = None,
+        batch: tuple[Callable[[list[Req]], Awaitable[Sequence[Resp]]], Resp] | None = None,
     ) -> None:
-        if sum(x is not None for x in (process, answer, answers)) != 1:
-            raise TypeError("BidiStream needs exactly one of process, answer and answers")
+        if sum(x is not None for x in (process, answer, answers, batch)) != 1:
+            raise TypeError("BidiStream needs exactly one of process, answer, answers and batch")
         self._spec = spec
         self._process = process
         self._answer = answer
         self._answers = answers
+        self._batch = batch
         self._errors = errors
 
     @classmethod
@@ -236,6 +241,30 @@ class BidiStream(Generic[Req, Resp]):
         """
         return cls(spec, None, errors, answers=answers)
 
+    @classmethod
+    def batches(
+        cls, spec: StreamSpec[Resp], answer: Callable[[list[Req]], Awaitable[Sequence[Resp]]],
+        eot_reply: Resp, errors: ErrorContract,
+    ) -> BidiStream[Req, Resp]:
+        """A stream whose data requests come in batches the client closes with EOT: each batch
+        (possibly empty) is answered with what ``await answer(batch)`` returns (not called for
+        an empty one), then ``eot_reply``; batches are answered one after the other, in order.
+
+        Same choreography as a ``process`` over :func:`batches_until_eot`, without a generator
+        hop per message: the sink's path, awaited once per batch.
+
+        Example::
+
+            BidiStream.batches(spec, write_batch, sink_eot, errors).handle
+        """
+        return cls(spec, None, errors, batch=(answer, eot_reply))
+
+    @property
+    def answers_inline(self) -> bool:
+        """Whether a transport that parses requests itself can answer this stream's calls with
+        :meth:`inline` or :meth:`batched` (else only :meth:`handle` runs them)."""
+        return self._process is None
+
     def inline(self) -> InlineCall[Req, Resp] | None:
         """A new call's state for a transport that answers requests as it parses them, or None
         when the stream's body is an async ``process`` (run it through :meth:`handle`).
@@ -251,11 +280,41 @@ class BidiStream(Generic[Req, Resp]):
             return None
         return InlineCall(self._spec, self._answer, self._errors)
 
+    def batched(self) -> BatchCall[Req, Resp] | None:
+        """A new call's state for a transport that parses requests itself, when the stream
+        answers batches (:meth:`batches`); else None.
+
+        Example::
+
+            call = stream.batched()
+            failure = call.feed(requests_of_this_read, responses)   # the handshake reply
+            while call.ready:
+                responses, failure = await call.answer()
+        """
+        if self._batch is None:
+            return None
+        answer, eot_reply = self._batch
+        return BatchCall(self._spec, answer, eot_reply, self._errors)
+
     async def handle(self, requests: AsyncIterator[Req], context: Context) -> AsyncIterator[Resp]:
         """The grpc.aio stream-stream handler (an async generator method)."""
+        out: list[Resp] = []
+        batches = self.batched()
+        if batches is not None:  # the very code the h2 transport runs, per request and batch
+            async for request in requests:
+                failure = batches.feed((request,), out)
+                while failure is None and batches.ready:
+                    responses, failure = await batches.answer()
+                    out.extend(responses)
+                for response in out:
+                    yield response
+                out.clear()
+                if failure is not None:
+                    await end_call(context, failure)
+            batches.end()
+            return
         call = self.inline()
         if call is not None:  # one-to-one: the very code the h2 transport runs, per request
-            out: list[Resp] = []
             async for request in requests:
                 failure = call.feed((request,), out)
                 for response in out:
@@ -339,6 +398,80 @@ class InlineCall(Generic[Req, Resp]):
 _SECOND_HANDSHAKE = "got a second handshake after the stream was opened"
 
 
+class BatchCall(Generic[Req, Resp]):
+    """One call of a batch stream (:meth:`BidiStream.batches`), fed requests by a transport.
+
+    :meth:`feed` answers the handshake and collects data requests; each EOT closes a batch,
+    queued in :attr:`ready`; :meth:`answer` answers the oldest ready batch (the handler
+    awaited once for the whole batch). The same choreography as :meth:`BidiStream.handle`
+    over :func:`batches_until_eot`.
+
+    Example::
+
+        failure = call.feed([handshake, request, eot], responses)   # None: the call goes on
+        responses, failure = await call.answer()   # the batch's responses and the EOT reply
+    """
+
+    __slots__ = ("_answer", "_batch", "_eot_reply", "_errors", "_opened", "_spec", "ready")
+
+    def __init__(
+        self, spec: StreamSpec[Resp], answer: Callable[[list[Req]], Awaitable[Sequence[Resp]]],
+        eot_reply: Resp, errors: ErrorContract,
+    ) -> None:
+        self._spec = spec
+        self._answer = answer
+        self._eot_reply = eot_reply
+        self._errors = errors
+        self._opened = False
+        self._batch: list[Req] = []
+        #: batches closed by their EOT and not answered yet, oldest first
+        self.ready: deque[list[Req]] = deque()
+
+    def feed(self, requests: Iterable[Req], out: list[Resp]) -> Failure | None:
+        """Collect ``requests``; the handshake's reply goes to ``out``, each batch an EOT
+        closes to :attr:`ready`. Returns None while the call goes on, or the :class:`Failure`
+        that ends it."""
+        iterator: Iterator[Any] = iter(requests)
+        try:
+            if not self._opened:
+                first = next(iterator, None)
+                if first is None:
+                    return None
+                out.append(self._spec.open(first))
+                self._opened = True
+            batch = self._batch
+            for request in iterator:  # _is_handshake and is_eot, inline: once per message
+                has = request.HasField
+                if has("handshake") and request.handshake.sot:
+                    raise ProtocolError(_SECOND_HANDSHAKE)
+                if has("status") and request.status.eot:
+                    self.ready.append(batch)  # may be empty: the EOT must still be answered
+                    batch = self._batch = []
+                else:
+                    batch.append(request)
+        except ProtocolError as error:
+            return self._spec.refused(error)
+        return None
+
+    async def answer(self) -> tuple[list[Resp], Failure | None]:
+        """Answer the oldest ready batch: its responses and the EOT reply, or the responses to
+        send before the :class:`Failure` that ends the call (a handler failure)."""
+        batch = self.ready.popleft()
+        if not batch:
+            return [self._eot_reply], None
+        try:
+            responses = list(await self._answer(batch))
+        except Exception as exc:  # noqa: BLE001 - any handler failure takes the fatal path
+            return [], self._errors.fatal(exc)
+        responses.append(self._eot_reply)
+        return responses, None
+
+    def end(self) -> None:
+        """The client half-closed: a batch it did not close is dropped (never acknowledged, so
+        the engine delivers it again)."""
+        _dropped(len(self._batch))
+
+
 async def _data_requests(iterator: AsyncIterator[Req]) -> AsyncIterator[Req]:
     async for request in iterator:
         if _is_handshake(request):
@@ -374,8 +507,12 @@ async def batches_until_eot(requests: AsyncIterator[Req]) -> AsyncIterator[list[
             batch = []
         else:
             batch.append(request)
-    if batch:
-        log.warning("stream ended with %d requests after the last EOT; not processed", len(batch))
+    _dropped(len(batch))
+
+
+def _dropped(count: int) -> None:
+    if count:
+        log.warning("stream ended with %d requests after the last EOT; not processed", count)
 
 
 def check_one_per_id(sent: Sequence[str], answered: Iterable[str], what: str) -> None:

@@ -4,7 +4,8 @@ A servicer only speaks the protocol; :mod:`nfbuilder.runtime.server` owns socket
 server-info file, signals and shutdown, and :mod:`nfbuilder.runtime.stream` the shared
 handshake/EOT/error logic. The same servicer objects are served by grpc.aio and by the h2
 transport (:mod:`nfbuilder.runtime.h2server` reads their methods from the generated
-``add_*Servicer_to_server`` functions).
+``add_*Servicer_to_server`` functions; the sink's from ``sink.add_to_server``, the same with
+responses it writes as bytes).
 
 Example::
 
