@@ -324,7 +324,7 @@ def _state_stage(
                 return program._replay(recorded, serialize or encodes)
         # with saves held for a batch, a key changed earlier in it is not in the store yet:
         # keep what it was before this message, to go back to if the computation fails
-        before = dumps_state(entry.obj) if durable and states.held(spec.name, key) else None
+        before = dumps_state(entry.obj) if entry.held else None
         try:
             result = fn(obj, entry.obj)
             if not isinstance(result, tuple) or len(result) != 2:

@@ -30,7 +30,7 @@ from nfbuilder.topology import StateSpec
 class Entry:
     """A live state object with its applied-id bookkeeping."""
 
-    __slots__ = ("at", "obj", "persisted", "pending")
+    __slots__ = ("at", "held", "obj", "persisted", "pending")
 
     def __init__(self, obj: Any, persisted: dict[str, bytes],
                  at: dict[str, float] | None = None) -> None:
@@ -38,6 +38,9 @@ class Entry:
         self.persisted = persisted  # id -> outputs, reflected in the stored snapshot
         self.pending: dict[str, bytes] = {}  # applied in memory since the last snapshot
         self.at: dict[str, float] = at or {}  # id -> when it was applied (or saved)
+        #: a save of it waits for the next :meth:`StateTable.flush` (batch mode): what is stored
+        #: is older than ``obj`` (read on every message, so a flag, not a table look-up)
+        self.held = False
 
     def outputs_for(self, msg_id: str) -> bytes | None:
         """The recorded outputs of ``msg_id`` if its effect is already in this state."""
@@ -65,7 +68,8 @@ class StateTable:
             self._dirty = {}
 
     def held(self, state_name: str, key: str) -> bool:
-        """Whether a save of this key waits for the next :meth:`flush`."""
+        """Whether a save of this key waits for the next :meth:`flush` (``Entry.held`` of its
+        entry)."""
         return self._dirty is not None and (state_name, key) in self._dirty
 
     def flush(self) -> None:
@@ -76,6 +80,8 @@ class StateTable:
             return
         self._dirty = {}
         held = list(dirty.items())
+        for _, (_, entry) in held:
+            entry.held = False
         dumps = self.codec.dumps
         store.save_many([Save(spec.name, key, dumps(entry.obj), list(entry.pending),
                               entry.pending) for (_, key), (spec, entry) in held],
@@ -118,16 +124,18 @@ class StateTable:
         if store is None:
             return
         now = time.time()
-        horizon = now - store.id_retention_s
         if msg_id:
-            entry.pending[msg_id] = outputs
+            pending = entry.pending
+            pending[msg_id] = outputs
             entry.at[msg_id] = now
             # a step that never saves must not grow without bound: keep what the store would
             # keep of these ids (the newest ``id_window`` and those within the retention)
-            _trim(entry.pending, entry.at, store.id_window, horizon)
+            if len(pending) > store.id_window:
+                _trim(pending, entry.at, store.id_window, now - store.id_retention_s)
         if save:
             if self._dirty is not None:
                 self._dirty[(spec.name, key)] = (spec, entry)
+                entry.held = True
             else:
                 self._persist(store, spec, key, entry)
 

@@ -132,11 +132,16 @@ def map_handler(program: VertexProgram) -> Any:
         single = program.pipelines[0]
         meta = pipeline_metadata(program.work(single).pipeline)
 
-        def handle_one(datum: Datum) -> list[Result]:
+        def payload(msg_id: str, value: bytes) -> list[Result]:
             # The per-message path of most vertices: no pipeline lookup, metadata prebuilt.
-            outs = process(single, datum.value, datum.id)
+            outs = process(single, value, msg_id)
             return [Result(o.value, o.keys, o.tags, meta, o.event_time_ns) for o in outs]
 
+        def handle_one(datum: Datum) -> list[Result]:
+            return payload(datum.id, datum.value)
+
+        # it reads only the id and value: the map servicer need not build a Datum (PayloadFn)
+        handle_one.payload = payload  # type: ignore[attr-defined]
         return handle_one
 
     def handle(datum: Datum) -> list[Result]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
-from nfbuilder._proto import map_pb2, metadata_pb2, sink_pb2, sourcetransform_pb2
+from nfbuilder._proto import map_pb2, metadata_pb2, sourcetransform_pb2
 from nfbuilder.runtime.messages import NO_METADATA, Datum, FrozenMetadata, Result, UserMetadata
 
 _NS = 1_000_000_000
@@ -76,17 +76,17 @@ def write_metadata(user_metadata: UserMetadata) -> metadata_pb2.Metadata | None:
     The message built for a :class:`FrozenMetadata` is cached and shared: copy it into the
     response (a constructor argument or ``CopyFrom`` does), never change it in place.
     """
+    if type(user_metadata) is FrozenMetadata:  # checked first: the common case
+        return _frozen_metadata(user_metadata)
     if not user_metadata:
         return None
-    if type(user_metadata) is FrozenMetadata:
-        return _frozen_metadata(user_metadata)
     return _metadata(user_metadata)
 
 
 @functools.lru_cache(maxsize=256)
-def _frozen_metadata(user_metadata: FrozenMetadata) -> metadata_pb2.Metadata:
+def _frozen_metadata(user_metadata: FrozenMetadata) -> metadata_pb2.Metadata | None:
     # A vertex stamps the same few FrozenMetadata on every result: build each wire form once.
-    return _metadata(user_metadata)
+    return _metadata(user_metadata) if user_metadata else None
 
 
 def _metadata(user_metadata: UserMetadata) -> metadata_pb2.Metadata:
@@ -103,17 +103,23 @@ def add_map_results(results: Any, handler_results: Sequence[Result]) -> None:
 
     Builds each wire result in place (``results.add``) and sets only the fields that are not
     empty: the per-message hot path of a map vertex, cheaper than constructing each result and
-    copying it into the response.
+    copying it into the response. The results of a message mostly share one metadata object:
+    its wire form is looked up once.
     """
     add = results.add
+    last: UserMetadata | None = None
+    wired: metadata_pb2.Metadata | None = None
     for result in handler_results:
         wire = add(value=result.value)
         if result.keys:
             wire.keys.extend(result.keys)
         if result.tags:
             wire.tags.extend(result.tags)
-        if result.user_metadata:
-            wire.metadata.CopyFrom(write_metadata(result.user_metadata))
+        meta = result.user_metadata
+        if meta is not last:
+            last, wired = meta, write_metadata(meta)
+        if wired is not None:
+            wire.metadata.CopyFrom(wired)
 
 
 def _datum(ident: str, request: Any) -> Datum:
@@ -137,9 +143,4 @@ def map_datum(request: map_pb2.MapRequest) -> Datum:
 
 def transform_datum(request: sourcetransform_pb2.SourceTransformRequest) -> Datum:
     """The Datum for a transformer data request (id from ``request.request.id``)."""
-    return _datum(request.request.id, request.request)
-
-
-def sink_datum(request: sink_pb2.SinkRequest) -> Datum:
-    """The Datum for a sink data request (id from ``request.request.id``)."""
     return _datum(request.request.id, request.request)

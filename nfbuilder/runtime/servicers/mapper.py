@@ -25,7 +25,7 @@ from google.protobuf import empty_pb2
 
 from nfbuilder._proto import map_pb2, map_pb2_grpc, sourcetransform_pb2, sourcetransform_pb2_grpc
 from nfbuilder.runtime.errors import UserCodeError
-from nfbuilder.runtime.messages import DROP, MapHandler
+from nfbuilder.runtime.messages import DROP, MapHandler, PayloadFn
 from nfbuilder.runtime.servicers.convert import (
     add_map_results,
     map_datum,
@@ -108,8 +108,20 @@ _EOT = map_pb2.MapResponse(status=map_pb2.TransmissionStatus(eot=True))
 
 
 def map_answer(handler: MapHandler) -> Callable[[map_pb2.MapRequest], map_pb2.MapResponse]:
-    """The response to one data request: ``handler``'s results under the request's id."""
+    """The response to one data request: ``handler``'s results under the request's id (from
+    the request's id and value alone when the handler has a ``payload`` function,
+    :data:`~nfbuilder.runtime.messages.PayloadFn`)."""
     Response = map_pb2.MapResponse
+    payload: PayloadFn | None = getattr(handler, "payload", None)
+    if payload is not None:
+
+        def answer_payload(request: map_pb2.MapRequest) -> map_pb2.MapResponse:
+            msg_id = request.id
+            response = Response(id=msg_id)
+            add_map_results(response.results, payload(msg_id, request.request.value))
+            return response
+
+        return answer_payload
 
     def answer(request: map_pb2.MapRequest) -> map_pb2.MapResponse:
         response = Response(id=request.id)

@@ -74,17 +74,20 @@ class MemoryStore:
             if fence is not None and self._fences.get((state_name, fence[0])) != fence[1]:
                 raise fenced(self.url_for_display, state_name, key, fence)
             _, old, rows = self._snapshots.get((state_name, key), (b"", (), {}))
-            window = merge_ids(old, applied_ids, self.id_window)
+            window = merge_ids(old, applied_ids, self.id_window, known=rows)  # rows hold old
             now = time.time()
             got = outputs or {}
             for msg_id in dict.fromkeys(applied_ids):
                 rows.pop(msg_id, None)  # saved again: to the newest position
                 rows[msg_id] = (bytes(got.get(msg_id, b"")), now)
-            horizon, keep = now - self.id_retention_s, set(window)
+            horizon = now - self.id_retention_s
+            keep: set[str] | None = None  # the window as a set, made once a row has expired
             expired = []
             for msg_id, (_, at) in rows.items():
                 if at > horizon:
                     break  # the rest is newer
+                if keep is None:
+                    keep = set(window)
                 if msg_id not in keep:
                     expired.append(msg_id)
             for msg_id in expired:

@@ -40,6 +40,10 @@ from nfbuilder.runtime.state.store import (
 )
 
 _PREFIX = "sqlite:///"
+# WAL pages between automatic checkpoints (SQLite's default: 1000). A batch rewrites the same
+# index pages of its keys: a checkpoint every 4000 copies each of them once for more batches,
+# and syncs the file a quarter as often (a tenth of a save's CPU); the WAL file grows to ~16 MB.
+_CHECKPOINT_PAGES = 4000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nfbuilder_state (
@@ -180,6 +184,7 @@ class SqliteStore:
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL was refused")
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
             conn.executescript(_SCHEMA)
             columns = [r[1] for r in conn.execute("PRAGMA table_info(nfbuilder_outputs)")]
             if "at" not in columns:  # a file written before ids had times
@@ -233,11 +238,20 @@ class SqliteStore:
     def save_many(self, saves: Sequence[Save], fence: Fence | None = None) -> None:
         if not saves:
             return
-        # signed before the write lock is taken, to keep the transaction short
-        sign = self._seal.sign
-        signed = [(s, sign(s.data, s.state_name, s.key),
-                   {i: sign((s.outputs or {}).get(i, b""), s.state_name, s.key, i)
-                    for i in dict.fromkeys(s.applied_ids)}) for s in saves]
+        # signed and put in rows before the write lock is taken, to keep the transaction short.
+        # One statement per kind for the whole batch, every row in before any expired one goes:
+        # what one save after another leaves (a later save of a key only moves its window's
+        # edge further, so deleting once after the last finds what deleting after each does)
+        seal, namespace = self._seal, self.namespace
+        idents = list(dict.fromkeys((namespace, s.state_name, s.key) for s in saves))
+        states, outputs = [], []
+        for save in saves:
+            ident = (namespace, save.state_name, save.key)
+            states.append((*ident, seal.sign(save.data, save.state_name, save.key), ""))
+            # in the order of their last application: an id applied twice is newest
+            ids = _last_first(save.applied_ids)
+            blobs = seal.sign_outputs(save.outputs or {}, ids, save.state_name, save.key)
+            outputs += [(*ident, msg_id, blobs[msg_id]) for msg_id in ids]
         first = saves[0]
         with self._lock:
             conn = self._conn
@@ -252,14 +266,10 @@ class SqliteStore:
                             conn.execute("ROLLBACK")
                             raise fenced(self.url_for_display, name, first.key, fence)
                 now = time.time()
-                for save, blob, outputs in signed:
-                    ident = (self.namespace, save.state_name, save.key)
-                    conn.execute(_UPSERT, (*ident, blob, ""))
-                    # in the order of their last application: an id applied twice is newest
-                    conn.executemany(_PUT_OUTPUT, [(*ident, msg_id, outputs[msg_id], now)
-                                                   for msg_id in _last_first(save.applied_ids)])
-                    conn.execute(_DROP_EXPIRED, (*ident, now - self.id_retention_s, *ident,
-                                                 self.id_window - 1))
+                horizon, edge = now - self.id_retention_s, self.id_window - 1
+                conn.executemany(_UPSERT, states)
+                conn.executemany(_PUT_OUTPUT, [(*row, now) for row in outputs])
+                conn.executemany(_DROP_EXPIRED, [(*i, horizon, *i, edge) for i in idents])
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:

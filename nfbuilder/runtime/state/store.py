@@ -55,7 +55,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import attrs
@@ -194,9 +194,11 @@ class StateStore(Protocol):
         ...
 
 
-def merge_ids(old: Iterable[str], new: Iterable[str], window: int) -> tuple[str, ...]:
+def merge_ids(old: Iterable[str], new: Iterable[str], window: int,
+              known: Container[str] | None = None) -> tuple[str, ...]:
     """The count window after appending `new` to `old`: the newest ``window`` ids, an id that
-    appears twice kept at its newest position.
+    appears twice kept at its newest position. ``known``: a container holding (at least) every
+    id of ``old``, to tell without a walk over ``old`` that none of ``new`` is in it.
 
     Example::
 
@@ -205,7 +207,8 @@ def merge_ids(old: Iterable[str], new: Iterable[str], window: int) -> tuple[str,
     old, new = list(old), list(new)
     combined = old + new
     fresh = set(new)
-    if len(fresh) == len(new) and fresh.isdisjoint(old):
+    if len(fresh) == len(new) and (fresh.isdisjoint(old) if known is None
+                                   else not any(map(known.__contains__, fresh))):
         # the usual save: ids not seen before (``old``, a window, never repeats one): no
         # Python-level walk over the window, which is most of a save's CPU otherwise
         return tuple(combined[-window:])
