@@ -59,6 +59,7 @@ from nfbuilder.plan import (
 )
 from nfbuilder.plan.graph import BIND_HOST_ENV
 from nfbuilder.plan.names import slug
+from nfbuilder.runtime import heap
 from nfbuilder.runtime.state.signing import KEY_ENV
 
 #: replicas of an autoscaled (to_parallel) vertex on the engine: more than one, so results
@@ -430,6 +431,7 @@ class Engine:
         summary: list[str] = []
         try:
             await self.start()
+            heap.settle()  # start-up is over: per-message garbage is all that comes now
             await self.wait()
             if not self.failure:
                 await self.drain()

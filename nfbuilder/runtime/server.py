@@ -28,6 +28,7 @@ import grpc
 import grpc.aio
 
 from nfbuilder._proto import map_pb2_grpc, source_pb2_grpc, sourcetransform_pb2_grpc
+from nfbuilder.runtime import heap
 from nfbuilder.runtime.errors import UNKNOWN_CONTAINER
 from nfbuilder.runtime.h2server import H2Server, methods_of
 from nfbuilder.runtime.messages import MapHandler, SinkHandler, SourceHandler
@@ -269,6 +270,7 @@ class _Server:
         start = getattr(self.handler, "start", None)
         if start is not None:
             await start()
+        heap.settle()  # start-up is over: per-message garbage is all that comes now
         # Only now, with the socket accepting connections, may numa find the info file.
         write_atomically(self.endpoint.info_path, server_info_text(self.endpoint))
         for signum in (signal.SIGTERM, signal.SIGINT):
