@@ -1,5 +1,8 @@
-"""The benchmark app: TCP source -> ``to(identity)`` -> ``to(forward)`` -> TCP sink, in the
-Wallaroo API.
+"""The benchmark app: TCP source -> ``to_parallel(identity)`` -> ``to(forward)`` -> TCP sink,
+in the Wallaroo API.
+
+``identity`` is unordered (``to_parallel``), so its vertex serves unary map mode, as
+pynumaflow's ``MapAsyncServer`` does (an ordered ``to`` step's vertex serves batch mode).
 
 Only its ``identity`` map vertex is measured (bench/map_vertex.py); ``forward`` is there because
 the sink's encoder runs with the last step, and the measured vertex must not encode. The app
@@ -24,7 +27,7 @@ def application_setup(args: list[str]) -> list[tuple[object, ...]]:
     out_host, out_port = wallaroo.tcp_parse_output_addrs(args)[0]
     ab = wallaroo.ApplicationBuilder("bench identity")
     ab.new_pipeline("identity", wallaroo.TCPSourceConfig(in_host, in_port, decode))
-    ab.to(identity)
+    ab.to_parallel(identity)
     ab.to(forward)
     ab.to_sink(wallaroo.TCPSinkConfig(out_host, out_port, encode))
     return ab.build()  # type: ignore[no-any-return]
