@@ -131,11 +131,17 @@ _DROPPED = Result(b"", tags=(DROP,))
 #: A map or transformer handler: synchronous user code, one datum in, zero or more results out.
 MapHandler = Callable[[Datum], Sequence[Result]]
 
+#: One output of a :data:`PayloadFn`: ``(value, keys, tags, event_time_ns)``, a Result without
+#: its user metadata (the step core's ``Out``).
+Output = tuple[bytes, tuple[str, ...], tuple[str, ...], "int | None"]
+
 #: What a :data:`MapHandler` that reads nothing of a datum but its id and value may carry as its
-#: ``payload`` attribute: ``handler.payload(datum.id, datum.value)`` returns what
-#: ``handler(datum)`` does. The map servicer then skips building the Datum, which costs more than
-#: the rest of a small message's conversion (a vertex program serving one pipeline has one).
-PayloadFn = Callable[[str, bytes], Sequence[Result]]
+#: ``payload`` attribute, with ``payload_metadata``, the user metadata all its results carry:
+#: ``handler.payload(datum.id, datum.value)`` returns what ``handler(datum)`` does, as
+#: :data:`Output` tuples. The map servicer then builds neither the Datum nor the Results, which
+#: cost more than the rest of a small message's conversion (a vertex program serving one
+#: pipeline has one).
+PayloadFn = Callable[[str, bytes], Sequence[Output]]
 
 
 @attrs.frozen

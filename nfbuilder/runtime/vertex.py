@@ -34,7 +34,7 @@ from nfbuilder.plan import (
     plan,
 )
 from nfbuilder.plan.names import slug
-from nfbuilder.runtime.core import VertexProgram
+from nfbuilder.runtime.core import Out, VertexProgram
 from nfbuilder.runtime.messages import (
     Datum,
     FrozenMetadata,
@@ -132,16 +132,17 @@ def map_handler(program: VertexProgram) -> Any:
         single = program.pipelines[0]
         meta = pipeline_metadata(program.work(single).pipeline)
 
-        def payload(msg_id: str, value: bytes) -> list[Result]:
-            # The per-message path of most vertices: no pipeline lookup, metadata prebuilt.
-            outs = process(single, value, msg_id)
-            return [Result(o.value, o.keys, o.tags, meta, o.event_time_ns) for o in outs]
+        def payload(msg_id: str, value: bytes) -> list[Out]:
+            # The per-message path of most vertices: no pipeline lookup, no Result objects.
+            return process(single, value, msg_id)
 
         def handle_one(datum: Datum) -> list[Result]:
-            return payload(datum.id, datum.value)
+            return [Result(o.value, o.keys, o.tags, meta, o.event_time_ns)
+                    for o in payload(datum.id, datum.value)]
 
         # it reads only the id and value: the map servicer need not build a Datum (PayloadFn)
         handle_one.payload = payload  # type: ignore[attr-defined]
+        handle_one.payload_metadata = meta  # type: ignore[attr-defined]
         return handle_one
 
     def handle(datum: Datum) -> list[Result]:
@@ -203,6 +204,17 @@ def user_source_handler(program: VertexProgram, replica: int) -> Any:
 def sink_handler(program: VertexProgram, writer: Any, peer: str) -> Any:
     """An async sink handler: encode each datum, write the bytes, SUCCESS/FAILURE per id."""
     single = program.pipelines[0] if len(program.pipelines) == 1 else None
+    failed = f"could not write to {peer}"
+    if single is not None and program.work(single).encoded:
+        # The usual sink vertex: one pipeline whose messages came encoded. Each is written as
+        # it came (what ``program.handle`` returns for it, one chunk, never a dead letter).
+
+        async def write_values(batch: Sequence[Datum]) -> list[SinkResult]:
+            written = await writer.write([d.value for d in batch]) if batch else []
+            return [SinkResult(d.id, ok, "" if ok else failed)
+                    for d, ok in zip(batch, written, strict=True)]
+
+        return write_values
 
     async def handle(batch: Sequence[Datum]) -> list[SinkResult]:
         chunks: list[bytes] = []
@@ -220,8 +232,7 @@ def sink_handler(program: VertexProgram, writer: Any, peer: str) -> Any:
         results = []
         for msg_id, a, b in spans:
             ok = all(written[a:b])
-            why = "" if ok else f"could not write to {peer}"
-            results.append(SinkResult(msg_id, ok, why))
+            results.append(SinkResult(msg_id, ok, "" if ok else failed))
         return results
 
     return handle

@@ -16,7 +16,14 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from nfbuilder._proto import map_pb2, metadata_pb2, sourcetransform_pb2
-from nfbuilder.runtime.messages import NO_METADATA, Datum, FrozenMetadata, Result, UserMetadata
+from nfbuilder.runtime.messages import (
+    NO_METADATA,
+    Datum,
+    FrozenMetadata,
+    Output,
+    Result,
+    UserMetadata,
+)
 
 _NS = 1_000_000_000
 
@@ -120,6 +127,22 @@ def add_map_results(results: Any, handler_results: Sequence[Result]) -> None:
             last, wired = meta, write_metadata(meta)
         if wired is not None:
             wire.metadata.CopyFrom(wired)
+
+
+def add_outputs(results: Any, outputs: Sequence[Output],
+                metadata: metadata_pb2.Metadata | None) -> None:
+    """Append ``outputs`` (a :data:`~nfbuilder.runtime.messages.PayloadFn`'s) to a response's
+    repeated ``results`` field, each with the wire ``metadata`` (from :func:`write_metadata`;
+    None: none), as :func:`add_map_results` writes the same Results."""
+    add = results.add
+    for value, keys, tags, _ in outputs:
+        wire = add(value=value)
+        if keys:
+            wire.keys.extend(keys)
+        if tags:
+            wire.tags.extend(tags)
+        if metadata is not None:
+            wire.metadata.CopyFrom(metadata)
 
 
 def _datum(ident: str, request: Any) -> Datum:

@@ -28,6 +28,7 @@ from nfbuilder.runtime.errors import UserCodeError
 from nfbuilder.runtime.messages import DROP, MapHandler, PayloadFn
 from nfbuilder.runtime.servicers.convert import (
     add_map_results,
+    add_outputs,
     map_datum,
     to_timestamp,
     transform_datum,
@@ -114,11 +115,12 @@ def map_answer(handler: MapHandler) -> Callable[[map_pb2.MapRequest], map_pb2.Ma
     Response = map_pb2.MapResponse
     payload: PayloadFn | None = getattr(handler, "payload", None)
     if payload is not None:
+        wired = write_metadata(handler.payload_metadata)  # type: ignore[attr-defined]
 
         def answer_payload(request: map_pb2.MapRequest) -> map_pb2.MapResponse:
             msg_id = request.id
             response = Response(id=msg_id)
-            add_map_results(response.results, payload(msg_id, request.request.value))
+            add_outputs(response.results, payload(msg_id, request.request.value), wired)
             return response
 
         return answer_payload
