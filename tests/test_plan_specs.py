@@ -296,7 +296,7 @@ def test_a_replica_without_client_is_a_failure_to_restart(tmp_path: Path) -> Non
     rep = _replica(tmp_path)
     src = SourceState(rep, Tally("p"))
     msg = Msg("m-0", b"x", (), 0, None, Token(src, (b"0", 0)))
-    assert asyncio.run(_flow(failures)._call_map(rep, [msg])) is None
+    assert asyncio.run(_flow(failures)._call_map(rep, [msg], batch_mode=False)) is None
     assert len(failures) == 1 and isinstance(failures[0], NotConnected)
     assert str(failures[0]) == "double is not connected (starting or stopped)"
     assert list(rep.redeliver) == [msg]
@@ -312,7 +312,7 @@ def test_an_attribute_error_in_a_client_is_a_bug_not_a_restart(tmp_path: Path) -
     rep.client = Broken()
     msg = Msg("m-0", b"x", (), 0, None, Token(SourceState(rep, Tally("p")), (b"0", 0)))
     with pytest.raises(AttributeError):
-        asyncio.run(_flow(failures)._call_map(rep, [msg]))
+        asyncio.run(_flow(failures)._call_map(rep, [msg], batch_mode=False))
     assert failures == [] and not rep.redeliver
 
 

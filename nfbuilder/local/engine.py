@@ -343,11 +343,16 @@ class Engine:
                 for msg_id, t0 in r.busy.items()]
 
     def _report_busy(self) -> None:
-        for label, msg_id, seconds in self.busy():
-            if seconds >= self.options.busy_warning_s and msg_id not in self._reported_busy:
-                self._reported_busy.add(msg_id)
-                self.status.event(f"warning: vertex {label} has been busy on message {msg_id} "
-                                  f"for {seconds:.0f} s", always=True)
+        now, warn = time.monotonic(), self.options.busy_warning_s
+        for r in self._all_replicas():
+            for msg_id, t0 in r.busy.items():
+                seconds = now - t0
+                if seconds < warn:
+                    break  # the rest came later: a replica's messages are marked as sent
+                if msg_id not in self._reported_busy:
+                    self._reported_busy.add(msg_id)
+                    self.status.event(f"warning: vertex {r.spec.label} has been busy on "
+                                      f"message {msg_id} for {seconds:.0f} s", always=True)
 
     async def wait(self) -> None:
         """Until Ctrl-C/SIGTERM, idleness, the message limit or a fatal failure."""

@@ -215,6 +215,7 @@ class Flow:
         self.replicas = replicas
         self.edges: dict[str, list[Edge]] = {}
         self._routers: dict[str, Router] = {}
+        self._targets: dict[str, tuple[list[Replica] | None, bool]] = {}
         self.sources: list[SourceState] = []
         self.read_batch = read_batch
         self.read_timeout_ms = read_timeout_ms
@@ -266,6 +267,18 @@ class Flow:
             found = self._routers[vertex] = Router(self.edges.get(vertex, ()))
         return found
 
+    def _target(self, dst: str) -> tuple[list[Replica] | None, bool]:
+        """Where messages for vertex ``dst`` go: ``(its replicas, whether it is ordered)``, or
+        ``(None, True)`` for the dead letters (the engine writes them) and ``(None, False)`` for
+        a vertex without replicas (a blackhole); worked out once per vertex."""
+        if dst in self.dead_letter_vertices:
+            found: tuple[list[Replica] | None, bool] = (None, True)
+        else:
+            reps = self.replicas.get(dst)
+            found = (reps, reps is not None and self.vertices[dst].ordered)
+        self._targets[dst] = found
+        return found
+
     def collect(self, vertex: str, parent_id: str, token: Token, results: Any,
                 event_time_ns: int | None, watermark_ns: int | None, headers: Any,
                 out: dict[Replica, list[Msg]]) -> None:
@@ -280,7 +293,7 @@ class Flow:
             tally.filtered += 1
             return
         router = self.router(vertex)
-        replicas, dead = self.replicas, self.dead_letter_vertices
+        targets = self._targets
         prefix = ""
         added = 0
         for i, r in enumerate(results):
@@ -299,20 +312,22 @@ class Flow:
                 prefix = child_prefix(vertex, parent_id)
             msg_id = f"{prefix}{i}"
             for dst in dsts:
-                if dst in dead:
-                    assert self.dead_letters is not None
-                    self.dead_letters.write(r.value)
-                    tally.dead_lettered += 1
+                target = targets.get(dst)
+                if target is None:
+                    target = self._target(dst)
+                reps, ordered = target
+                if reps is None:  # the dead letters, or a blackhole
+                    if ordered:
+                        assert self.dead_letters is not None
+                        self.dead_letters.write(r.value)
+                        tally.dead_lettered += 1
                     continue
-                reps = replicas.get(dst)
-                if reps is None:  # blackhole
-                    continue
-                keys = tuple(r.keys)
+                keys = r.keys  # a tuple: every result type the engine reads has one
                 # numa routes to an ordered vertex by key, else shards by the message
                 n = len(reps)
                 if n == 1:
                     rep = reps[0]
-                elif self.vertices[dst].ordered:
+                elif ordered:
                     rep = reps[partition_of(keys, n)]
                 else:
                     rep = reps[zlib.crc32(msg_id.encode()) % n]
@@ -352,34 +367,40 @@ class Flow:
         await self.deliver(out)
 
     async def _batch(self, rep: Replica) -> list[Msg]:
-        """The messages waiting for ``rep``, up to ``read_batch``, due redeliveries first, as
-        numa reads a batch (JetStream redelivers only after ackWait: ``--redelivery-delay``);
-        waits for at least one."""
-        limit = self.read_batch
+        """The messages waiting for ``rep`` (:meth:`_waiting`); waits for at least one."""
         while True:
             await rep.ready.wait()
-            batch: list[Msg] = []
-            if rep.redeliver and rep.redelivery_due():
-                redeliver = rep.redeliver
-                while redeliver and len(batch) < limit:
-                    batch.append(redeliver.popleft())
-            if len(batch) < limit and rep.queue:
-                batch += rep.take(limit - len(batch))
+            batch = self._waiting(rep)
             if batch:
                 return batch
             await rep.arrival(0.2)
 
-    async def _call_map(self, rep: Replica, batch: list[Msg]) -> Any:
-        """The map results of each of ``batch``'s messages (unary mode, sent together), or
-        None when the replica failed (the batch is redelivered)."""
+    def _waiting(self, rep: Replica) -> list[Msg]:
+        """The messages waiting for ``rep``, up to ``read_batch``, due redeliveries first, as
+        numa reads a batch (JetStream redelivers only after ackWait: ``--redelivery-delay``)."""
+        limit = self.read_batch
+        batch: list[Msg] = []
+        if rep.redeliver and rep.redelivery_due():
+            redeliver = rep.redeliver
+            while redeliver and len(batch) < limit:
+                batch.append(redeliver.popleft())
+        if len(batch) < limit and rep.queue:
+            batch += rep.take(limit - len(batch))
+        return batch
+
+    async def _call_map(self, rep: Replica, batch: list[Msg], *, batch_mode: bool) -> Any:
+        """The map results of each of ``batch``'s messages (sent together: in unary mode, or as
+        one batch-mode batch), or None when the replica failed (the batch is redelivered
+        first)."""
         now = time.monotonic()
         busy = rep.busy
         for m in batch:
             busy[m.id] = now
         try:
-            return await rep.connected().map_many(batch)
+            client = rep.connected()
+            return await (client.map_batch(batch) if batch_mode else client.map_many(batch))
         except ClientError as exc:
-            rep.redeliver.extend(batch)
+            rep.redeliver.extendleft(reversed(batch))
             self.on_failure(rep, exc)
             return None
         finally:
@@ -411,28 +432,31 @@ class Flow:
     async def batch_worker(self, rep: Replica) -> None:
         """An ordered vertex in batch mode, as numa drives it: the messages waiting (up to
         ``read_batch``, redeliveries first) go as one batch; the next batch goes when every
-        message of this one is answered; results are routed in the batch's order."""
+        message of this one is answered; results are routed in the batch's order.
+
+        The next batch goes out before this one's results are routed, so the vertex works on
+        it meanwhile; the results still go downstream batch after batch, each in order."""
         vertex = rep.spec.vertex
+        batch: list[Msg] = []
+        call: asyncio.Future[Any] | None = None
         while True:
-            batch = await self._batch(rep)
-            now = time.monotonic()
-            busy = rep.busy
-            for m in batch:
-                busy[m.id] = now
-            try:
-                outs = await rep.connected().map_batch(batch)
-            except ClientError as exc:
-                rep.redeliver.extendleft(reversed(batch))
-                self.on_failure(rep, exc)
-                continue
-            finally:
-                busy.clear()
+            if call is None:
+                batch = await self._batch(rep)
+                call = asyncio.ensure_future(self._call_map(rep, batch, batch_mode=True))
+            outs = await call
+            done, call = batch, None
+            if outs is None:
+                continue  # failed: the batch waits for the replica to be ready again
+            if rep.ready.is_set():
+                batch = self._waiting(rep)
+                if batch:
+                    call = asyncio.ensure_future(self._call_map(rep, batch, batch_mode=True))
             out: dict[Replica, list[Msg]] = {}
             collect = self.collect
-            for m, results in zip(batch, outs, strict=True):
+            for m, results in zip(done, outs, strict=True):
                 collect(vertex, m.id, m.token, results, m.event_time_ns, m.watermark_ns,
                         m.headers, out)
-            rep.processed += len(batch)
+            rep.processed += len(done)
             await self.deliver(out)
 
     async def map_worker(self, rep: Replica) -> None:
@@ -465,7 +489,8 @@ class Flow:
         try:
             while True:
                 batch = await self._batch(rep)
-                await calls.put((batch, asyncio.ensure_future(self._call_map(rep, batch))))
+                await calls.put((batch, asyncio.ensure_future(
+                    self._call_map(rep, batch, batch_mode=False))))
         finally:
             router.cancel()
 

@@ -202,14 +202,15 @@ class SinkClient:
         while True:
             response = await stream.read("sink results and their EOT")
             for result in response.results:
-                if result.id not in ids:
+                rid = result.id
+                if rid not in ids:
                     stream.broken(UdfProtocolError(
-                        f"{stream.what}: result for unknown id {result.id!r}; every result must "
+                        f"{stream.what}: result for unknown id {rid!r}; every result must "
                         "echo the id of a request in the batch"))
-                if result.id in outcome:
+                if rid in outcome:
                     stream.broken(UdfProtocolError(
-                        f"{stream.what}: duplicate result for id {result.id!r}"))
-                outcome[result.id] = _sink_outcome(stream, result)
+                        f"{stream.what}: duplicate result for id {rid!r}"))
+                outcome[rid] = _OK if result.status == _SUCCESS else _sink_outcome(stream, result)
             if response.HasField("status") and response.status.eot:
                 break
         missing = ids - outcome.keys()
@@ -327,6 +328,8 @@ class SourceClient:
 
 
 _SINK_EOT = sink_pb2.SinkRequest(status=sink_pb2.TransmissionStatus(eot=True))
+_SUCCESS = sink_pb2.SUCCESS
+_OK = (True, "")
 
 
 def _sink_outcome(stream: _SerialStream, result: Any) -> tuple[bool, str]:
