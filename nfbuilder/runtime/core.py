@@ -40,6 +40,8 @@ from nfbuilder.topology import FAIL
 # Out, SINGLE_KEY and Stage live with the stages that make them and are part of this module's API.
 __all__ = ["SINGLE_KEY", "Out", "Stage", "VertexProgram", "dead_letter"]
 
+#: the first byte of a recorded single output (a pickle of protocol 2 or later starts with 0x80)
+_ONE_VALUE = b"\x00"
 log = logging.getLogger("nfbuilder.core")
 
 
@@ -214,9 +216,17 @@ class VertexProgram:
 
     def _record(self, outs: list[Out], serialized: bool) -> bytes:
         """The outputs as recorded with a snapshot: always in their serialized form, so a store
-        written by one caller of the core replays the same for any other."""
+        written by one caller of the core replays the same for any other. The usual record, one
+        output without keys, tags or event time, is its bytes after :data:`_ONE_VALUE`; any
+        other is a pickle (which never starts with that byte)."""
         if not outs:
             return b""
+        if len(outs) == 1:
+            value, keys, tags, event_time = outs[0]
+            if not keys and not tags and event_time is None:
+                data = value if serialized else self.codec.dumps(value)
+                if type(data) is bytes:
+                    return _ONE_VALUE + data
         if serialized:
             return pickle.dumps([tuple(o) for o in outs], protocol=5)
         dumps = self.codec.dumps
@@ -225,7 +235,10 @@ class VertexProgram:
     def _replay(self, recorded: bytes, serialize: bool) -> list[Out]:
         if not recorded:
             return []
-        outs = [Out(*o) for o in pickle.loads(recorded)]
+        if recorded[:1] == _ONE_VALUE:
+            outs = [Out(recorded[1:])]
+        else:
+            outs = [Out(*o) for o in pickle.loads(recorded)]
         if serialize:
             return outs
         # The recorded values are payload bytes; a caller passing objects gets the objects back.
