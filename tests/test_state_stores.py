@@ -383,47 +383,6 @@ def test_sqlite_file_with_a_json_id_window_is_read_and_then_rewritten(tmp_path: 
         store.close()
 
 
-def test_sqlite_drops_the_old_key_index_and_trims_by_save_order(tmp_path: Path) -> None:
-    """A file from before keeps a second index for the window's order; opening it drops the
-    index (one B-tree less per id) and the count window still keeps the newest ids."""
-    path = tmp_path / "state.db"
-    url = f"sqlite:///{path}"
-    open_store(url, namespace="app").close()
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE INDEX nfbuilder_outputs_key ON nfbuilder_outputs "
-                 "(namespace, state_name, key)")
-    conn.commit()
-    conn.close()
-    store = open_store(url, namespace="app", id_window=3, id_retention_s=0)
-    try:
-        with sqlite3.connect(path) as check:
-            names = [r[1] for r in check.execute("PRAGMA index_list(nfbuilder_outputs)")]
-        assert "nfbuilder_outputs_key" not in names and "nfbuilder_outputs_at" in names
-        for i in range(0, 8, 2):
-            store.save("s", "k", b"%d" % i, [f"m-{i}", f"m-{i + 1}"])
-        snap = store.load("s", "k")
-        assert snap is not None and snap.applied_ids == ("m-5", "m-6", "m-7")
-    finally:
-        store.close()
-
-
-def test_sqlite_window_follows_the_saves_when_the_clock_steps_back(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows are ordered by their save time: a clock that steps back must not make the newest ids
-    look oldest and be trimmed first."""
-    clock = iter([1000.0, 1000.5, 400.0, 400.5, 401.0])
-    store = open_store(f"sqlite:///{tmp_path / 'state.db'}", namespace="app", id_window=2,
-                       id_retention_s=0)
-    try:
-        monkeypatch.setattr(time, "time", lambda: next(clock))
-        for i in range(5):
-            store.save("s", "k", b"%d" % i, [f"m-{i}"])
-        snap = store.load("s", "k")
-        assert snap is not None and snap.applied_ids == ("m-3", "m-4")
-    finally:
-        store.close()
-
-
 def test_redis_unreachable_at_open_fails_fast_with_masked_url() -> None:
     started = time.monotonic()
     with pytest.raises(StateStoreError) as err:

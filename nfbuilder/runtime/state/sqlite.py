@@ -2,11 +2,11 @@
 
 A row per (namespace, state name, key) holds the snapshot bytes, a row per applied message id
 its outputs and when it was saved; a save writes the snapshot and its ids in one transaction.
-The ids' rows in the order they were saved are the count window (the newest ``id_window``); a
-file written before that kept the window as a JSON list in the snapshot's row, read as such
-until its next save. The file is in WAL mode with a busy timeout, so several processes (one
-writer per partition, each with its own keys) can share it: a writer waits for another's short
-transaction instead of failing.
+The ids' rows in insertion order are the count window (the newest ``id_window``); a file written
+before that kept the window as a JSON list in the snapshot's row, read as such until its next
+save. The file is in
+WAL mode with a busy timeout, so several processes (one writer per partition, each with its own
+keys) can share it: a writer waits for another's short transaction instead of failing.
 ``synchronous=NORMAL``: in WAL mode a committed save survives a crash of the process (what the
 local engine restarts from); only an OS crash or power loss may lose the newest commits.
 ``data`` and ``outputs`` are signed with ``NFBUILDER_STATE_KEY`` when it is set (see
@@ -64,8 +64,8 @@ CREATE TABLE IF NOT EXISTS nfbuilder_outputs (
     PRIMARY KEY (namespace, state_name, key, msg_id)
 );
 """
-# Each applied id has a row with its outputs and the time it was saved at (``at``); (at, rowid)
-# order is the order they were applied in (a saved-again id is replaced: the newest position). So a
+# Each applied id has a row with its outputs and the time it was saved at (``at``); rowid order
+# is the order they were applied in (a saved-again id is replaced: the newest position). So a
 # save writes only its own ids and deletes only those out of the count window and expired,
 # whatever the retention holds. The ``ids`` column is empty (a JSON window in older files).
 _FENCES = """CREATE TABLE IF NOT EXISTS nfbuilder_fences (
@@ -80,18 +80,16 @@ ON CONFLICT (namespace, state_name, partition) DO UPDATE SET epoch = epoch + 1""
 _EPOCH = ("SELECT epoch FROM nfbuilder_fences"
           " WHERE namespace = ? AND state_name = ? AND partition = ?")
 _AT_COLUMN = "ALTER TABLE nfbuilder_outputs ADD COLUMN at REAL NOT NULL DEFAULT 0"
-# a key's rows in the order they were saved, (at, rowid): ``at`` never goes back for a key (see
-# ``save_many``) and every index ends with the rowid, so this one index gives both the expired
-# rows and the window's edge
 _AT_INDEX = """CREATE INDEX IF NOT EXISTS nfbuilder_outputs_at
 ON nfbuilder_outputs (namespace, state_name, key, at)"""
-# files written before kept a second index for the rowid order, one B-tree more to write per id
-_OLD_KEY_INDEX = "DROP INDEX IF EXISTS nfbuilder_outputs_key"
+# a key's rows in rowid order (every index ends with the rowid): the window's edge, cheaply
+_KEY_INDEX = """CREATE INDEX IF NOT EXISTS nfbuilder_outputs_key
+ON nfbuilder_outputs (namespace, state_name, key)"""
 
 _SELECT = "SELECT data, ids FROM nfbuilder_state WHERE namespace = ? AND state_name = ? AND key = ?"
 _SELECT_OUTPUTS = (
     "SELECT msg_id, outputs, at FROM nfbuilder_outputs"
-    " WHERE namespace = ? AND state_name = ? AND key = ? ORDER BY at, rowid"
+    " WHERE namespace = ? AND state_name = ? AND key = ? ORDER BY rowid"
 )
 _PUT_OUTPUT = (
     "INSERT OR REPLACE INTO nfbuilder_outputs (namespace, state_name, key, msg_id, outputs, at)"
@@ -101,9 +99,8 @@ _PUT_OUTPUT = (
 # (the ``id_window``-th newest; none while a key has fewer rows)
 _DROP_EXPIRED = (
     "DELETE FROM nfbuilder_outputs WHERE namespace = ? AND state_name = ? AND key = ?"
-    " AND at <= ? AND (at, rowid) < (SELECT at, rowid FROM nfbuilder_outputs"
-    " WHERE namespace = ? AND state_name = ? AND key = ?"
-    " ORDER BY at DESC, rowid DESC LIMIT 1 OFFSET ?)"
+    " AND at <= ? AND rowid < (SELECT rowid FROM nfbuilder_outputs"
+    " WHERE namespace = ? AND state_name = ? AND key = ? ORDER BY rowid DESC LIMIT 1 OFFSET ?)"
 )
 _UPSERT = """
 INSERT INTO nfbuilder_state (namespace, state_name, key, data, ids) VALUES (?, ?, ?, ?, ?)
@@ -154,7 +151,6 @@ class SqliteStore:
         self.id_retention_s = id_retention_s
         self._conn = conn
         self._seal = Seal(signing_key, shown=url, namespace=namespace)
-        self._last_at = 0.0  # the time of this store's latest save
         # One connection shared by the threads of a step server; sqlite3 needs it serialized.
         self._lock = threading.Lock()
 
@@ -198,7 +194,7 @@ class SqliteStore:
                     if "duplicate column" not in str(exc):  # else: another process added it
                         raise
             conn.execute(_AT_INDEX)
-            conn.execute(_OLD_KEY_INDEX)
+            conn.execute(_KEY_INDEX)
             conn.execute(_FENCES)
         except sqlite3.Error as exc:
             conn.close()
@@ -269,9 +265,7 @@ class SqliteStore:
                         if row is None or row[0] != fence[1]:
                             conn.execute("ROLLBACK")
                             raise fenced(self.url_for_display, name, first.key, fence)
-                # never before an earlier save of this store: a key's rows stay in the order
-                # they were saved in even if the clock steps back (a key has one writer)
-                now = self._last_at = max(time.time(), self._last_at)
+                now = time.time()
                 horizon, edge = now - self.id_retention_s, self.id_window - 1
                 conn.executemany(_UPSERT, states)
                 conn.executemany(_PUT_OUTPUT, [(*row, now) for row in outputs])
