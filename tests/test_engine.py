@@ -24,6 +24,9 @@ def test_app_end_to_end(name: str, tmp_path) -> None:
     data.validate(data.parse_output(out), inputs)
     assert engine.failure is None
     assert all(r.restarts == 0 for reps in engine.replicas.values() for r in reps)
+    # every source message done (delivered, filtered or dropped), so every offset acked
+    assert [t.lost for t in engine.flow.tallies.values()] == [0] * len(engine.flow.tallies)
+    assert engine.flow.open_count() == 0
 
 
 def test_kill_9_stateless_map_loses_nothing(tmp_path) -> None:

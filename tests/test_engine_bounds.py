@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from nfbuilder.local.process import QUEUE_BYTES, QUEUE_MESSAGES, Replica, ReplicaSpec
@@ -46,10 +47,14 @@ def test_a_batch_goes_in_as_far_as_the_count_bound_and_the_rest_when_there_is_ro
     async def main() -> None:
         rep = Replica(ReplicaSpec("doc", "v", "map", 0, ()), tmp_path, {}, 0)
         msgs = [Big(i % 7) for i in range(QUEUE_MESSAGES + 10)]
+        reader = asyncio.ensure_future(rep.arrival(5))  # waiting on the empty queue
+        await asyncio.sleep(0.01)
         writer = asyncio.ensure_future(rep.put_many(msgs))
-        await asyncio.sleep(0.05)
-        assert not writer.done() and len(rep.queue) == QUEUE_MESSAGES
-        await asyncio.wait_for(rep.arrival(5), 5)  # the reader was woken for what is there
+        started = time.monotonic()
+        await asyncio.wait_for(reader, 5)
+        # woken while the writer waits for room, not after the reader's own timeout
+        assert time.monotonic() - started < 0.2 and not writer.done()
+        assert len(rep.queue) == QUEUE_MESSAGES
         first = rep.take(400)
         await asyncio.wait_for(writer, 5)
         rest = rep.take(QUEUE_MESSAGES)

@@ -103,3 +103,115 @@ def test_after_a_failed_batch_the_worker_waits_for_the_replica_before_the_next(
             worker.cancel()
 
     asyncio.run(main())
+
+
+def test_a_message_without_results_is_done_and_its_offset_acked(tmp_path: Path) -> None:
+    async def main() -> None:
+        ordered = Replica(ReplicaSpec("doc", "st", "batchmap", 0, ()), tmp_path, {}, 0)
+
+        class Filter:  # keeps the even values only
+            async def map_batch(self, batch: list[Msg]) -> list[list[Result]]:
+                return [[Result(m.value)] if int(m.value) % 2 == 0 else [] for m in batch]
+
+        ordered.client = Filter()
+        ordered.ready.set()
+        flow = Flow({"st": SimpleNamespace(ordered=True)}, {"st": [ordered]}, read_batch=10,
+                    read_timeout_ms=10, on_failure=lambda rep, exc: None)
+        flow.edges["st"] = []  # the kept ones go nowhere here (a blackhole)
+        src = SourceState(ordered, Tally("p"))
+        tokens = [Token(src, (b"%d" % i, 0)) for i in range(4)]
+        await ordered.put_many([Msg(f"m{i}", b"%d" % i, (), 0, None, t)
+                                for i, t in enumerate(tokens)])
+        worker = asyncio.ensure_future(flow.batch_worker(ordered))
+        try:
+            for _ in range(200):
+                if ordered.processed == 4:
+                    break
+                await asyncio.sleep(0.01)
+            assert [t.count for t in tokens] == [0, 0, 0, 0]
+            assert sorted(src.done) == [(b"%d" % i, 0) for i in range(4)] and not src.open
+            assert src.tally.filtered == 2 + 2  # two without results, two routed nowhere
+        finally:
+            worker.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_batch_sent_while_the_last_is_routed_and_then_failed_waits_in_order(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        from nfbuilder.local.rpc import UdfStreamError
+
+        ordered = Replica(ReplicaSpec("doc", "st", "batchmap", 0, ()), tmp_path, {}, 0)
+        out = Replica(ReplicaSpec("doc", "out", "sink", 0, ()), tmp_path, {}, 1)
+        calls: list[list[str]] = []
+
+        class SecondFails:
+            async def map_batch(self, batch: list[Msg]) -> list[list[Result]]:
+                calls.append([m.id for m in batch])
+                if len(calls) == 2:
+                    ordered.ready.clear()  # the supervisor restarts the vertex
+                    raise UdfStreamError("st", None, "the vertex died")
+                return [[Result(m.value)] for m in batch]
+
+        ordered.client = SecondFails()
+        ordered.ready.set()
+        failures: list[BaseException] = []
+        flow = Flow({"st": SimpleNamespace(ordered=True), "out": SimpleNamespace(ordered=False)},
+                    {"st": [ordered], "out": [out]}, read_batch=2, read_timeout_ms=10,
+                    on_failure=lambda rep, exc: failures.append(exc))
+        flow.edges["st"] = [Edge("st", "out")]
+        token = Token(SourceState(ordered, Tally("p")), (b"0", 0))
+        await ordered.put_many([Msg(f"m{i}", b"v%d" % i, (), 0, None, token)
+                                for i in range(6)])
+        worker = asyncio.ensure_future(flow.batch_worker(ordered))
+        try:
+            await asyncio.sleep(0.3)
+            assert calls == [["m0", "m1"], ["m2", "m3"]] and len(failures) == 1
+            assert [m.value for m in out.queue] == [b"v0", b"v1"]  # the first was delivered
+            # the failed batch goes first, before the one still queued; nothing else was sent
+            assert [m.id for m in ordered.redeliver] == ["m2", "m3"]
+            assert [m.id for m in ordered.queue] == ["m4", "m5"]
+        finally:
+            worker.cancel()
+
+    asyncio.run(main())
+
+
+def test_unary_batches_that_fail_together_are_redelivered_oldest_first(tmp_path: Path) -> None:
+    async def main() -> None:
+        from nfbuilder.local.rpc import UdfStreamError
+
+        rep = Replica(ReplicaSpec("doc", "up", "map", 0, ()), tmp_path, {}, 0)
+        gate = asyncio.Event()
+
+        class DiesWithTwoInFlight:
+            def __init__(self) -> None:
+                self.batches: list[list[str]] = []
+
+            async def map_many(self, batch: list[Msg]) -> Any:
+                self.batches.append([m.id for m in batch])
+                await gate.wait()  # the stream fails for every batch in flight at once
+                raise UdfStreamError("up", None, "the vertex died")
+
+        client = DiesWithTwoInFlight()
+        rep.client = client
+        rep.ready.set()
+        flow = Flow({"up": SimpleNamespace(ordered=False)}, {"up": [rep]}, read_batch=2,
+                    read_timeout_ms=10, on_failure=lambda r, exc: r.ready.clear())
+        token = Token(SourceState(rep, Tally("p")), (b"0", 0))
+        await rep.put_many([Msg(f"m{i}", b"v", (), 0, None, token) for i in range(6)])
+        worker = asyncio.ensure_future(flow.map_worker(rep))
+        try:
+            for _ in range(200):
+                if len(client.batches) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            gate.set()
+            await asyncio.sleep(0.2)
+            sent = [i for b in client.batches for i in b]
+            assert [m.id for m in rep.redeliver] == sent  # in the order they were sent
+        finally:
+            worker.cancel()
+
+    asyncio.run(main())

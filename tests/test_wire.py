@@ -157,6 +157,11 @@ def test_unknown_fields_are_skipped_at_every_level() -> None:
                           st.binary(max_size=3)).map(lambda t: t[0][:t[1]] + t[2])))
 def test_bytes_that_are_not_a_map_response_are_refused_as_the_generated_class_refuses_them(
         raw: bytes) -> None:
+    _reads_as_the_generated_class(raw)
+
+
+def _reads_as_the_generated_class(raw: bytes) -> None:
+    """``map_response`` refuses ``raw`` when the generated class does, else reads the same."""
     try:
         want = _as_generated(raw)
     except DecodeError:
@@ -164,3 +169,16 @@ def test_bytes_that_are_not_a_map_response_are_refused_as_the_generated_class_re
             map_response(raw)
     else:
         assert _as_read(raw) == want
+
+
+@pytest.mark.parametrize("raw", [
+    b"\x0a\x03\x2a\x01\xff",  # a result's nack_options that does not parse
+    b"\x0a\x05\x2a\x03\x08\x01\x00",  # ... and one with an unknown field that does
+    b"\x1a\x02\x08\x80" + b"\x1a\x02\x08\x01",  # a handshake cut in its varint, then a good one
+    b"\x1a\x02\x08\x01" + b"\x1a\x00",  # two handshakes: the second keeps the first's sot
+    b"\x22\x0b\x08" + b"\x80" * 9 + b"\x02",  # a varint past 64 bits: its high bits dropped
+    b"\x0a\x04\x22\x02\x1a\x00" + b"\x0a\x02\x22\x00",  # metadata in two results
+    b"\x0a\x06\x22\x02\x1a\xff\x22\x00",  # a result's metadata twice, the first broken
+])
+def test_the_corner_cases_read_as_the_generated_class_reads_them(raw: bytes) -> None:
+    _reads_as_the_generated_class(raw)

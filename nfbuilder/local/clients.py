@@ -207,8 +207,8 @@ class _Correlator(Generic[Resp]):
                 except BaseException:
                     self._slots.give(chunk)
                     raise
-                await self._send(requests[sent:sent + chunk])
-                sent += chunk
+                first, sent = sent, sent + chunk  # counted before the write: cancelled in it,
+                await self._send(requests[first:sent])  # the ids are still forgotten below
             return await group.done
         finally:
             if group.left:  # failed or cancelled: give back the slots of what is unanswered

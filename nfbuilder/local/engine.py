@@ -435,8 +435,10 @@ class Engine:
                 loop.add_signal_handler(sig, self.request_stop)
         summary: list[str] = []
         try:
+            # frozen before the replicas start: their clients are dropped on a restart, and a
+            # frozen object in a dropped cycle would never be collected
+            heap.settle()
             await self.start()
-            heap.settle()  # start-up is over: per-message garbage is all that comes now
             await self.wait()
             if not self.failure:
                 await self.drain()

@@ -188,15 +188,10 @@ def transformed_times(outs: Any) -> list[int]:
     return [o.event_time_ns for results in outs for o in results if DROP not in o.tags]
 
 
-def child_id(producer: str, parent: str, index: int) -> str:
-    """The id of the ``index``-th result ``producer`` made of message ``parent``: the same when
-    ``parent`` is processed again (the hash of its id stands for numa's input offset)."""
-    return f"{child_prefix(producer, parent)}{index}"
-
-
 def child_prefix(producer: str, parent: str) -> str:
-    """:func:`child_id` without the index, for all of a message's results at once: the
-    ``output_id`` form ``<producer>-<offset>-``, the hash of ``parent`` for the offset."""
+    """The ids of the results ``producer`` made of message ``parent`` without their index
+    (``output_id``'s ``<producer>-<offset>-``, the hash of ``parent``'s id standing for numa's
+    input offset): the same when ``parent`` is processed again."""
     return output_id(producer, hashlib.blake2b(parent.encode(), digest_size=8).hexdigest(), "")
 
 
@@ -289,8 +284,9 @@ class Flow:
         A map's results take their parent's ``event_time_ns`` (and its watermark and headers);
         a source's (or transformer's) have their own (``event_time_ns`` None)."""
         tally = token.tally
-        if not results:
+        if not results:  # consumed, no output: the message is done
             tally.filtered += 1
+            token.add(-1)
             return
         router = self.router(vertex)
         targets = self._targets
@@ -343,28 +339,11 @@ class Flow:
         token.add(added - 1)
 
     async def deliver(self, out: dict[Replica, list[Msg]]) -> None:
-        """Queue what :meth:`collect` gathered (the messages of at least one source or map
-        message: something moved)."""
+        """Queue what :meth:`collect` gathered, after a batch was read or answered (something
+        moved, even when nothing goes on)."""
         self.last_move = time.monotonic()
         for rep, msgs in out.items():
             await rep.put_many(msgs)
-
-    async def route(self, vertex: str, parent_id: str, token: Token, results: Any,
-                    parent: Msg | None = None, *, watermark_ns: int | None = None,
-                    headers: Any = None) -> None:
-        """Send each of ``results`` (of ``vertex``) along the edges its tags select (a
-        :meth:`collect` and :meth:`deliver` of one message).
-
-        A map's results take the event time, watermark and headers of ``parent``; a source's
-        (or transformer's) results have their own event time and take ``watermark_ns`` and
-        ``headers``."""
-        out: dict[Replica, list[Msg]] = {}
-        if parent is None:
-            self.collect(vertex, parent_id, token, results, None, watermark_ns, headers, out)
-        else:
-            self.collect(vertex, parent_id, token, results, parent.event_time_ns,
-                         parent.watermark_ns, parent.headers, out)
-        await self.deliver(out)
 
     async def _batch(self, rep: Replica) -> list[Msg]:
         """The messages waiting for ``rep`` (:meth:`_waiting`); waits for at least one."""
@@ -390,8 +369,8 @@ class Flow:
 
     async def _call_map(self, rep: Replica, batch: list[Msg], *, batch_mode: bool) -> Any:
         """The map results of each of ``batch``'s messages (sent together: in unary mode, or as
-        one batch-mode batch), or None when the replica failed (the batch is redelivered
-        first)."""
+        one batch-mode batch), or None when the replica failed (the caller puts the batch back
+        for redelivery: it knows where it belongs among the others)."""
         now = time.monotonic()
         busy = rep.busy
         for m in batch:
@@ -400,7 +379,6 @@ class Flow:
             client = rep.connected()
             return await (client.map_batch(batch) if batch_mode else client.map_many(batch))
         except ClientError as exc:
-            rep.redeliver.extendleft(reversed(batch))
             self.on_failure(rep, exc)
             return None
         finally:
@@ -445,8 +423,9 @@ class Flow:
                 call = asyncio.ensure_future(self._call_map(rep, batch, batch_mode=True))
             outs = await call
             done, call = batch, None
-            if outs is None:
-                continue  # failed: the batch waits for the replica to be ready again
+            if outs is None:  # failed: the batch goes first when the replica is ready again
+                rep.redeliver.extendleft(reversed(done))
+                continue
             if rep.ready.is_set():
                 batch = self._waiting(rep)
                 if batch:
@@ -466,17 +445,18 @@ class Flow:
         if rep.spec.kind == "batchmap":
             await self.batch_worker(rep)
             return
-        # the batches sent, oldest first: a few at a time (each up to ``read_batch``; the
-        # client lets ``in_flight`` requests out at once), each one's results routed once it
-        # is all answered
-        calls: asyncio.Queue[tuple[list[Msg], asyncio.Future[Any]]] = asyncio.Queue(2)
+        # the batches sent, oldest first: two at most (each up to ``read_batch``; the client
+        # lets ``in_flight`` requests out at once), each one's results routed once it is all
+        # answered
+        calls: asyncio.Queue[tuple[list[Msg], asyncio.Future[Any]]] = asyncio.Queue(1)
         vertex = rep.spec.vertex
 
         async def route_in_order() -> None:
             while True:
                 batch, call = await calls.get()
                 outs = await call
-                if outs is None:
+                if outs is None:  # failed: redelivered after the older failed batches
+                    rep.redeliver.extend(batch)
                     continue
                 out: dict[Replica, list[Msg]] = {}
                 for m, results in zip(batch, outs, strict=True):

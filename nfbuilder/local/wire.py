@@ -22,10 +22,12 @@ from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
 
+from nfbuilder._proto import metadata_pb2, nack_options_pb2
 from nfbuilder.local.rpc import UserMetadata, user_metadata_from
 
 _NS = 1_000_000_000
 _U64 = 1 << 64
+_MASK64 = _U64 - 1
 
 
 def _varint(n: int) -> bytes:
@@ -208,7 +210,7 @@ def _varint_at(buf: bytes, pos: int) -> tuple[int, int]:
         pos += 1
         result |= (b & 0x7F) << shift
         if b < 0x80:
-            return result, pos
+            return result & _MASK64, pos  # bits past the 64th are dropped, as protobuf does
         shift += 7
         if shift >= 64:
             raise WireError("a varint longer than 10 bytes")
@@ -239,11 +241,11 @@ def _skip(buf: bytes, pos: int, tag: int) -> int:
     raise WireError(f"wire type {wire_type}")
 
 
-def _flag(buf: bytes | None) -> bool | None:
-    """Field 1 (a bool) of a ``Handshake`` / ``TransmissionStatus`` (None: no such message)."""
-    if buf is None:
-        return None
-    flag, pos, end = False, 0, len(buf)
+def _flag(buf: bytes, pos: int, end: int, was: bool | None) -> bool:
+    """Field 1 (a bool) of a ``Handshake`` / ``TransmissionStatus`` in ``buf[pos:end]``, merged
+    into an earlier copy's value ``was`` (None: none yet): the field is kept unless this copy
+    sets it again."""
+    flag = bool(was)
     while pos < end:
         tag, pos = _varint_at(buf, pos)
         if tag == 0x08:
@@ -256,26 +258,22 @@ def _flag(buf: bytes | None) -> bool | None:
     return flag
 
 
-def _joined(seen: bytes | None, more: bytes) -> bytes:
-    # a message field seen twice is merged: the same as parsing its bytes concatenated
-    return more if seen is None else seen + more
+#: the tags of length-delimited fields 1 to 4 (a response's), and 1 to 5 (a result's)
+_RESPONSE_TAGS = frozenset((0x0A, 0x12, 0x1A, 0x22))
+_RESULT_TAGS = frozenset((0x0A, 0x12, 0x1A, 0x22, 0x2A))
 
 
-#: the tags of length-delimited fields 1 to 4
-_READ_TAGS = frozenset((0x0A, 0x12, 0x1A, 0x22))
-
-
-def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """``(tag, start, stop)`` of each length-delimited field numbered 1 to 4 in
-    ``buf[pos:end]`` (the fields the responses read here have); every other field is
-    skipped."""
+def _fields(buf: bytes, pos: int, end: int,
+            tags: frozenset[int]) -> Iterator[tuple[int, int, int]]:
+    """``(tag, start, stop)`` of each length-delimited field with one of ``tags`` in
+    ``buf[pos:end]``; every other field is skipped."""
     while pos < end:
         tag = buf[pos]
         if tag < 0x80:
             pos += 1
         else:
             tag, pos = _varint_at(buf, pos)
-        if tag not in _READ_TAGS:
+        if tag not in tags:
             pos = _skip(buf, pos, tag)
             continue
         n = buf[pos]
@@ -293,23 +291,31 @@ def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
 
 def _result(buf: bytes, pos: int, end: int) -> Result:
     """A ``MapResponse.Result`` in ``buf[pos:end]``: keys (1), value (2), tags (3), metadata
-    (4); nack_options (5) is not read."""
+    (4); nack_options (5) is only checked."""
     keys: list[str] = []
     tags: list[str] = []
     value = b""
-    metadata: bytes | None = None
-    for tag, start, stop in _fields(buf, pos, end):
+    metadata: list[bytes] = []
+    for tag, start, stop in _fields(buf, pos, end, _RESULT_TAGS):
         if tag == 0x12:
             value = buf[start:stop]
         elif tag == 0x0A:
             keys.append(buf[start:stop].decode())
         elif tag == 0x1A:
             tags.append(buf[start:stop].decode())
+        elif tag == 0x22:
+            metadata.append(buf[start:stop])
         else:
-            metadata = _joined(metadata, buf[start:stop])
+            nack_options_pb2.NackOptions.FromString(buf[start:stop])
+    if not metadata:
+        meta = NO_METADATA
+    else:
+        if len(metadata) > 1:  # merged, as parsing their bytes joined; each must parse alone
+            for part in metadata:
+                metadata_pb2.Metadata.FromString(part)
+        meta = user_metadata_from(b"".join(metadata))
     # tuple.__new__: a NamedTuple's own __new__ is a Python function, dear at this rate
-    return _new(Result, (value, tuple(keys), tuple(tags),
-                         NO_METADATA if metadata is None else user_metadata_from(metadata)))
+    return _new(Result, (value, tuple(keys), tuple(tags), meta))
 
 
 def map_response(raw: bytes) -> MapReply:
@@ -318,18 +324,18 @@ def map_response(raw: bytes) -> MapReply:
     (2), handshake (3), status (4). Raises :class:`WireError` for bytes that are not one."""
     results: list[Result] = []
     id = ""
-    handshake: bytes | None = None
-    status: bytes | None = None
+    handshake: bool | None = None
+    status: bool | None = None
     try:
-        for tag, start, stop in _fields(raw, 0, len(raw)):
+        for tag, start, stop in _fields(raw, 0, len(raw), _RESPONSE_TAGS):
             if tag == 0x0A:
                 results.append(_result(raw, start, stop))
             elif tag == 0x12:
                 id = raw[start:stop].decode()
             elif tag == 0x1A:
-                handshake = _joined(handshake, raw[start:stop])
+                handshake = _flag(raw, start, stop, handshake)
             else:
-                status = _joined(status, raw[start:stop])
-        return MapReply(id, results, _flag(handshake), _flag(status))
+                status = _flag(raw, start, stop, status)
+        return MapReply(id, results, handshake, status)
     except (IndexError, UnicodeDecodeError, DecodeError, WireError) as exc:
         raise WireError(f"not a MapResponse: {exc}") from None

@@ -4,7 +4,10 @@ A vertex server or the engine builds everything it keeps (the app, the plan, the
 their caches) while it starts, then makes and drops several objects per message. Reference
 counting frees those at once; the cyclic collector only finds the rare cycle, yet by default
 it runs every 700 allocations and its full passes scan every object alive, the start-up ones
-included: a few µs per message at our rates. :func:`settle` is called once start-up is over.
+included: a few µs per message at our rates. :func:`settle` is called once what lives for the
+whole process is built: a vertex server once it listens, the engine before it starts its
+replicas (their clients are replaced on a restart, and a frozen object in a dropped cycle is
+never collected).
 
     settle()        # gc.freeze() what start-up made; collect young objects less often
 """
