@@ -61,7 +61,13 @@ def test_the_payload_answer_sends_what_the_datum_answer_sends(tmp_path: Path,
         answers.append([answer(r).SerializeToString(deterministic=True)
                         for r in _requests(program.codec, words)])
     assert answers[0] == answers[1]
-    assert any(answers[0])  # something was said
+    # and they say the step's outputs: a count per word, or the words of each line
+    results = [r.value for raw in answers[0] for r in map_pb2.MapResponse.FromString(raw).results]
+    if vertex == "word-totals":
+        assert results[0] == b"apple => 1\n" and results[2] == b"apple => 2\n"
+        assert len(results) == len(words)
+    else:
+        assert len(results) == sum(len(w.split()) for w in words)
 
 
 def test_a_handler_without_payload_gets_the_whole_datum() -> None:

@@ -89,6 +89,11 @@ def test_the_sink_writes_encoded_values_as_they_came_one_result_each() -> None:
     loaded = load_app("apps/word_count.py", WORD_COUNT)
     program = build_program(loaded, "sink", fuse=False, state_store=None)
     assert program.work(program.pipelines[0]).encoded
+
+    def not_this_way(*args: Any) -> Any:
+        raise AssertionError("an encoded single-pipeline sink writes without the step core")
+
+    program.handle = not_this_way  # type: ignore[method-assign]
     writer = _Writer(fail={1})
     handle: Any = sink_handler(program, writer, "127.0.0.1:2")
     batch = [_datum("a", b"cat => 1\n"), _datum("b", b"hat => 2\n"), _datum("c", b"")]

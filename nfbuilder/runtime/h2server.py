@@ -10,8 +10,9 @@ Each connection is one asyncio protocol. A read is fed to h2 whole, every comple
 it is handled, and all that the read produced goes out in one ``transport.write``. Calls of a
 one-to-one stream (map, transformer: :meth:`BidiStream.inline`) are answered right there, in
 ``data_received``, with no task or future per message; the requests of a batch stream (sink:
-:meth:`BidiStream.batched`) are collected there too, and each batch its EOT closes is answered
-by one task; every other call (source, the unary methods) runs as one task.
+:meth:`BidiStream.batched`) are collected there too, and one task answers the batches their
+EOTs close, in turn, while there are any; every other call (source, the unary methods) runs as
+one task.
 
 Example::
 
@@ -257,6 +258,11 @@ class _Requests:
         self._closed = True
         self._wake()
 
+    def owed(self) -> int:
+        """The received bytes held back from the client, now handed over (to give back)."""
+        owed, self._owed = self._owed, 0
+        return owed
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -429,6 +435,13 @@ class _Connection(asyncio.Protocol):
     def _forget(self, call: _Call) -> None:
         call.done = True
         call.stop_work()
+        # bytes held back from a call that ends early (reset, deadline, an error) still count
+        # against the connection's window: give them back, or the connection runs dry
+        owed = call.owed + (call.requests.owed() if call.requests is not None else 0)
+        call.held = call.owed = 0
+        if owed:
+            self.acknowledge(call.stream_id, owed)
+            self.flush_soon()
         self._calls.pop(call.stream_id, None)
         if self._going_away and not self._calls:
             # not now: the rest of this read's events must still see an open connection

@@ -267,7 +267,8 @@ class BidiStream(Generic[Req, Resp]):
 
     def inline(self) -> InlineCall[Req, Resp] | None:
         """A new call's state for a transport that answers requests as it parses them, or None
-        when the stream's body is an async ``process`` (run it through :meth:`handle`).
+        when the stream's body is an async ``process`` (run it through :meth:`handle`) or a
+        batch body (:meth:`batched`).
 
         Example::
 

@@ -88,8 +88,7 @@ def _serialized(response: bytes) -> bytes:
 
 class _SinkDatum(Datum):
     """A sink request as a :class:`Datum`: the id and the value are read at once, every
-    other field from the request only when asked for (a TCP sink never asks), as a map
-    vertex's Datum reads them."""
+    other field from the request only when asked for (a TCP sink never asks)."""
 
     __slots__ = ("_request",)
     _request: Any  # sink_pb2.SinkRequest.Request
