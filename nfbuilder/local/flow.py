@@ -445,10 +445,11 @@ class Flow:
         if rep.spec.kind == "batchmap":
             await self.batch_worker(rep)
             return
-        # the batches sent, oldest first: two at most (each up to ``read_batch``; the client
-        # lets ``in_flight`` requests out at once), each one's results routed once it is all
-        # answered
-        calls: asyncio.Queue[tuple[list[Msg], asyncio.Future[Any]]] = asyncio.Queue(1)
+        # the batches sent, oldest first, each one's results routed once it is all answered:
+        # at most four taken from the queue at a time (one routed, two waiting, one being
+        # sent; each up to ``read_batch``; the client lets ``in_flight`` requests out at once).
+        # Fewer starve the vertex: with one waiting the word count runs about 8 % slower.
+        calls: asyncio.Queue[tuple[list[Msg], asyncio.Future[Any]]] = asyncio.Queue(2)
         vertex = rep.spec.vertex
 
         async def route_in_order() -> None:
