@@ -9,6 +9,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from nfbuilder.local.flow import Flow, Msg, SourceState, Tally, Token
 from nfbuilder.local.process import Replica, ReplicaSpec
 from nfbuilder.local.wire import Result
@@ -215,3 +217,61 @@ def test_unary_batches_that_fail_together_are_redelivered_oldest_first(tmp_path:
             worker.cancel()
 
     asyncio.run(main())
+
+
+def test_a_unary_worker_whose_routing_fails_ends_with_that_error(tmp_path: Path) -> None:
+    """A bug in routing a unary vertex's results ends its worker with the error (the engine
+    then stops the run, naming it) instead of leaving the worker waiting for room forever."""
+    async def main() -> None:
+        rep = Replica(ReplicaSpec("doc", "up", "map", 0, ()), tmp_path, {}, 0)
+
+        class Echo1:
+            async def map_many(self, batch: list[Msg]) -> list[list[Result]]:
+                return [[Result(m.value)] for m in batch]
+
+        rep.client = Echo1()
+        rep.ready.set()
+        flow = Flow({"up": SimpleNamespace(ordered=False)}, {"up": [rep]}, read_batch=2,
+                    read_timeout_ms=10, on_failure=lambda r, exc: None)
+
+        def broken(*args: Any) -> None:
+            raise RuntimeError("a bug in routing")
+
+        flow.collect = broken  # type: ignore[method-assign]
+        token = Token(SourceState(rep, Tally("p")), (b"0", 0))
+        await rep.put_many([Msg(f"m{i}", b"v", (), 0, None, token) for i in range(10)])
+        with pytest.raises(RuntimeError, match="a bug in routing"):
+            await asyncio.wait_for(flow.map_worker(rep), 5)
+
+    asyncio.run(main())
+
+
+def test_an_engine_worker_that_raises_stops_the_run_naming_the_error(tmp_path: Path) -> None:
+    from nfbuilder.loader import load_app
+    from nfbuilder.local.engine import Engine, EngineOptions
+    from nfbuilder.plan import PlanOptions
+
+    root = Path(__file__).resolve().parent.parent
+    loaded = load_app(str(root / "apps" / "reverse.py"),
+                      ["--in", "127.0.0.1:1", "--out", "127.0.0.1:2"])
+
+    async def main() -> Engine:
+        engine = Engine(loaded, EngineOptions(PlanOptions(state_store="memory://"), quiet=True,
+                                              work_dir=str(tmp_path / "w")))
+
+        async def buggy() -> None:
+            raise KeyError("oops")
+
+        async def drained() -> None:  # a worker that simply ends: not a failure
+            return None
+
+        engine._spawn(drained())
+        await asyncio.sleep(0.01)
+        assert engine.failure is None and not engine._stop.is_set()
+        engine._spawn(buggy())
+        await asyncio.sleep(0.01)
+        return engine
+
+    engine = asyncio.run(main())
+    assert engine.failure == "an engine worker failed: KeyError('oops')"
+    assert engine._stop.is_set()

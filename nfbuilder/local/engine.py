@@ -29,6 +29,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -276,7 +277,21 @@ class Engine:
                 raise EngineError(f"vertex {name} did not start: {exc}") from None
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        self._tasks.append(asyncio.ensure_future(work))
+        task = asyncio.ensure_future(work)
+        task.add_done_callback(self._worker_ended)
+        self._tasks.append(task)
+
+    def _worker_ended(self, task: asyncio.Future[None]) -> None:
+        """A worker ends when it is cancelled, or a source's when the run drains; one that
+        raised hit a bug of ours: the run stops with it, named, instead of never going idle."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        detail = "".join(traceback.format_exception(exc)).rstrip()
+        self.status.event(f"an engine worker failed: {exc!r}\n{detail}", always=True)
+        if self.supervisor.failure is None:
+            self.supervisor.failure = f"an engine worker failed: {exc!r}"
+        self._stop.set()
 
     # -- run ---------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -467,11 +467,26 @@ class Flow:
                 await self.deliver(out)
 
         router = asyncio.ensure_future(route_in_order())
+        # the routing task failing (a bug) ends this worker with its error, not in a wait
+        worker = asyncio.current_task()
+        failed: list[BaseException] = []
+
+        def router_ended(task: asyncio.Future[None]) -> None:
+            error = None if task.cancelled() else task.exception()
+            if error is not None and worker is not None:
+                failed.append(error)
+                worker.cancel()
+
+        router.add_done_callback(router_ended)
         try:
             while True:
                 batch = await self._batch(rep)
                 await calls.put((batch, asyncio.ensure_future(
                     self._call_map(rep, batch, batch_mode=False))))
+        except asyncio.CancelledError:
+            if failed:
+                raise failed[0] from None
+            raise
         finally:
             router.cancel()
 
