@@ -19,9 +19,9 @@ def test_a_writer_waits_while_the_queue_holds_its_bytes_and_goes_on_when_it_drai
     async def main() -> None:
         rep = Replica(ReplicaSpec("doc", "v", "map", 0, ()), tmp_path, {}, 0)
         half = QUEUE_BYTES // 2
-        await rep.put(Big(half))
-        await rep.put(Big(half))  # now at the bound
-        third = asyncio.ensure_future(rep.put(Big(half)))
+        await rep.put_many([Big(half)])
+        await rep.put_many([Big(half)])  # now at the bound
+        third = asyncio.ensure_future(rep.put_many([Big(half)]))
         await asyncio.sleep(0.05)
         assert not third.done() and len(rep.queue) == 2  # waits: 16 MiB are queued
         assert len(rep.take(1)) == 1
@@ -34,7 +34,7 @@ def test_a_writer_waits_while_the_queue_holds_its_bytes_and_goes_on_when_it_drai
 def test_a_message_bigger_than_the_bound_still_goes_into_an_empty_queue(tmp_path: Path) -> None:
     async def main() -> None:
         rep = Replica(ReplicaSpec("doc", "v", "map", 0, ()), tmp_path, {}, 0)
-        await asyncio.wait_for(rep.put(Big(QUEUE_BYTES + 1)), 5)
+        await asyncio.wait_for(rep.put_many([Big(QUEUE_BYTES + 1)]), 5)
         assert rep.queued_bytes == QUEUE_BYTES + 1
         assert len(rep.take(5)) == 1
         assert rep.queued_bytes == 0

@@ -17,6 +17,14 @@ from nfbuilder.local.wire import Result
 from nfbuilder.plan import Edge
 
 
+async def _until(done: Any, timeout_s: float = 2.0) -> None:
+    """Poll ``done()`` every 10 ms for up to ``timeout_s`` (the assertions after say why not)."""
+    for _ in range(int(timeout_s / 0.01)):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+
+
 class Echo:
     """A batch-mode client answering each message with its value; records each batch."""
 
@@ -54,18 +62,12 @@ def test_the_next_batch_is_sent_while_the_last_ones_results_are_still_routed(
                                 for i in range(4)])
         worker = asyncio.ensure_future(flow.batch_worker(ordered))
         try:
-            for _ in range(200):
-                if len(client.batches) == 2:
-                    break
-                await asyncio.sleep(0.01)
+            await _until(lambda: len(client.batches) == 2)
             # the second batch is with the vertex while the first's results wait downstream
             assert client.batches == [["m0", "m1"], ["m2", "m3"]]
             assert delivered == [[b"v0", b"v1"]]
             release.set()
-            for _ in range(200):
-                if len(delivered) == 2:
-                    break
-                await asyncio.sleep(0.01)
+            await _until(lambda: len(delivered) == 2)
             assert delivered == [[b"v0", b"v1"], [b"v2", b"v3"]]  # batch after batch, in order
             assert ordered.processed == 4
         finally:
@@ -126,10 +128,7 @@ def test_a_message_without_results_is_done_and_its_offset_acked(tmp_path: Path) 
                                 for i, t in enumerate(tokens)])
         worker = asyncio.ensure_future(flow.batch_worker(ordered))
         try:
-            for _ in range(200):
-                if ordered.processed == 4:
-                    break
-                await asyncio.sleep(0.01)
+            await _until(lambda: ordered.processed == 4)
             assert [t.count for t in tokens] == [0, 0, 0, 0]
             assert sorted(src.done) == [(b"%d" % i, 0) for i in range(4)] and not src.open
             assert src.tally.filtered == 2 + 2  # two without results, two routed nowhere
@@ -205,10 +204,7 @@ def test_unary_batches_that_fail_together_are_redelivered_oldest_first(tmp_path:
         await rep.put_many([Msg(f"m{i}", b"v", (), 0, None, token) for i in range(6)])
         worker = asyncio.ensure_future(flow.map_worker(rep))
         try:
-            for _ in range(200):
-                if len(client.batches) >= 2:
-                    break
-                await asyncio.sleep(0.01)
+            await _until(lambda: len(client.batches) >= 2)
             gate.set()
             await asyncio.sleep(0.2)
             sent = [i for b in client.batches for i in b]

@@ -164,10 +164,6 @@ class Replica:
                                                   supports_nack=server_info.supports_nack)
         self.ready.set()
 
-    async def put(self, msg: Any) -> None:
-        """Queue ``msg``: :meth:`put_many` of one."""
-        await self.put_many((msg,))
-
     async def put_many(self, msgs: Any) -> None:
         """Queue ``msgs`` in order (their ``value`` bytes are counted), each waiting while the
         queue is full by count or by bytes; a message bigger than the whole bound still goes,
