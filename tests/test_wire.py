@@ -174,6 +174,10 @@ def _reads_as_the_generated_class(raw: bytes) -> None:
     b"\x22\x0b\x08" + b"\x80" * 9 + b"\x02",  # a varint past 64 bits: its high bits dropped
     b"\x0a\x04\x22\x02\x1a\x00" + b"\x0a\x02\x22\x00",  # metadata in two results
     b"\x0a\x06\x22\x02\x1a\xff\x22\x00",  # a result's metadata twice, the first broken
+
+    b"\xcd\x80\x80\x80\x10\x00\x00\x00\x00",  # a field number past 2**29 - 1 (hypothesis)
+    b"\xf8\xff\xff\xff\x0f\x00",  # the largest field number there is
+    b"\x0a\x09\xcd\x80\x80\x80\x10\x00\x00\x00\x00",  # ... in a result
 ])
 def test_the_corner_cases_read_as_the_generated_class_reads_them(raw: bytes) -> None:
     _reads_as_the_generated_class(raw)

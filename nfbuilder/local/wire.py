@@ -28,6 +28,7 @@ from nfbuilder.local.rpc import UserMetadata, user_metadata_from
 _NS = 1_000_000_000
 _U64 = 1 << 64
 _MASK64 = _U64 - 1
+_MAX_FIELD = (1 << 29) - 1  # protobuf's largest field number
 
 
 def _varint(n: int) -> bytes:
@@ -219,8 +220,8 @@ def _varint_at(buf: bytes, pos: int) -> tuple[int, int]:
 def _skip(buf: bytes, pos: int, tag: int) -> int:
     """Past the value at ``pos`` of an unknown field with ``tag`` (a group to its end tag)."""
     wire_type = tag & 7
-    if tag < 8:
-        raise WireError("field number 0")
+    if tag < 8 or tag >> 3 > _MAX_FIELD:
+        raise WireError(f"field number {tag >> 3} (valid: 1 to {_MAX_FIELD})")
     if wire_type == 0:
         return _varint_at(buf, pos)[1]
     if wire_type == 1:
