@@ -6,6 +6,7 @@ redis-server, the way someone with write access to the database would.
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import sqlite3
@@ -66,6 +67,8 @@ class Raw:
 
 
 class SqliteRaw(Raw):
+    """The snapshot's row, or an id's outputs inside the row of the save that applied it."""
+
     def __init__(self, path: Path) -> None:
         self.url = f"sqlite:///{path}"
         self.path = path
@@ -75,11 +78,10 @@ class SqliteRaw(Raw):
             if msg_id is None:
                 row = conn.execute("SELECT data FROM nfbuilder_state WHERE namespace = ? AND "
                                    "state_name = ? AND key = ?", (ns, state, key)).fetchone()
-            else:
-                row = conn.execute("SELECT outputs FROM nfbuilder_outputs WHERE namespace = ? "
-                                   "AND state_name = ? AND key = ? AND msg_id = ?",
-                                   (ns, state, key, msg_id)).fetchone()
-        return bytes(row[0])
+                return bytes(row[0])
+            _, ids, sizes, blob = self._applied(conn, ns, state, key, msg_id)
+        start = sum(sizes[: ids.index(msg_id)])
+        return bytes(blob[start:start + sizes[ids.index(msg_id)]])
 
     def put(self, ns: str, state: str, key: str, blob: bytes, msg_id: str | None = None) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None)
@@ -88,12 +90,26 @@ class SqliteRaw(Raw):
                 done = conn.execute("UPDATE nfbuilder_state SET data = ? WHERE namespace = ? "
                                     "AND state_name = ? AND key = ?", (blob, ns, state, key))
             else:
-                done = conn.execute("UPDATE nfbuilder_outputs SET outputs = ? WHERE namespace "
-                                    "= ? AND state_name = ? AND key = ? AND msg_id = ?",
-                                    (blob, ns, state, key, msg_id))
+                rowid, ids, sizes, outputs = self._applied(conn, ns, state, key, msg_id)
+                at = ids.index(msg_id)
+                start = sum(sizes[:at])
+                outputs = outputs[:start] + blob + outputs[start + sizes[at]:]
+                sizes[at] = len(blob)
+                done = conn.execute("UPDATE nfbuilder_applied SET sizes = ?, outputs = ? "
+                                    "WHERE rowid = ?", (json.dumps(sizes), outputs, rowid))
             assert done.rowcount == 1  # the record exists: the plant replaces a real blob
         finally:
             conn.close()
+
+    @staticmethod
+    def _applied(conn: sqlite3.Connection, ns: str, state: str, key: str,
+                 msg_id: str) -> tuple[int, list[str], list[int], bytes]:
+        for rowid, ids, sizes, blob in conn.execute(
+                "SELECT rowid, ids, sizes, outputs FROM nfbuilder_applied WHERE namespace = ? "
+                "AND state_name = ? AND key = ? ORDER BY rowid DESC", (ns, state, key)):
+            if msg_id in json.loads(ids):
+                return rowid, json.loads(ids), json.loads(sizes), bytes(blob)
+        raise AssertionError(f"no row holds {msg_id!r}")
 
 
 class RedisRaw(Raw):
@@ -332,8 +348,6 @@ def test_a_truncated_blob_is_refused() -> None:
 @given(st.text(), st.text(), st.text(), st.none() | st.text())
 def test_the_signed_record_is_the_json_list_of_its_fields(ns: str, name: str, key: str,
                                                           msg_id: str | None) -> None:
-    import json
-
     from nfbuilder.runtime.state.signing import record
 
     assert record(ns, name, key, msg_id) == json.dumps([ns, name, key, msg_id]).encode()

@@ -357,21 +357,112 @@ def test_sqlite_save_many_is_one_transaction_refused_whole_when_fenced(tmp_path:
         new_owner.close()
 
 
-def test_sqlite_file_with_a_json_id_window_is_read_and_then_rewritten(tmp_path: Path) -> None:
-    """Files written before the rows were the window keep it as JSON in the snapshot's row:
-    read as it is, and the next save goes on from it."""
-    import json
-    import sqlite3
+# the tables of the release before this layout: a row per applied id
+_ID_ROWS_SCHEMA = """
+CREATE TABLE nfbuilder_state (namespace TEXT NOT NULL, state_name TEXT NOT NULL,
+    key TEXT NOT NULL, data BLOB NOT NULL, ids TEXT NOT NULL,
+    PRIMARY KEY (namespace, state_name, key));
+CREATE TABLE nfbuilder_outputs (namespace TEXT NOT NULL, state_name TEXT NOT NULL,
+    key TEXT NOT NULL, msg_id TEXT NOT NULL, outputs BLOB NOT NULL{at},
+    PRIMARY KEY (namespace, state_name, key, msg_id));
+CREATE INDEX nfbuilder_outputs_key ON nfbuilder_outputs (namespace, state_name, key);
+"""
 
-    url = f"sqlite:///{tmp_path / 'state.db'}"
-    open_store(url, namespace="app").close()  # the tables
-    conn = sqlite3.connect(tmp_path / "state.db")
-    conn.execute("INSERT INTO nfbuilder_state VALUES ('app', 's', 'k', ?, ?)",
-                 (b"old", json.dumps(["m-2", "m-3"])))
-    conn.executemany("INSERT INTO nfbuilder_outputs VALUES ('app', 's', 'k', ?, ?, ?)",
-                     [("m-1", b"", 1.0), ("m-2", b"o2", 2.0), ("m-3", b"", 3.0)])
+
+def _file_of_id_rows(path: Path, state: list[tuple[str, bytes, str]],
+                     ids: list[tuple[str, str, bytes, float]], times: bool = True) -> str:
+    """A state file as the release before wrote it: ``state`` (key, data, JSON window) and a
+    row per applied id ``ids`` (key, id, outputs, saved at), in order."""
+    conn = sqlite3.connect(path)
+    conn.executescript(_ID_ROWS_SCHEMA.format(at=", at REAL NOT NULL DEFAULT 0" if times else ""))
+    conn.executemany("INSERT INTO nfbuilder_state VALUES ('app', 's', ?, ?, ?)", state)
+    if times:
+        conn.executemany("INSERT INTO nfbuilder_outputs VALUES ('app', 's', ?, ?, ?, ?)", ids)
+    else:
+        conn.executemany("INSERT INTO nfbuilder_outputs VALUES ('app', 's', ?, ?, ?)",
+                         [row[:3] for row in ids])
     conn.commit()
     conn.close()
+    return f"sqlite:///{path}"
+
+
+def _tables(path: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _rows(path: Path, key: str = "k") -> list[tuple[list[str], float]]:
+    """The ids and time of each row of applied ids of ``key``, oldest first."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return [(json.loads(ids), at) for ids, at in conn.execute(
+            "SELECT ids, at FROM nfbuilder_applied WHERE key = ? ORDER BY rowid", (key,))]
+
+
+def test_sqlite_file_of_a_row_per_id_is_converted_at_open(tmp_path: Path) -> None:
+    """Each key's ids saved at one time become one row, in order, their outputs and times
+    kept; the old table goes; the next save goes on from the converted window."""
+    now = time.time()
+    path = tmp_path / "state.db"
+    url = _file_of_id_rows(path, [("k", b"k-state", ""), ("j", b"j", "")], [
+        ("k", "m-1", b"o1", now - 100), ("k", "m-2", b"", now - 100), ("j", "n-1", b"", now),
+        ("k", "m-3", b"o3", now - 1), ("k", "m-4", b"", now - 1)])
+    store = open_store(url, namespace="app", id_window=3, id_retention_s=120)
+    try:
+        assert "nfbuilder_outputs" not in _tables(path)
+        assert _rows(path) == [(["m-1", "m-2"], now - 100), (["m-3", "m-4"], now - 1)]
+        snap = store.load("s", "k")
+        assert snap == Snapshot(b"k-state", ("m-1", "m-2", "m-3", "m-4"))  # m-1: by its time
+        assert dict(snap.outputs) == {"m-1": b"o1", "m-2": b"", "m-3": b"o3", "m-4": b""}
+        assert snap.applied_at == (now - 100, now - 100, now - 1, now - 1)
+        assert store.load("s", "j") == Snapshot(b"j", ("n-1",))
+        store.save("s", "k", b"next", ["m-5"])
+        assert store.load("s", "k") == Snapshot(b"next", ("m-1", "m-2", "m-3", "m-4", "m-5"))
+    finally:
+        store.close()
+    # a shorter retention: the first row is out of the window of 3 and expired, so deleted
+    again = open_store(url, namespace="app", id_window=3, id_retention_s=50)
+    try:
+        again.save("s", "k", b"last", ["m-6"])
+        assert [ids for ids, _ in _rows(path)] == [["m-3", "m-4"], ["m-5"], ["m-6"]]
+        # m-3 is out of the window too, but younger than 50 s
+        assert again.load("s", "k") == Snapshot(b"last", ("m-3", "m-4", "m-5", "m-6"))
+    finally:
+        again.close()
+
+
+def test_sqlite_signed_file_of_a_row_per_id_keeps_its_signatures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outputs are copied as they were signed (for their ids): no key is needed to convert,
+    and a tampered one is still refused when its key is loaded."""
+    from nfbuilder.runtime.state.signing import KEY_ENV, Seal, StateIntegrityError
+
+    seal = Seal(b"key-a", shown="", namespace="app")
+    outs = seal.sign_outputs({"m-1": b"one"}, ["m-1", "m-2"], "s", "k")
+    url = _file_of_id_rows(tmp_path / "state.db", [("k", seal.sign(b"data", "s", "k"), ""),
+                                                   ("bad", seal.sign(b"data", "s", "bad"), "")],
+                           [("k", "m-1", outs["m-1"], 1.0), ("k", "m-2", outs["m-2"], 1.0),
+                            ("bad", "m-1", outs["m-1"], 1.0)])  # m-1's outputs under another key
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    open_store(url, namespace="app").close()  # converted without the key
+    monkeypatch.setenv(KEY_ENV, "key-a")
+    store = open_store(url, namespace="app", id_retention_s=0)
+    try:
+        snap = store.load("s", "k")
+        assert snap == Snapshot(b"data", ("m-1", "m-2"))
+        assert dict(snap.outputs) == {"m-1": b"one", "m-2": b""}
+        with pytest.raises(StateIntegrityError, match="recorded outputs of message 'm-1'"):
+            store.load("s", "bad")
+    finally:
+        store.close()
+
+
+def test_sqlite_file_with_a_json_id_window_is_read_and_then_rewritten(tmp_path: Path) -> None:
+    """Files written before the rows were the window (and before ids had times) keep it as
+    JSON in the snapshot's row: read as it is, and the next save goes on from it."""
+    url = _file_of_id_rows(tmp_path / "state.db", [("k", b"old", json.dumps(["m-2", "m-3"]))],
+                           [("k", "m-1", b"", 0), ("k", "m-2", b"o2", 0), ("k", "m-3", b"", 0)],
+                           times=False)
     store = open_store(url, namespace="app", id_window=3, id_retention_s=0)
     try:
         snap = store.load("s", "k")
@@ -379,6 +470,65 @@ def test_sqlite_file_with_a_json_id_window_is_read_and_then_rewritten(tmp_path: 
         assert dict(snap.outputs)["m-2"] == b"o2"
         store.save("s", "k", b"new", ["m-4"])
         assert store.load("s", "k") == Snapshot(b"new", ("m-2", "m-3", "m-4"))  # window of 3
+    finally:
+        store.close()
+
+
+def test_sqlite_keeps_a_row_per_save_and_only_the_rows_the_window_needs(tmp_path: Path) -> None:
+    """A save writes one row for its ids; a row whose ids all left the window (retention 0)
+    or were all saved again later is deleted."""
+    path = tmp_path / "state.db"
+    store = open_store(f"sqlite:///{path}", namespace="app", id_window=10, id_retention_s=0)
+    try:
+        for n in range(20):
+            store.save("s", "k", b"x", [f"m-{n}-{i}" for i in range(3)])
+        # the window's 10 ids: the newest 3 rows and 1 id of the row before (the edge)
+        assert [len(ids) for ids, _ in _rows(path)] == [3, 3, 3, 3]
+        for _ in range(3):  # a save retried: its first rows hold nothing the last does not
+            store.save("s", "k", b"x", ["r-1", "r-2"])
+        assert [len(ids) for ids, _ in _rows(path)] == [3, 3, 3, 2]  # the edge moved by 2
+        snap = store.load("s", "k")
+        assert snap is not None and snap.applied_ids == (
+            "m-17-0", "m-17-1", "m-17-2", "m-18-0", "m-18-1", "m-18-2", "m-19-0", "m-19-1",
+            "m-19-2", "r-1", "r-2")[-10:]
+    finally:
+        store.close()
+
+
+def test_sqlite_sees_another_process_save_the_same_key(tmp_path: Path) -> None:
+    """Where a key's window lies is kept between saves; a save of the key by another store
+    on the file is seen, so the rows it pushed out are still deleted."""
+    path = tmp_path / "state.db"
+    url = f"sqlite:///{path}"
+    first = open_store(url, namespace="app", id_window=2, id_retention_s=0)
+    other = open_store(url, namespace="app", id_window=2, id_retention_s=0)
+    try:
+        first.save("s", "k", b"1", ["a"])
+        first.save("s", "k", b"2", ["b"])
+        other.save("s", "k", b"3", ["c"])
+        other.save("s", "k", b"4", ["d"])
+        first.save("s", "k", b"5", ["e"])
+        assert _rows(path) == [(["d"], pytest.approx(time.time(), abs=60)),
+                               (["e"], pytest.approx(time.time(), abs=60))]
+        assert first.load("s", "k") == Snapshot(b"5", ("d", "e"))
+    finally:
+        first.close()
+        other.close()
+
+
+def test_sqlite_damaged_row_of_ids_is_refused_with_what_is_wrong(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    url = f"sqlite:///{path}"
+    store = open_store(url, namespace="app")
+    try:
+        store.save("s", "k", b"x", ["a", "b"], {"a": b"out"})
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute("UPDATE nfbuilder_applied SET sizes = '[1]'")
+        with pytest.raises(StateStoreError) as err:
+            store.load("s", "k")
+        assert str(err.value) == (
+            f"state store {url}: a row of applied ids of state 's' key 'k' is damaged (2 ids, "
+            "1 sizes adding up to 1 bytes of 3); check the file and the disk")
     finally:
         store.close()
 

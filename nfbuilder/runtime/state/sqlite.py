@@ -1,15 +1,25 @@
 """`sqlite:///path.db`: the embedded state store (default of the local engine).
 
-A row per (namespace, state name, key) holds the snapshot bytes, a row per applied message id
-its outputs and when it was saved; a save writes the snapshot and its ids in one transaction.
-The ids' rows in insertion order are the count window (the newest ``id_window``); a file written
-before that kept the window as a JSON list in the snapshot's row, read as such until its next
-save. The file is in
+A row per (namespace, state name, key) holds the snapshot bytes; a row per save of a key holds
+the ids that save applied (a JSON list), each id's outputs and when it was saved. A save writes
+the snapshot and its row in one transaction, so one batch costs a row per key it touched, not a
+row per message. Rows in rowid order are the order of application (an id saved again counts at
+its newest row), and the count window is the newest ``id_window`` ids over them: a save deletes
+the key's rows that hold only ids older than the window and saved before the retention horizon;
+a load drops the ids of the row straddling the window's edge that such a delete would have
+dropped. The store keeps, per key it saved, where the window's edge lies (checked against the
+file at each save, so another process saving the key is seen), so a save reads none of the ids
+it does not write.
+
+A file written by the release before (a row per applied id, in ``nfbuilder_outputs``) is
+converted when it is opened, in one transaction: each key's consecutive ids saved at the same
+time become one row. A file older still keeps its count window as a JSON list in the snapshot's
+row, read as such until its next save. The file is in
 WAL mode with a busy timeout, so several processes (one writer per partition, each with its own
 keys) can share it: a writer waits for another's short transaction instead of failing.
 ``synchronous=NORMAL``: in WAL mode a committed save survives a crash of the process (what the
 local engine restarts from); only an OS crash or power loss may lose the newest commits.
-``data`` and ``outputs`` are signed with ``NFBUILDER_STATE_KEY`` when it is set (see
+``data`` and each id's outputs are signed with ``NFBUILDER_STATE_KEY`` when it is set (see
 :mod:`.signing`): anyone who can write the file must not be able to run code in the vertices.
 
 Example::
@@ -36,13 +46,14 @@ from nfbuilder.runtime.state.store import (
     Snapshot,
     StateStoreError,
     fenced,
+    log,
     timed_snapshot,
 )
 
 _PREFIX = "sqlite:///"
 # WAL pages between automatic checkpoints (SQLite's default: 1000). A batch rewrites the same
 # index pages of its keys: a checkpoint every 4000 copies each of them once for more batches,
-# and syncs the file a quarter as often (a tenth of a save's CPU); the WAL file grows to ~16 MB.
+# and syncs the file a quarter as often; the WAL file grows to ~16 MB.
 _CHECKPOINT_PAGES = 4000
 
 _SCHEMA = """
@@ -54,63 +65,159 @@ CREATE TABLE IF NOT EXISTS nfbuilder_state (
     ids        TEXT NOT NULL,
     PRIMARY KEY (namespace, state_name, key)
 );
-CREATE TABLE IF NOT EXISTS nfbuilder_outputs (
+CREATE TABLE IF NOT EXISTS nfbuilder_applied (
     namespace  TEXT NOT NULL,
     state_name TEXT NOT NULL,
     key        TEXT NOT NULL,
-    msg_id     TEXT NOT NULL,
-    outputs    BLOB NOT NULL,
-    at         REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (namespace, state_name, key, msg_id)
+    at         REAL NOT NULL,
+    ids        TEXT NOT NULL,
+    sizes      TEXT NOT NULL,
+    outputs    BLOB NOT NULL
 );
-"""
-# Each applied id has a row with its outputs and the time it was saved at (``at``); rowid order
-# is the order they were applied in (a saved-again id is replaced: the newest position). So a
-# save writes only its own ids and deletes only those out of the count window and expired,
-# whatever the retention holds. The ``ids`` column is empty (a JSON window in older files).
-_FENCES = """CREATE TABLE IF NOT EXISTS nfbuilder_fences (
+CREATE INDEX IF NOT EXISTS nfbuilder_applied_key
+ON nfbuilder_applied (namespace, state_name, key);
+CREATE INDEX IF NOT EXISTS nfbuilder_applied_at
+ON nfbuilder_applied (namespace, state_name, key, at);
+CREATE TABLE IF NOT EXISTS nfbuilder_fences (
     namespace  TEXT NOT NULL,
     state_name TEXT NOT NULL,
     partition  INTEGER NOT NULL,
     epoch      INTEGER NOT NULL,
     PRIMARY KEY (namespace, state_name, partition)
-)"""
+);
+"""
+# A row of nfbuilder_applied is one save of a key: ``ids`` the JSON list of the ids it applied
+# (oldest first, each once), ``sizes`` the JSON list of their outputs' lengths, ``outputs`` those
+# outputs (each signed for its id) one after the other, ``at`` the save's time. The key index
+# (every index ends with the rowid) gives a key's rows in order and its newest row; the ``at``
+# index finds the expired ones. The ``ids`` column of nfbuilder_state is empty (a JSON window
+# in the oldest files).
 _CLAIM = """INSERT INTO nfbuilder_fences VALUES (?, ?, ?, 1)
 ON CONFLICT (namespace, state_name, partition) DO UPDATE SET epoch = epoch + 1"""
 _EPOCH = ("SELECT epoch FROM nfbuilder_fences"
           " WHERE namespace = ? AND state_name = ? AND partition = ?")
-_AT_COLUMN = "ALTER TABLE nfbuilder_outputs ADD COLUMN at REAL NOT NULL DEFAULT 0"
-_AT_INDEX = """CREATE INDEX IF NOT EXISTS nfbuilder_outputs_at
-ON nfbuilder_outputs (namespace, state_name, key, at)"""
-# a key's rows in rowid order (every index ends with the rowid): the window's edge, cheaply
-_KEY_INDEX = """CREATE INDEX IF NOT EXISTS nfbuilder_outputs_key
-ON nfbuilder_outputs (namespace, state_name, key)"""
 
 _SELECT = "SELECT data, ids FROM nfbuilder_state WHERE namespace = ? AND state_name = ? AND key = ?"
-_SELECT_OUTPUTS = (
-    "SELECT msg_id, outputs, at FROM nfbuilder_outputs"
+_SELECT_ROWS = (
+    "SELECT at, ids, sizes, outputs FROM nfbuilder_applied"
     " WHERE namespace = ? AND state_name = ? AND key = ? ORDER BY rowid"
 )
-_PUT_OUTPUT = (
-    "INSERT OR REPLACE INTO nfbuilder_outputs (namespace, state_name, key, msg_id, outputs, at)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+_NEWEST_FIRST = (
+    "SELECT rowid, ids FROM nfbuilder_applied"
+    " WHERE namespace = ? AND state_name = ? AND key = ? ORDER BY rowid DESC"
 )
-# the expired rows: saved at or before the horizon, and older than the window's oldest row
-# (the ``id_window``-th newest; none while a key has fewer rows)
+_NEWEST = (
+    "SELECT rowid FROM nfbuilder_applied"
+    " WHERE namespace = ? AND state_name = ? AND key = ? ORDER BY rowid DESC LIMIT 1"
+)
+_TOP = "SELECT max(rowid) FROM nfbuilder_applied"
+_PUT_ROW = (
+    "INSERT INTO nfbuilder_applied (rowid, namespace, state_name, key, at, ids, sizes, outputs)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# the rows older than the window's edge (the row holding its oldest id) saved before the horizon
 _DROP_EXPIRED = (
-    "DELETE FROM nfbuilder_outputs WHERE namespace = ? AND state_name = ? AND key = ?"
-    " AND at <= ? AND rowid < (SELECT rowid FROM nfbuilder_outputs"
-    " WHERE namespace = ? AND state_name = ? AND key = ? ORDER BY rowid DESC LIMIT 1 OFFSET ?)"
+    "DELETE FROM nfbuilder_applied WHERE namespace = ? AND state_name = ? AND key = ?"
+    " AND at <= ? AND rowid < ?"
 )
+_DROP_ROW = "DELETE FROM nfbuilder_applied WHERE rowid = ?"
 _UPSERT = """
 INSERT INTO nfbuilder_state (namespace, state_name, key, data, ids) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (namespace, state_name, key) DO UPDATE SET data = excluded.data, ids = excluded.ids
 """
+# the release before: a row per applied id, converted at open (_convert_id_rows)
+_OLD_TABLE = "nfbuilder_outputs"
+
+Ident = tuple[str, str, str]
+# keys whose windows a store keeps (each at most ``id_window`` ids); a key beyond is read again
+_WINDOWS = 4096
 
 
 def _last_first(ids: Sequence[str]) -> list[str]:
     """``ids`` once each, in the order of their last occurrence (``merge_ids``'s rule)."""
     return list(reversed(dict.fromkeys(reversed(ids))))
+
+
+class _Window:
+    """Where one key's count window lies in its rows: the rows from the one holding the
+    window's oldest id (the edge) to the newest, each with how many of its ids are not saved
+    again in a newer row (live), and each of their ids' newest row.
+
+    What a save needs to find the new edge and the rows wholly saved again, without reading
+    the ids it does not write. Valid while ``newest`` is the key's newest row in the file."""
+
+    __slots__ = ("live", "newest", "rows", "total", "where")
+
+    def __init__(self) -> None:
+        self.rows: dict[int, list[str]] = {}  # rowid -> ids, oldest row first
+        self.live: dict[int, int] = {}
+        self.where: dict[str, int] = {}  # id -> its newest row (among ``rows``)
+        self.total = 0  # live ids in ``rows``
+        self.newest = 0
+
+    def add(self, rowid: int, ids: list[str], window: int) -> list[int]:
+        """Append a newer row; the rows it leaves without a live id (saved again, not the
+        newest), to delete whatever their age."""
+        dead = []
+        where, live = self.where, self.live
+        for msg_id in ids:
+            old = where.get(msg_id)
+            if old is not None:
+                live[old] -= 1
+                self.total -= 1
+                if live[old] == 0:
+                    dead.append(old)
+            where[msg_id] = rowid
+        self.rows[rowid] = ids
+        live[rowid] = len(ids)
+        self.total += len(ids)
+        self.newest = rowid
+        for rowid in dead:
+            self._drop(rowid)
+        self._trim(window)
+        return dead
+
+    def edge(self) -> int:
+        """The rowid of the row holding the window's oldest id (0: no row yet)."""
+        return next(iter(self.rows), 0)
+
+    def _trim(self, window: int) -> None:
+        # the oldest row leaves while the newer ones hold the window without it
+        rows, live = self.rows, self.live
+        while rows:
+            oldest = next(iter(rows))
+            if self.total - live[oldest] < window:
+                return
+            self._drop(oldest)
+
+    def _drop(self, rowid: int) -> None:
+        where = self.where
+        for msg_id in self.rows.pop(rowid):
+            if where.get(msg_id) == rowid:
+                del where[msg_id]
+        self.total -= self.live.pop(rowid)
+
+    @classmethod
+    def read(cls, conn: sqlite3.Connection, ident: Ident, window: int) -> _Window:
+        """A key's window as the file holds it: its rows read newest first to the edge."""
+        found, seen, total = [], set(), 0
+        for rowid, ids_json in conn.execute(_NEWEST_FIRST, ident):
+            ids = json.loads(ids_json)
+            fresh = [i for i in ids if i not in seen]
+            seen.update(fresh)
+            found.append((rowid, ids, len(fresh)))
+            total += len(fresh)
+            if total >= window:
+                break
+        made = cls()
+        for rowid, ids, live in reversed(found):
+            made.rows[rowid] = ids
+            made.live[rowid] = live
+            for msg_id in ids:
+                made.where[msg_id] = rowid
+        made.total = total
+        made.newest = found[0][0] if found else 0
+        return made
 
 
 def sqlite_path(url: str) -> Path:
@@ -153,6 +260,8 @@ class SqliteStore:
         self._seal = Seal(signing_key, shown=url, namespace=namespace)
         # One connection shared by the threads of a step server; sqlite3 needs it serialized.
         self._lock = threading.Lock()
+        # per key this store saved, where its window lies (most recently saved last)
+        self._windows: dict[Ident, _Window] = {}
 
     @classmethod
     def open(
@@ -186,16 +295,7 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
             conn.executescript(_SCHEMA)
-            columns = [r[1] for r in conn.execute("PRAGMA table_info(nfbuilder_outputs)")]
-            if "at" not in columns:  # a file written before ids had times
-                try:
-                    conn.execute(_AT_COLUMN)
-                except sqlite3.OperationalError as exc:
-                    if "duplicate column" not in str(exc):  # else: another process added it
-                        raise
-            conn.execute(_AT_INDEX)
-            conn.execute(_KEY_INDEX)
-            conn.execute(_FENCES)
+            _convert_id_rows(conn, url)
         except sqlite3.Error as exc:
             conn.close()
             raise StateStoreError(
@@ -206,23 +306,41 @@ class SqliteStore:
                    id_retention_s=id_retention_s, signing_key=signing_key)
 
     def load(self, state_name: str, key: str) -> Snapshot | None:
+        ident = (self.namespace, state_name, key)
         with self._lock:
             try:
-                row = self._conn.execute(_SELECT, (self.namespace, state_name, key)).fetchone()
+                row = self._conn.execute(_SELECT, ident).fetchone()
+                if row is None:
+                    return None
+                saves = self._conn.execute(_SELECT_ROWS, ident).fetchall()
             except sqlite3.Error as exc:
                 raise self._error("load", state_name, key, exc) from exc
-            if row is None:
-                return None
-            try:
-                rows = self._conn.execute(_SELECT_OUTPUTS, (self.namespace, state_name, key))
-                timed = [(msg_id, bytes(blob), float(at)) for msg_id, blob, at in rows]
-            except sqlite3.Error as exc:
-                raise self._error("load", state_name, key, exc) from exc
+        kept: dict[str, tuple[bytes, float]] = {}  # in the order of each id's newest save
+        newest = 0.0
+        for at, ids_json, sizes_json, blob in saves:
+            ids, sizes = json.loads(ids_json), json.loads(sizes_json)
+            if len(ids) != len(sizes) or sum(sizes) != len(blob):
+                raise StateStoreError(
+                    f"state store {self.url_for_display}: a row of applied ids of state "
+                    f"{state_name!r} key {key!r} is damaged ({len(ids)} ids, {len(sizes)} sizes "
+                    f"adding up to {sum(sizes)} bytes of {len(blob)}); check the file and the disk")
+            start = 0
+            for msg_id, size in zip(ids, sizes, strict=True):
+                kept.pop(msg_id, None)
+                kept[msg_id] = (blob[start:start + size], at)
+                start += size
+            newest = at
         check = self._seal.check
-        # an older file's count window is the JSON list in the snapshot's row
-        window = json.loads(row[1]) if row[1] else [i for i, _, _ in timed[-self.id_window:]]
+        if row[1]:  # an older file's count window is the JSON list in the snapshot's row
+            window = json.loads(row[1])
+        else:
+            window = list(kept)[-self.id_window:]
+            # what the last save's delete would have left of the row at the window's edge
+            horizon, inside = newest - self.id_retention_s, set(window)
+            kept = {i: v for i, v in kept.items() if v[1] > horizon or i in inside}
         return timed_snapshot(check(bytes(row[0]), state_name, key), window,
-                              [(i, check(b, state_name, key, i), at) for i, b, at in timed])
+                              [(i, check(b, state_name, key, i), at)
+                               for i, (b, at) in kept.items()])
 
     def save(
         self,
@@ -238,26 +356,25 @@ class SqliteStore:
     def save_many(self, saves: Sequence[Save], fence: Fence | None = None) -> None:
         if not saves:
             return
-        # signed and put in rows before the write lock is taken, to keep the transaction short.
-        # One statement per kind for the whole batch, every row in before any expired one goes:
-        # what one save after another leaves (a later save of a key only moves its window's
-        # edge further, so deleting once after the last finds what deleting after each does)
+        # signed and put in rows before the write lock is taken, to keep the transaction short
         seal, namespace = self._seal, self.namespace
-        idents = list(dict.fromkeys((namespace, s.state_name, s.key) for s in saves))
-        states, outputs = [], []
+        states, rows = [], []
         for save in saves:
             ident = (namespace, save.state_name, save.key)
             states.append((*ident, seal.sign(save.data, save.state_name, save.key), ""))
             # in the order of their last application: an id applied twice is newest
             ids = _last_first(save.applied_ids)
-            blobs = seal.sign_outputs(save.outputs or {}, ids, save.state_name, save.key)
-            outputs += [(*ident, msg_id, blobs[msg_id]) for msg_id in ids]
+            if ids:
+                blobs = seal.sign_outputs(save.outputs or {}, ids, save.state_name, save.key)
+                signed = [blobs[i] for i in ids]
+                rows.append((ident, ids, json.dumps(ids), json.dumps(list(map(len, signed))),
+                             b"".join(signed)))
         first = saves[0]
         with self._lock:
             conn = self._conn
             try:
-                # IMMEDIATE takes the write lock before reading the old ids, so no other
-                # process can slip a save for these keys in between (no lost id merge).
+                # IMMEDIATE takes the write lock before the windows are checked against the
+                # file, so no other process can slip a save for these keys in between.
                 conn.execute("BEGIN IMMEDIATE")
                 if fence is not None:
                     for name in dict.fromkeys(s.state_name for s in saves):
@@ -266,11 +383,17 @@ class SqliteStore:
                             conn.execute("ROLLBACK")
                             raise fenced(self.url_for_display, name, first.key, fence)
                 now = time.time()
-                horizon, edge = now - self.id_retention_s, self.id_window - 1
                 conn.executemany(_UPSERT, states)
-                conn.executemany(_PUT_OUTPUT, [(*row, now) for row in outputs])
-                conn.executemany(_DROP_EXPIRED, [(*i, horizon, *i, edge) for i in idents])
-                conn.execute("COMMIT")
+                if rows:
+                    try:
+                        self._append(conn, rows, now)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        for ident, *_ in rows:  # their windows hold what is not in the file
+                            self._windows.pop(ident, None)
+                        raise
+                else:
+                    conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:
                     if conn.in_transaction:
@@ -278,6 +401,36 @@ class SqliteStore:
                 except sqlite3.Error:
                     pass  # the connection itself is unusable; its transaction died with it
                 raise self._error("save", first.state_name, first.key, exc) from exc
+
+    def _append(self, conn: sqlite3.Connection, rows: list[tuple[Ident, list[str], str, str,
+                                                                 bytes]], now: float) -> None:
+        """Insert a row per save and delete what the saves pushed out, in the open transaction.
+
+        Rowids are given here (after the newest in the file: the write lock is held) so each
+        key's window knows its rows without reading them back."""
+        windows, window = self._windows, self.id_window
+        edges: dict[Ident, int] = {}
+        dead: list[tuple[int]] = []
+        top = conn.execute(_TOP).fetchone()[0] or 0
+        inserts = []
+        for ident, ids, ids_json, sizes_json, blob in rows:
+            known = windows.pop(ident, None)  # put back last: the most recently saved key
+            if known is None or ident not in edges:  # the key's first row in this batch
+                newest = conn.execute(_NEWEST, ident).fetchone()
+                if known is None or known.newest != (newest[0] if newest else 0):
+                    known = _Window.read(conn, ident, window)  # new here, or saved elsewhere
+            top += 1
+            inserts.append((top, *ident, now, ids_json, sizes_json, blob))
+            dead += [(rowid,) for rowid in known.add(top, ids, window)]
+            edges[ident] = known.edge()
+            windows[ident] = known
+        while len(windows) > _WINDOWS:
+            del windows[next(iter(windows))]
+        conn.executemany(_PUT_ROW, inserts)
+        if dead:
+            conn.executemany(_DROP_ROW, dead)
+        horizon = now - self.id_retention_s
+        conn.executemany(_DROP_EXPIRED, [(*i, horizon, edge) for i, edge in edges.items()])
 
     def claim(self, state_name: str, partition: int) -> int:
         ident = (self.namespace, state_name, partition)
@@ -311,7 +464,7 @@ class SqliteStore:
                 conn.execute("BEGIN IMMEDIATE")
                 n = conn.execute("DELETE FROM nfbuilder_state WHERE namespace = ?",
                                  (self.namespace,)).rowcount
-                conn.execute("DELETE FROM nfbuilder_outputs WHERE namespace = ?",
+                conn.execute("DELETE FROM nfbuilder_applied WHERE namespace = ?",
                              (self.namespace,))
                 conn.execute("DELETE FROM nfbuilder_fences WHERE namespace = ?",
                              (self.namespace,))
@@ -320,6 +473,7 @@ class SqliteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise self._error("clear", "*", "*", exc) from exc
+            self._windows.clear()
         return int(n)
 
     def close(self) -> None:
@@ -337,6 +491,50 @@ class SqliteStore:
             f"cannot {action} state {state_name!r} key {key!r} in SQLite state store "
             f"{self.url_for_display} (file {self.path}): {exc}; {hint}"
         )
+
+
+def _convert_id_rows(conn: sqlite3.Connection, url: str) -> None:
+    """Rewrite a file of the release before (a row per applied id in ``nfbuilder_outputs``) into
+    rows per save: a key's consecutive ids saved at the same time (one save's) become one row,
+    their order and times kept, their signed outputs copied as they are. One transaction; a
+    process that opens the file at the same time finds it done."""
+    def old_table() -> bool:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                            (_OLD_TABLE,)).fetchone() is not None
+
+    if not old_table():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if not old_table():
+            conn.execute("ROLLBACK")
+            return
+        columns = [r[1] for r in conn.execute(f"PRAGMA table_info({_OLD_TABLE})")]
+        at = "at" if "at" in columns else "0"  # files written before ids had times: 0
+        saves: dict[Ident, list[tuple[float, list[str], list[bytes]]]] = {}
+        n = 0
+        for *ident, msg_id, blob, when in conn.execute(
+                f"SELECT namespace, state_name, key, msg_id, outputs, {at} FROM {_OLD_TABLE}"
+                " ORDER BY rowid"):
+            runs = saves.setdefault((ident[0], ident[1], ident[2]), [])
+            if not runs or runs[-1][0] != when:
+                runs.append((float(when), [], []))
+            runs[-1][1].append(msg_id)
+            runs[-1][2].append(bytes(blob))
+            n += 1
+        conn.executemany(
+            "INSERT INTO nfbuilder_applied (namespace, state_name, key, at, ids, sizes, outputs)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(*ident, when, json.dumps(ids), json.dumps(list(map(len, blobs))), b"".join(blobs))
+             for ident, runs in saves.items() for when, ids, blobs in runs])
+        conn.execute(f"DROP TABLE {_OLD_TABLE}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    log.info("state store %s: converted %d applied ids of %d keys to a row per save", url, n,
+             len(saves))
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout: float) -> str:

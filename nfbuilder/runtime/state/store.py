@@ -29,9 +29,9 @@ recorded outputs of ``id_retention_s`` seconds take: per key, about ``rate x id_
 Rule (identical in every store): a save records each of its ids with the save's time (an id saved
 again moves to the newest position); kept are the newest ``id_window`` ids (:func:`merge_ids`) and
 every id saved less than ``id_retention_s`` ago (``id_retention_s=0``: the count alone). The ids
-kept by time are stored one record per id, so a save costs its own ids plus the expired ones, not
-the whole retention. Retrying the same ``save`` leaves the same ids (idempotent), which the Redis
-store relies on when a reply is lost after the write happened.
+are stored a record per id (Redis) or a row per save of a key (SQLite), so a save costs its own
+ids plus the expired ones, not the whole retention. Retrying the same ``save`` leaves the same
+ids (idempotent), which the Redis store relies on when a reply is lost after the write happened.
 
 Trust
 -----
