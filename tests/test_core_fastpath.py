@@ -15,6 +15,7 @@ from nfbuilder.plan import MapVertex, StateVertex, TcpSinkVertex, Vertex, plan
 from nfbuilder.runtime.core import Out, VertexProgram
 from nfbuilder.runtime.errors import UserCodeError
 from nfbuilder.runtime.state import open_store
+from nfbuilder.runtime.state.signing import PREFIX
 from nfbuilder.runtime.statetable import StateTable
 from nfbuilder.topology import Application, from_actions
 
@@ -206,6 +207,7 @@ def test_a_vertex_of_several_pipelines_needs_the_pipeline() -> None:
     [Out(b"apple => 1\n")],  # the usual record: one plain output, its bytes after a marker
     [Out(b"")],
     [Out(b"\x00starts with the marker")],
+    [Out(b"nfb1 after the marker, a record would start as a signed blob does")],
     [Out(b"v", ("k",))],
     [Out(b"v", (), ("t",))],
     [Out(b"v", (), (), 7)],
@@ -216,7 +218,8 @@ def test_recorded_outputs_replay_as_they_were(outs: list[Out]) -> None:
     recorded = prog._record(outs, True)
     assert prog._replay(recorded, True) == outs
     plain = len(outs) == 1 and outs[0][1:] == ((), (), None)
-    assert recorded.startswith(b"\x00") == plain  # else a pickle: it never starts so
+    assert recorded.startswith(b"\x00") == (plain and not outs[0].value.startswith(b"nfb1"))
+    assert not recorded.startswith(PREFIX)  # what a store without a key refuses as signed
     # a record written before the single-output form (always a pickle) still replays
     assert prog._replay(pickle.dumps([tuple(o) for o in outs], protocol=5), True) == outs
 

@@ -34,6 +34,7 @@ from nfbuilder.plan import DEAD_LETTER, Vertex, Work
 from nfbuilder.records import EventTime
 from nfbuilder.runtime.errors import UserCodeError
 from nfbuilder.runtime.stages import SINGLE_KEY, Compiled, Out, Stage, _fn_of, user_error
+from nfbuilder.runtime.state.signing import PREFIX as SIGNED
 from nfbuilder.runtime.statetable import StateTable
 from nfbuilder.topology import FAIL
 
@@ -42,6 +43,8 @@ __all__ = ["SINGLE_KEY", "Out", "Stage", "VertexProgram", "dead_letter"]
 
 #: the first byte of a recorded single output (a pickle of protocol 2 or later starts with 0x80)
 _ONE_VALUE = b"\x00"
+#: what a single output's bytes must not start with: after the marker, a signed blob's prefix
+_SIGNED_AFTER_MARKER = SIGNED.removeprefix(_ONE_VALUE)
 log = logging.getLogger("nfbuilder.core")
 
 
@@ -218,14 +221,16 @@ class VertexProgram:
         """The outputs as recorded with a snapshot: always in their serialized form, so a store
         written by one caller of the core replays the same for any other. The usual record, one
         output without keys, tags or event time, is its bytes after :data:`_ONE_VALUE`; any
-        other is a pickle (which never starts with that byte)."""
+        other is a pickle (which never starts with that byte). Bytes that would make the record
+        start as a signed blob does (:data:`.signing.PREFIX`) are pickled too: a store without a
+        key refuses such a blob as signed."""
         if not outs:
             return b""
         if len(outs) == 1:
             value, keys, tags, event_time = outs[0]
             if not keys and not tags and event_time is None:
                 data = value if serialized else self.codec.dumps(value)
-                if type(data) is bytes:
+                if type(data) is bytes and not data.startswith(_SIGNED_AFTER_MARKER):
                     return _ONE_VALUE + data
         if serialized:
             return pickle.dumps([tuple(o) for o in outs], protocol=5)
