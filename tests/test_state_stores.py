@@ -495,25 +495,63 @@ def test_sqlite_keeps_a_row_per_save_and_only_the_rows_the_window_needs(tmp_path
         store.close()
 
 
-def test_sqlite_sees_another_process_save_the_same_key(tmp_path: Path) -> None:
-    """Where a key's window lies is kept between saves; a save of the key by another store
-    on the file is seen, so the rows it pushed out are still deleted."""
+@pytest.mark.parametrize(("window", "clear", "last", "kept"), [
+    (2, False, "e", ("d", "e")),  # the rows the other store's saves pushed out still go
+    # cleared and saved again: the new rows do not take the places of the rows known here
+    # (same places, other ids: "a" again would delete "c"'s row as "a"'s)
+    (3, True, "a", ("c", "d", "a")),
+], ids=["saved elsewhere", "cleared and saved elsewhere"])
+def test_sqlite_sees_another_process_save_the_same_key(
+    tmp_path: Path, window: int, clear: bool, last: str, kept: tuple[str, ...]
+) -> None:
+    """Where a key's window lies is kept between saves, and checked against the file."""
     path = tmp_path / "state.db"
     url = f"sqlite:///{path}"
-    first = open_store(url, namespace="app", id_window=2, id_retention_s=0)
-    other = open_store(url, namespace="app", id_window=2, id_retention_s=0)
+    first = open_store(url, namespace="app", id_window=window, id_retention_s=0)
+    other = open_store(url, namespace="app", id_window=window, id_retention_s=0)
     try:
         first.save("s", "k", b"1", ["a"])
         first.save("s", "k", b"2", ["b"])
+        if clear:
+            other.clear()
         other.save("s", "k", b"3", ["c"])
         other.save("s", "k", b"4", ["d"])
-        first.save("s", "k", b"5", ["e"])
-        assert _rows(path) == [(["d"], pytest.approx(time.time(), abs=60)),
-                               (["e"], pytest.approx(time.time(), abs=60))]
-        assert first.load("s", "k") == Snapshot(b"5", ("d", "e"))
+        first.save("s", "k", b"5", [last])
+        assert [ids for ids, _ in _rows(path)] == [[i] for i in kept]
+        assert first.load("s", "k") == Snapshot(b"5", kept)
     finally:
         first.close()
         other.close()
+
+
+def test_sqlite_save_failing_midway_writes_nothing_and_the_next_one_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever stops a save in its transaction (here a bug of ours), it is rolled back and
+    the key's window is read again from the file by the next save."""
+    from nfbuilder.runtime.state import sqlite as sqlite_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}", namespace="app", id_window=2,
+                       id_retention_s=0)
+    try:
+        store.save("s", "k", b"1", ["a"])
+        real_add = sqlite_store._Window.add
+
+        def broken(self: object, *args: object) -> list[int]:
+            real_add(self, *args)  # type: ignore[arg-type]
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(sqlite_store._Window, "add", broken)
+        with pytest.raises(RuntimeError, match="a bug"):
+            store.save("s", "k", b"2", ["b"])
+        monkeypatch.setattr(sqlite_store._Window, "add", real_add)
+        assert store.load("s", "k") == Snapshot(b"1", ("a",))
+        store.save("s", "k", b"3", ["c"])
+        store.save("s", "k", b"4", ["d"])
+        assert store.load("s", "k") == Snapshot(b"4", ("c", "d"))
+        assert [ids for ids, _ in _rows(tmp_path / "state.db")] == [["c"], ["d"]]
+    finally:
+        store.close()
 
 
 def test_sqlite_damaged_row_of_ids_is_refused_with_what_is_wrong(tmp_path: Path) -> None:

@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS nfbuilder_state (
     PRIMARY KEY (namespace, state_name, key)
 );
 CREATE TABLE IF NOT EXISTS nfbuilder_applied (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     namespace  TEXT NOT NULL,
     state_name TEXT NOT NULL,
     key        TEXT NOT NULL,
@@ -86,7 +87,8 @@ CREATE TABLE IF NOT EXISTS nfbuilder_fences (
     PRIMARY KEY (namespace, state_name, partition)
 );
 """
-# A row of nfbuilder_applied is one save of a key: ``ids`` the JSON list of the ids it applied
+# A row of nfbuilder_applied is one save of a key: ``seq`` its place in the order of saves (the
+# rowid; AUTOINCREMENT: never one a deleted row had), ``ids`` the JSON list of the ids it applied
 # (oldest first, each once), ``sizes`` the JSON list of their outputs' lengths, ``outputs`` those
 # outputs (each signed for its id) one after the other, ``at`` the save's time. The key index
 # (every index ends with the rowid) gives a key's rows in order and its newest row; the ``at``
@@ -110,9 +112,10 @@ _NEWEST = (
     "SELECT rowid FROM nfbuilder_applied"
     " WHERE namespace = ? AND state_name = ? AND key = ? ORDER BY rowid DESC LIMIT 1"
 )
-_TOP = "SELECT max(rowid) FROM nfbuilder_applied"
+# the last seq given (rows deleted since included)
+_TOP = "SELECT seq FROM sqlite_sequence WHERE name = 'nfbuilder_applied'"
 _PUT_ROW = (
-    "INSERT INTO nfbuilder_applied (rowid, namespace, state_name, key, at, ids, sizes, outputs)"
+    "INSERT INTO nfbuilder_applied (seq, namespace, state_name, key, at, ids, sizes, outputs)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # the rows older than the window's edge (the row holding its oldest id) saved before the horizon
@@ -380,45 +383,44 @@ class SqliteStore:
                     for name in dict.fromkeys(s.state_name for s in saves):
                         row = conn.execute(_EPOCH, (self.namespace, name, fence[0])).fetchone()
                         if row is None or row[0] != fence[1]:
-                            conn.execute("ROLLBACK")
                             raise fenced(self.url_for_display, name, first.key, fence)
                 now = time.time()
                 conn.executemany(_UPSERT, states)
                 if rows:
-                    try:
-                        self._append(conn, rows, now)
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        for ident, *_ in rows:  # their windows hold what is not in the file
-                            self._windows.pop(ident, None)
-                        raise
-                else:
-                    conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+                    self._append(conn, rows, now)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                for ident, *_ in rows:  # their windows may hold what is not in the file
+                    self._windows.pop(ident, None)
                 try:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass  # the connection itself is unusable; its transaction died with it
-                raise self._error("save", first.state_name, first.key, exc) from exc
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error("save", first.state_name, first.key, exc) from exc
+                raise
 
     def _append(self, conn: sqlite3.Connection, rows: list[tuple[Ident, list[str], str, str,
                                                                  bytes]], now: float) -> None:
         """Insert a row per save and delete what the saves pushed out, in the open transaction.
 
-        Rowids are given here (after the newest in the file: the write lock is held) so each
+        Rowids are given here (after the last one given: the write lock is held) so each
         key's window knows its rows without reading them back."""
         windows, window = self._windows, self.id_window
         edges: dict[Ident, int] = {}
         dead: list[tuple[int]] = []
-        top = conn.execute(_TOP).fetchone()[0] or 0
+        found = conn.execute(_TOP).fetchone()
+        top = found[0] if found else 0
         inserts = []
         for ident, ids, ids_json, sizes_json, blob in rows:
             known = windows.pop(ident, None)  # put back last: the most recently saved key
-            if known is None or ident not in edges:  # the key's first row in this batch
+            if known is None:
+                known = _Window.read(conn, ident, window)
+            elif ident not in edges:  # the key's first row in this batch: saved elsewhere?
                 newest = conn.execute(_NEWEST, ident).fetchone()
-                if known is None or known.newest != (newest[0] if newest else 0):
-                    known = _Window.read(conn, ident, window)  # new here, or saved elsewhere
+                if known.newest != (newest[0] if newest else 0):
+                    known = _Window.read(conn, ident, window)
             top += 1
             inserts.append((top, *ident, now, ids_json, sizes_json, blob))
             dead += [(rowid,) for rowid in known.add(top, ids, window)]
@@ -513,10 +515,10 @@ def _convert_id_rows(conn: sqlite3.Connection, url: str) -> None:
         at = "at" if "at" in columns else "0"  # files written before ids had times: 0
         saves: dict[Ident, list[tuple[float, list[str], list[bytes]]]] = {}
         n = 0
-        for *ident, msg_id, blob, when in conn.execute(
+        for ns, name, key, msg_id, blob, when in conn.execute(
                 f"SELECT namespace, state_name, key, msg_id, outputs, {at} FROM {_OLD_TABLE}"
                 " ORDER BY rowid"):
-            runs = saves.setdefault((ident[0], ident[1], ident[2]), [])
+            runs = saves.setdefault((ns, name, key), [])
             if not runs or runs[-1][0] != when:
                 runs.append((float(when), [], []))
             runs[-1][1].append(msg_id)
