@@ -194,9 +194,9 @@ class _Context:
 class _Call:
     """One HTTP/2 stream carrying one gRPC call."""
 
-    __slots__ = ("batches", "client_done", "done", "headers_sent", "held", "inline", "method",
-                 "out", "owed", "reader", "requests", "stream_id", "task", "timer", "trailers",
-                 "unary_body")
+    __slots__ = ("batches", "client_done", "done", "failed", "headers_sent", "held", "inline",
+                 "method", "out", "owed", "reader", "requests", "stream_id", "task", "timer",
+                 "trailers", "unary_body")
 
     def __init__(self, stream_id: int, method: Method | None, max_message_bytes: int) -> None:
         self.stream_id = stream_id
@@ -208,6 +208,8 @@ class _Call:
         # handed back to the client's window (over QUEUE_HIGH_WATER: once the answer is out)
         self.held = 0
         self.owed = 0
+        #: a batch call: what ends it once the batches closed before it are answered
+        self.failed: Failure | None = None
         self.requests: _Requests | None = None
         self.unary_body: list[bytes] = []
         self.task: asyncio.Task[None] | None = None
@@ -540,23 +542,25 @@ class _Connection(asyncio.Protocol):
             call.unary_body.extend(messages)
 
     def _feed(self, call: _Call, feeder: InlineCall[Any, Any] | BatchCall[Any, Any],
-              messages: list[bytes]) -> bool:
-        """Parse ``messages`` and feed them to ``feeder``; send the responses it gives at once
-        and end the call with its failure, if any. Whether the call goes on."""
+              messages: list[bytes]) -> None:
+        """Parse ``messages`` and feed them to ``feeder``, up to the first that does not parse;
+        send the responses it gives at once; end the call with the failure, if one ends it. A
+        batch call first answers the batches closed before the failure (as grpcio's would,
+        reading one request at a time): its task ends the call."""
         method = call.method
         assert method is not None
-        requests = self._parse(call, method, messages)
-        if requests is None:
-            return False
+        requests, bad = self._parse(method, messages)
         responses: list[Any] = []
-        failure = feeder.feed(requests, responses)
+        failure = feeder.feed(requests, responses) or bad
         if responses:
             serialize = method.serialize
             self._send(call, b"".join([frame_message(serialize(r)) for r in responses]))
-        if failure is not None:
+        if failure is None:
+            return
+        if isinstance(feeder, BatchCall) and (feeder.ready or call.task is not None):
+            call.failed = failure
+        else:
             self._finish(call, failure)
-            return False
-        return True
 
     def _collect(self, call: _Call, batches: BatchCall[Any, Any], messages: list[bytes],
                  size: int) -> None:
@@ -569,9 +573,12 @@ class _Connection(asyncio.Protocol):
                 call.owed += size
             else:
                 self.acknowledge(call.stream_id, size)
+        if call.failed is not None:  # ending once the batches before are answered
+            return
         # the only response fed back is the handshake reply; the batches' go from the task
-        if messages and self._feed(call, batches, messages) and batches.ready \
-                and call.task is None:
+        if messages:
+            self._feed(call, batches, messages)
+        if batches.ready and call.task is None and not call.done:
             assert call.method is not None
             call.task = asyncio.get_running_loop().create_task(
                 self._answer_batches(call, call.method, batches))
@@ -581,20 +588,30 @@ class _Connection(asyncio.Protocol):
             self.acknowledge(call.stream_id, size)
             return
         assert call.method is not None
-        parsed = self._parse(call, call.method, messages)
-        if parsed is None:
+        parsed, bad = self._parse(call.method, messages)
+        if bad is not None:
             self.acknowledge(call.stream_id, size)
+            self._finish(call, bad)
         else:
             requests.put(parsed, [len(m) + 5 for m in messages], size)
 
-    def _parse(self, call: _Call, method: Method, messages: list[bytes]) -> list[Any] | None:
+    @staticmethod
+    def _parse(method: Method, messages: list[bytes]) -> tuple[list[Any], Failure | None]:
+        """The requests in ``messages`` up to the first that does not parse, and the failure
+        that one ends its call with (None: all parse)."""
         parse = method.parse
         try:
-            return [parse(m) for m in messages]
-        except Exception as exc:  # noqa: BLE001 - a bad message ends its call, not the server
-            self._finish(call, Failure(grpc.StatusCode.INTERNAL,
-                                       f"could not parse a request of {method.path}: {exc!r}"))
-            return None
+            return [parse(m) for m in messages], None
+        except Exception:  # noqa: BLE001, S110 - found again below, with the requests before it
+            pass
+        parsed = []
+        for message in messages:
+            try:
+                parsed.append(parse(message))
+            except Exception as exc:  # noqa: BLE001 - a bad message ends its call, not the server
+                return parsed, Failure(grpc.StatusCode.INTERNAL,
+                                       f"could not parse a request of {method.path}: {exc!r}")
+        return parsed, None
 
     def _on_client_done(self, event: h2.events.StreamEnded) -> None:
         call = self._calls.get(event.stream_id)
@@ -626,10 +643,12 @@ class _Connection(asyncio.Protocol):
                                        "expected exactly one request message, got "
                                        f"{len(call.unary_body)}"))
             return
-        parsed = self._parse(call, method, call.unary_body)
-        if parsed is not None:
-            call.task = asyncio.get_running_loop().create_task(
-                self._run_unary(call, method, parsed[0]))
+        parsed, bad = self._parse(method, call.unary_body)
+        if bad is not None:
+            self._finish(call, bad)
+            return
+        call.task = asyncio.get_running_loop().create_task(
+            self._run_unary(call, method, parsed[0]))
 
     def _on_reset(self, event: h2.events.StreamReset) -> None:
         call = self._calls.get(event.stream_id)
@@ -692,6 +711,8 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:  # noqa: BLE001 - the servicer's own bug ends only this call
             failure = _unexpected(method, exc)
         call.task = None
+        if failure is None:
+            failure = call.failed
         if call.owed:
             self.acknowledge(call.stream_id, call.owed)
         call.held = call.owed = 0
