@@ -105,9 +105,9 @@ def test_held_saves_are_one_per_key_per_batch_with_every_id(tmp_path: Path) -> N
     codec = program.codec
     for i in range(5):
         program.handle(None, codec.dumps(f"x{i}"), f"m-{i}")
-    assert counting.saves == 0 and table.held("box", "_")
+    assert counting.saves == 0 and table.entries("box")["_"].held
     table.flush()
-    assert counting.saves == 1 and not table.held("box", "_")
+    assert counting.saves == 1 and not table.entries("box")["_"].held
     snap = counting.store.load("box", "_")
     assert snap is not None and list(snap.applied_ids) == [f"m-{i}" for i in range(5)]
     assert codec.loads(snap.data).items == [f"x{i}" for i in range(5)]

@@ -67,11 +67,6 @@ class StateTable:
         if self._dirty is None:
             self._dirty = {}
 
-    def held(self, state_name: str, key: str) -> bool:
-        """Whether a save of this key waits for the next :meth:`flush` (``Entry.held`` of its
-        entry)."""
-        return self._dirty is not None and (state_name, key) in self._dirty
-
     def flush(self) -> None:
         """Persist every save held since the last flush (each key once, with all the ids and
         outputs it took meanwhile)."""
