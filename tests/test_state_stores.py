@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis_server import RedisServer, require_redis_server, start_redis_server
 
 from nfbuilder.runtime.state import (
@@ -552,6 +554,59 @@ def test_sqlite_save_failing_midway_writes_nothing_and_the_next_one_works(
         assert [ids for ids, _ in _rows(tmp_path / "state.db")] == [["c"], ["d"]]
     finally:
         store.close()
+
+
+_OP = st.one_of(
+    # a batch of saves by store 0 or 1: keys k0/k1 (one may come twice), ids from a small set
+    st.tuples(st.just("save"), st.integers(0, 1), st.lists(st.tuples(
+        st.sampled_from(["k0", "k1"]), st.lists(st.sampled_from("abcdefgh"), max_size=5)),
+        min_size=1, max_size=3)),
+    st.tuples(st.just("clear"), st.integers(0, 1), st.just([])),
+    st.tuples(st.just("reopen"), st.integers(0, 1), st.just([])),  # its windows forgotten
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 4), st.lists(_OP, max_size=25))
+def test_sqlite_two_stores_on_one_file_follow_the_merge_rule(
+    window: int, ops: list[tuple[str, int, list[tuple[str, list[str]]]]]
+) -> None:
+    """Random batches of saves by two stores on one file (repeated ids, a key twice in a batch,
+    clears, reopened stores): every load is merge_ids' window, and every row kept holds an id
+    of the window at its newest place (retention 0: nothing else is worth keeping)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state.db"
+        url = f"sqlite:///{path}"
+        stores = [open_store(url, namespace="app", id_window=window, id_retention_s=0)
+                  for _ in range(2)]
+        model: dict[str, tuple[str, ...]] = {}
+        try:
+            for kind, who, saves in ops:
+                if kind == "save":
+                    stores[who].save_many([Save("s", key, b"x", ids) for key, ids in saves])
+                    for key, ids in saves:
+                        model[key] = merge_ids(model.get(key, ()), ids, window)
+                elif kind == "clear":
+                    stores[who].clear()
+                    model.clear()
+                else:
+                    stores[who].close()
+                    stores[who] = open_store(url, namespace="app", id_window=window,
+                                             id_retention_s=0)
+                for key in ("k0", "k1"):
+                    snap = stores[0].load("s", key)
+                    assert (snap.applied_ids if snap else None) == model.get(key)
+                    newest: dict[str, int] = {}
+                    rows = _rows(path, key)
+                    for n, (ids, _) in enumerate(rows):
+                        newest.update(dict.fromkeys(ids, n))
+                    for n, (ids, _) in enumerate(rows):
+                        assert any(newest[i] == n and i in model[key] for i in ids), (key, rows)
+        finally:
+            for store in stores:
+                store.close()
 
 
 def test_sqlite_damaged_row_of_ids_is_refused_with_what_is_wrong(tmp_path: Path) -> None:
