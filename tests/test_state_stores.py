@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -556,7 +557,7 @@ def test_sqlite_save_failing_midway_writes_nothing_and_the_next_one_works(
         store.close()
 
 
-_OP = st.one_of(
+_OP: st.SearchStrategy[tuple[str, int, list[tuple[str, list[str]]]]] = st.one_of(
     # a batch of saves by store 0 or 1: keys k0/k1 (one may come twice), ids from a small set
     st.tuples(st.just("save"), st.integers(0, 1), st.lists(st.tuples(
         st.sampled_from(["k0", "k1"]), st.lists(st.sampled_from("abcdefgh"), max_size=5)),
@@ -609,6 +610,114 @@ def test_sqlite_two_stores_on_one_file_follow_the_merge_rule(
                 store.close()
 
 
+def test_sqlite_load_reads_the_snapshot_and_its_ids_as_one_save_left_them(tmp_path: Path) -> None:
+    """Another process's save committed between the load's two reads is not half seen: the
+    data of one save with the ids of the next would skip a redelivered id its data lacks."""
+    from nfbuilder.runtime.state import sqlite as sqlite_store
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    reader, writer = open_store(url, namespace="app"), open_store(url, namespace="app")
+    try:
+        writer.save("s", "k", b"count=1", ["m-1"])
+        real = reader._conn  # type: ignore[attr-defined]
+
+        class Between:
+            """The reader's connection; the writer saves right after the snapshot's row is read."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def execute(self, sql: str, *args: Any) -> Any:
+                found = real.execute(sql, *args)
+                if sql == sqlite_store._SELECT:
+                    row = found.fetchone()
+                    writer.save("s", "k", b"count=2", ["m-2"])
+                    return _Rows(row)
+                return found
+
+        reader._conn = Between()  # type: ignore[attr-defined]
+        assert reader.load("s", "k") == Snapshot(b"count=1", ("m-1",))
+        reader._conn = real  # type: ignore[attr-defined]
+        assert reader.load("s", "k") == Snapshot(b"count=2", ("m-1", "m-2"))
+    finally:
+        reader.close()
+        writer.close()
+
+
+class _Rows:
+    def __init__(self, row: Any) -> None:
+        self.row = row
+
+    def fetchone(self) -> Any:
+        return self.row
+
+
+def test_sqlite_count_window_alone_whatever_the_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With retention 0 an id pushed out of the window stays out, even when the clock steps
+    back between two saves (the older row then looks newer)."""
+    from nfbuilder.runtime.state import sqlite as sqlite_store
+
+    clock = [1000.0]
+    monkeypatch.setattr(sqlite_store.time, "time", lambda: clock[0])
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}", namespace="app", id_window=1,
+                       id_retention_s=0)
+    try:
+        store.save("s", "k", b"1", ["b", "a"])
+        clock[0] = 999.0
+        store.save("s", "k", b"2", ["a"])
+        assert store.load("s", "k") == Snapshot(b"2", ("a",))
+    finally:
+        store.close()
+
+
+def test_sqlite_file_is_refused_by_the_release_before(tmp_path: Path) -> None:
+    """Every file of this layout (new or converted) has a view where the release before kept
+    its ids: that release creates its table only if the name is free, and then fails on the
+    view at open instead of running without the applied ids."""
+    new = tmp_path / "new.db"
+    open_store(f"sqlite:///{new}", namespace="app").close()
+    converted = tmp_path / "converted.db"
+    open_store(_file_of_id_rows(converted, [("k", b"x", "")], [("k", "m-1", b"", 1.0)]),
+               namespace="app").close()
+    for path in (new, converted):
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS nfbuilder_outputs (namespace TEXT)")
+            with pytest.raises(sqlite3.OperationalError, match="view"):
+                conn.execute("ALTER TABLE nfbuilder_outputs ADD COLUMN at REAL NOT NULL DEFAULT 0")
+            with pytest.raises(sqlite3.OperationalError, match="view"):
+                conn.execute("CREATE INDEX IF NOT EXISTS nfbuilder_outputs_key"
+                             " ON nfbuilder_outputs (namespace, state_name, key)")
+
+
+def test_sqlite_old_row_that_cannot_be_converted_fails_the_open_naming_the_file(
+    tmp_path: Path
+) -> None:
+    path = tmp_path / "state.db"
+    url = _file_of_id_rows(path, [("k", b"x", "")],
+                           [("k", "m-1", "text, not bytes", 1.0)])  # type: ignore[list-item]
+    with pytest.raises(StateStoreError, match=f"cannot use SQLite state store {url} "):
+        open_store(url, namespace="app")
+    assert "nfbuilder_outputs" in _tables(path)  # nothing converted: it is all still there
+
+
+def test_sqlite_saves_go_on_after_the_sequence_of_rows_is_lost(tmp_path: Path) -> None:
+    """A file copied by a tool without sqlite_sequence's row still numbers new rows after
+    the largest it holds."""
+    path = tmp_path / "state.db"
+    store = open_store(f"sqlite:///{path}", namespace="app", id_window=2, id_retention_s=0)
+    try:
+        store.save("s", "k", b"1", ["a"])
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute("DELETE FROM sqlite_sequence")
+        store.save("s", "k", b"2", ["b"])
+        store.save("s", "k", b"3", ["c"])
+        assert store.load("s", "k") == Snapshot(b"3", ("b", "c"))
+    finally:
+        store.close()
+
+
 def test_sqlite_damaged_row_of_ids_is_refused_with_what_is_wrong(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     url = f"sqlite:///{path}"
@@ -655,6 +764,31 @@ def test_redis_layout_is_one_hash_per_key(redis_server: RedisServer) -> None:
     assert member == b"m-1-0" and abs(at - time.time()) < 60
     client.close()
     store.close()
+
+
+def test_redis_load_reads_the_snapshot_and_its_ids_as_one_save_left_them(
+    redis_server: RedisServer
+) -> None:
+    """Another process's save between the load's two reads (the hash, then the times) is not
+    half seen: they are one MULTI/EXEC."""
+    reader = open_store(redis_server.url, namespace="app")
+    writer = open_store(redis_server.url, namespace="app")
+    try:
+        writer.save("s", "k", b"count=1", ["m-1"])
+        client = reader._client  # type: ignore[attr-defined]
+        real_hgetall = client.hgetall
+
+        def hgetall_then_a_save(name: Any) -> Any:
+            found = real_hgetall(name)
+            writer.save("s", "k", b"count=2", ["m-2"])
+            return found
+
+        client.hgetall = hgetall_then_a_save  # what a load that reads twice would call
+        snap = reader.load("s", "k")
+        assert snap in (Snapshot(b"count=1", ("m-1",)), Snapshot(b"count=2", ("m-1", "m-2")))
+    finally:
+        reader.close()
+        writer.close()
 
 
 def test_redis_snapshot_survives_a_server_restart(redis_server: RedisServer) -> None:

@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 from urllib.parse import urlsplit
 
 from nfbuilder.runtime.state.signing import Seal
@@ -275,15 +275,20 @@ class RedisStore:
 
     def load(self, state_name: str, key: str) -> Snapshot | None:
         name = hash_name(self.namespace, state_name, key)
+        times = times_name(self.namespace, state_name, key)
+
+        def read() -> list[Any]:
+            # one MULTI/EXEC: the hash and the times as one save left them, even when another
+            # process's save of the key lands between the two reads
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hgetall(name)
+            pipe.zrange(times, 0, -1, withscores=True)
+            return cast("list[Any]", pipe.execute())
+
+        found, scored = self._retrying(f"load state {state_name!r} key {key!r} from", read)
         # open() refuses decode_responses, so field names and values are bytes (redis-py types
         # them as ``bytes | str`` because it cannot know).
-        fields = cast(
-            "dict[bytes, bytes]",
-            self._retrying(
-                f"load state {state_name!r} key {key!r} from",
-                lambda: self._client.hgetall(name),
-            ),
-        )
+        fields = cast("dict[bytes, bytes]", found)
         data = fields.get(b"data")
         if data is None:
             return None
@@ -293,11 +298,6 @@ class RedisStore:
         outputs = {
             k[2:].decode(): v for k, v in fields.items() if k.startswith(b"o:")
         }
-        scored = cast("list[tuple[bytes, float]]", self._retrying(
-            f"load state {state_name!r} key {key!r} from",
-            lambda: self._client.zrange(times_name(self.namespace, state_name, key), 0, -1,
-                                        withscores=True),
-        ))
         ids = [(m.decode(), float(t)) for m, t in scored]
         rows = [(i, check(outputs[i], state_name, key, i) if i in outputs else b"", t)
                 for i, t in ids]

@@ -7,13 +7,15 @@ row per message. Rows in rowid order are the order of application (an id saved a
 its newest row), and the count window is the newest ``id_window`` ids over them: a save deletes
 the key's rows that hold only ids older than the window and saved before the retention horizon;
 a load drops the ids of the row straddling the window's edge that such a delete would have
-dropped. The store keeps, per key it saved, where the window's edge lies (checked against the
-file at each save, so another process saving the key is seen), so a save reads none of the ids
-it does not write.
+dropped; it reads the snapshot and its rows in one read transaction. The store keeps, per key
+it saved, where the window's edge lies (checked against the file at each save, so another
+process saving the key is seen), so a save reads none of the ids it does not write.
 
 A file written by the release before (a row per applied id, in ``nfbuilder_outputs``) is
-converted when it is opened, in one transaction: each key's consecutive ids saved at the same
-time become one row. A file older still keeps its count window as a JSON list in the snapshot's
+converted when it is opened, in one transaction, a key at a time: each key's consecutive ids
+saved at the same time become one row. There is no way back: in every file of this layout the
+old table's name is a view, on which the release before fails at open (rather than run without
+the applied ids). A file older still keeps its count window as a JSON list in the snapshot's
 row, read as such until its next save. The file is in
 WAL mode with a busy timeout, so several processes (one writer per partition, each with its own
 keys) can share it: a writer waits for another's short transaction instead of failing.
@@ -29,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
@@ -112,8 +115,10 @@ _NEWEST = (
     "SELECT rowid FROM nfbuilder_applied"
     " WHERE namespace = ? AND state_name = ? AND key = ? ORDER BY rowid DESC LIMIT 1"
 )
-# the last seq given (rows deleted since included)
-_TOP = "SELECT seq FROM sqlite_sequence WHERE name = 'nfbuilder_applied'"
+# the last seq given (rows deleted since included; the largest in the file, should a tool have
+# copied rows without their sequence)
+_TOP = ("SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'nfbuilder_applied'),"
+        " 0), coalesce((SELECT max(seq) FROM nfbuilder_applied), 0))")
 _PUT_ROW = (
     "INSERT INTO nfbuilder_applied (seq, namespace, state_name, key, at, ids, sizes, outputs)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -130,6 +135,12 @@ ON CONFLICT (namespace, state_name, key) DO UPDATE SET data = excluded.data, ids
 """
 # the release before: a row per applied id, converted at open (_convert_id_rows)
 _OLD_TABLE = "nfbuilder_outputs"
+# in its place, in every file of this layout: the release before creates its table only if the
+# name is free, then fails to add a column to (or index) the view, so it refuses the file at
+# open instead of running without the applied ids (and applying redelivered messages again)
+_TOMBSTONE = (f"CREATE VIEW IF NOT EXISTS {_OLD_TABLE} AS SELECT 'this file is written by a later"
+              " nfbuilder (applied ids in nfbuilder_applied)' AS written_by_a_later_release"
+              " WHERE 0")
 
 Ident = tuple[str, str, str]
 # keys whose windows a store keeps (each at most ``id_window`` ids); a key beyond is read again
@@ -297,9 +308,9 @@ class SqliteStore:
                 raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL was refused")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
-            conn.executescript(_SCHEMA)
+            conn.executescript(f"{_SCHEMA}{_TOMBSTONE};")  # no view yet where the table is
             _convert_id_rows(conn, url)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - sqlite3's, or a converted row's bad value
             conn.close()
             raise StateStoreError(
                 f"cannot use SQLite state store {url} (file {path}): {exc}; "
@@ -311,15 +322,22 @@ class SqliteStore:
     def load(self, state_name: str, key: str) -> Snapshot | None:
         ident = (self.namespace, state_name, key)
         with self._lock:
+            conn = self._conn
             try:
-                row = self._conn.execute(_SELECT, ident).fetchone()
-                if row is None:
-                    return None
-                saves = self._conn.execute(_SELECT_ROWS, ident).fetchall()
+                # one read transaction: the snapshot and its ids as one save left them, even
+                # when another process commits a save of the key in between
+                conn.execute("BEGIN")
+                try:
+                    row = conn.execute(_SELECT, ident).fetchone()
+                    saves = conn.execute(_SELECT_ROWS, ident).fetchall() if row else []
+                finally:
+                    conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise self._error("load", state_name, key, exc) from exc
+        if row is None:
+            return None
         kept: dict[str, tuple[bytes, float]] = {}  # in the order of each id's newest save
-        newest = 0.0
+        newest = 0.0  # the last save's time (the latest of them, should a clock step back)
         for at, ids_json, sizes_json, blob in saves:
             ids, sizes = json.loads(ids_json), json.loads(sizes_json)
             if len(ids) != len(sizes) or sum(sizes) != len(blob):
@@ -332,15 +350,20 @@ class SqliteStore:
                 kept.pop(msg_id, None)
                 kept[msg_id] = (blob[start:start + size], at)
                 start += size
-            newest = at
+            newest = max(newest, at)
         check = self._seal.check
         if row[1]:  # an older file's count window is the JSON list in the snapshot's row
             window = json.loads(row[1])
         else:
             window = list(kept)[-self.id_window:]
-            # what the last save's delete would have left of the row at the window's edge
-            horizon, inside = newest - self.id_retention_s, set(window)
-            kept = {i: v for i, v in kept.items() if v[1] > horizon or i in inside}
+            # what the last save's delete would have left of the row at the window's edge:
+            # the ids saved within the retention before it (none with the count alone)
+            inside = set(window)
+            if self.id_retention_s > 0:
+                horizon = newest - self.id_retention_s
+                kept = {i: v for i, v in kept.items() if v[1] > horizon or i in inside}
+            else:
+                kept = {i: v for i, v in kept.items() if i in inside}
         return timed_snapshot(check(bytes(row[0]), state_name, key), window,
                               [(i, check(b, state_name, key, i), at)
                                for i, (b, at) in kept.items()])
@@ -410,8 +433,7 @@ class SqliteStore:
         windows, window = self._windows, self.id_window
         edges: dict[Ident, int] = {}
         dead: list[tuple[int]] = []
-        found = conn.execute(_TOP).fetchone()
-        top = found[0] if found else 0
+        top = conn.execute(_TOP).fetchone()[0]
         inserts = []
         for ident, ids, ids_json, sizes_json, blob in rows:
             known = windows.pop(ident, None)  # put back last: the most recently saved key
@@ -498,8 +520,10 @@ class SqliteStore:
 def _convert_id_rows(conn: sqlite3.Connection, url: str) -> None:
     """Rewrite a file of the release before (a row per applied id in ``nfbuilder_outputs``) into
     rows per save: a key's consecutive ids saved at the same time (one save's) become one row,
-    their order and times kept, their signed outputs copied as they are. One transaction; a
-    process that opens the file at the same time finds it done."""
+    their order and times kept, their signed outputs copied as they are; a key at a time, so
+    memory holds one key's ids. One transaction; a process that opens the file at the same time
+    waits for it (up to its timeout) and finds it done. The old table becomes the view
+    :data:`_TOMBSTONE`, which a release before cannot open."""
     def old_table() -> bool:
         return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                             (_OLD_TABLE,)).fetchone() is not None
@@ -513,30 +537,33 @@ def _convert_id_rows(conn: sqlite3.Connection, url: str) -> None:
             return
         columns = [r[1] for r in conn.execute(f"PRAGMA table_info({_OLD_TABLE})")]
         at = "at" if "at" in columns else "0"  # files written before ids had times: 0
-        saves: dict[Ident, list[tuple[float, list[str], list[bytes]]]] = {}
-        n = 0
-        for ns, name, key, msg_id, blob, when in conn.execute(
-                f"SELECT namespace, state_name, key, msg_id, outputs, {at} FROM {_OLD_TABLE}"
-                " ORDER BY rowid"):
-            runs = saves.setdefault((ns, name, key), [])
-            if not runs or runs[-1][0] != when:
-                runs.append((float(when), [], []))
-            runs[-1][1].append(msg_id)
-            runs[-1][2].append(bytes(blob))
-            n += 1
-        conn.executemany(
-            "INSERT INTO nfbuilder_applied (namespace, state_name, key, at, ids, sizes, outputs)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(*ident, when, json.dumps(ids), json.dumps(list(map(len, blobs))), b"".join(blobs))
-             for ident, runs in saves.items() for when, ids, blobs in runs])
+        found = conn.execute(
+            f"SELECT namespace, state_name, key, msg_id, outputs, {at} FROM {_OLD_TABLE}"
+            " ORDER BY namespace, state_name, key, rowid")
+        n = keys = 0
+        for ident, rows in itertools.groupby(found, key=lambda row: row[:3]):
+            runs: list[tuple[float, list[str], list[bytes]]] = []
+            for *_, msg_id, blob, when in rows:
+                if not runs or runs[-1][0] != when:
+                    runs.append((float(when), [], []))
+                runs[-1][1].append(msg_id)
+                runs[-1][2].append(bytes(blob))
+                n += 1
+            keys += 1
+            conn.executemany(
+                "INSERT INTO nfbuilder_applied (namespace, state_name, key, at, ids, sizes,"
+                " outputs) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(*ident, when, json.dumps(ids), json.dumps(list(map(len, blobs))),
+                  b"".join(blobs)) for when, ids, blobs in runs])
         conn.execute(f"DROP TABLE {_OLD_TABLE}")
+        conn.execute(_TOMBSTONE)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
     log.info("state store %s: converted %d applied ids of %d keys to a row per save", url, n,
-             len(saves))
+             keys)
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout: float) -> str:
