@@ -600,17 +600,14 @@ class _Connection(asyncio.Protocol):
         """The requests in ``messages`` up to the first that does not parse, and the failure
         that one ends its call with (None: all parse)."""
         parse = method.parse
+        parsed: list[Any] = []
+        add = parsed.append
         try:
-            return [parse(m) for m in messages], None
-        except Exception:  # noqa: BLE001, S110 - found again below, with the requests before it
-            pass
-        parsed = []
-        for message in messages:
-            try:
-                parsed.append(parse(message))
-            except Exception as exc:  # noqa: BLE001 - a bad message ends its call, not the server
-                return parsed, Failure(grpc.StatusCode.INTERNAL,
-                                       f"could not parse a request of {method.path}: {exc!r}")
+            for message in messages:
+                add(parse(message))
+        except Exception as exc:  # noqa: BLE001 - a bad message ends its call, not the server
+            return parsed, Failure(grpc.StatusCode.INTERNAL,
+                                   f"could not parse a request of {method.path}: {exc!r}")
         return parsed, None
 
     def _on_client_done(self, event: h2.events.StreamEnded) -> None:
