@@ -31,7 +31,7 @@ from google.protobuf import empty_pb2
 from google.rpc import error_details_pb2, status_pb2
 from protocol_harness import ROOT, ServerProcess, wait_for
 
-from nfbuilder._proto import map_pb2, map_pb2_grpc, sink_pb2
+from nfbuilder._proto import map_pb2, map_pb2_grpc, sink_pb2, source_pb2
 from nfbuilder.local.clients import MapClient, SinkClient, SinkDatum, SourceClient, TransformClient
 from nfbuilder.runtime.grpcwire import frame_message, request_headers
 from nfbuilder.runtime.h2server import QUEUE_HIGH_WATER, _Call, _Requests, methods_of
@@ -384,51 +384,54 @@ def test_node_user_code_error_trailers_match_grpcio(tmp_path: Path, value: bytes
         assert 'raise ValueError("boom")' in info.detail
 
 
-def _b64s(*messages: Any) -> list[str]:
-    return [m if isinstance(m, str) else _b64(m) for m in messages]
-
-
 _SINK_HELLO = sink_pb2.SinkRequest(handshake=sink_pb2.Handshake(sot=True))
 _SINK_EOT = sink_pb2.SinkRequest(status=sink_pb2.TransmissionStatus(eot=True))
 _MAP_EOT = MapReq(status=map_pb2.TransmissionStatus(eot=True))
 
 
-@pytest.mark.parametrize(("kind", "path", "batch"), [
+_READ = source_pb2.ReadRequest
+
+
+@pytest.mark.parametrize(("kind", "path", "batch", "replies"), [
     ("sink", "/sink.v1.Sink/SinkFn", [
         _SINK_HELLO, sink_pb2.SinkRequest(request=sink_pb2.SinkRequest.Request(id="a", value=b"v")),
-        _SINK_EOT]),
+        _SINK_EOT], 3),  # the handshake's reply, the batch's answer, its EOT
     ("map", MAP_FN, [MapReq(handshake=map_pb2.Handshake(sot=True)),
-                     MapReq(id="a", request=MapReq.Request(value=b"v")), _MAP_EOT]),
-], ids=["sink", "batch map"])
+                     MapReq(id="a", request=MapReq.Request(value=b"v")), _MAP_EOT], 3),
+    ("source", "/source.v1.Source/ReadFn", [  # a queued call: the handler reads the requests
+        _READ(handshake=source_pb2.Handshake(sot=True)),
+        _READ(request=_READ.Request(num_records=3, timeout_in_ms=50))], 5),  # 3 records, EOT
+], ids=["sink", "batch map", "source read"])
 @pytest.mark.parametrize("bad", ["second handshake", "unparsable"])
-def test_node_a_batch_closed_before_a_bad_request_is_answered_first(
-    tmp_path: Path, kind: str, path: str, batch: list[Any], bad: str
+def test_node_requests_before_a_bad_one_are_answered_first(
+    tmp_path: Path, kind: str, path: str, batch: list[Any], replies: int, bad: str
 ) -> None:
-    """One write holds a batch and its EOT, then a request that ends the call: both transports
-    answer the batch, then end the call the same way."""
+    """One write holds requests (a closed batch, a read) and then one that ends the call: both
+    transports answer those before it, then end the call the same way."""
     tail = _b64(batch[0]) if bad == "second handshake" else base64.b64encode(b"\xff\xff").decode()
+    reply = {"sink": sink_pb2.SinkResponse, "map": map_pb2.MapResponse,
+             "source": source_pb2.ReadResponse}[kind]
     seen = {}
     for transport in TRANSPORTS:
         args = ("--ordered",) if kind == "map" else ()
         with _server(tmp_path / transport, kind, transport, *args) as server:
             got = _node(server, [
                 {"op": "open", "call": "a", "path": path},
-                {"op": "send", "call": "a", "messages": [*_b64s(*batch), tail]},
+                {"op": "send", "call": "a", "messages": [*map(_b64, batch), tail]},
                 {"op": "closed", "call": "a"},
             ])["calls"]["a"]
         status = {**(got["headers"] or {}), **(got["trailers"] or {})}  # trailers-only or not
-        reply = sink_pb2.SinkResponse if kind == "sink" else map_pb2.MapResponse
         seen[transport] = ([reply.FromString(base64.b64decode(m)) for m in got["messages"]],
                            status.get("grpc-status"), status.get("grpc-message"))
     assert seen["h2"][0] == seen["grpc"][0]
-    assert len(seen["h2"][0]) == 3  # the handshake's reply, the batch's answer, its EOT
+    assert len(seen["h2"][0]) == replies
     if bad == "second handshake":
         assert seen["h2"] == seen["grpc"]
-    else:  # grpcio says it in its words (2, "Unexpected <class ...DecodeError'>: ...")
+    else:  # grpcio says it in its words (a DecodeError through the handler or its own)
         assert seen["h2"][1:] == ("13", f"could not parse a request of {path}: DecodeError("
                                   f"\"Error parsing message with type '{kind}.v1."
-                                  f"{kind.capitalize()}Request'\")")
-        assert seen["grpc"][1] == "2"
+                                  f"{reply.__name__.replace('Response', 'Request')}'\")")
+        assert seen["grpc"][1] in ("2", "13")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

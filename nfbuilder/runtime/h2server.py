@@ -242,6 +242,9 @@ class _Requests:
         self._items: collections.deque[tuple[Any, int]] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        #: how the call ends once the handler has read what is queued (a request that did not
+        #: parse came after them)
+        self.failure: Failure | None = None
         self._queued = 0
         self._owed = 0
 
@@ -260,6 +263,12 @@ class _Requests:
         self._closed = True
         self._wake()
 
+    def fail(self, failure: Failure) -> None:
+        """End the call with ``failure`` when the handler asks for a request past those
+        queued (to it, the requests end there)."""
+        self.failure = failure
+        self._wake()
+
     def owed(self) -> int:
         """The received bytes held back from the client, now handed over (to give back)."""
         owed, self._owed = self._owed, 0
@@ -274,6 +283,9 @@ class _Requests:
 
     async def __anext__(self) -> Any:
         while not self._items:
+            if self.failure is not None:
+                self._connection.end(self._call, self.failure)
+                raise StopAsyncIteration
             if self._closed:
                 raise StopAsyncIteration
             self._waiter = asyncio.get_running_loop().create_future()
@@ -419,6 +431,11 @@ class _Connection(asyncio.Protocol):
                 self._forget(call)
         except h2.exceptions.StreamClosedError:
             self._forget(call)  # the client reset it (later in the same read)
+
+    def end(self, call: _Call, failure: Failure) -> None:
+        """:meth:`_finish` ``call`` with ``failure`` and send it soon (for its requests)."""
+        self._finish(call, failure)
+        self.flush_soon()
 
     def _finish(self, call: _Call, failure: Failure | None) -> None:
         """End ``call`` with OK (``failure`` None) or ``failure``; idempotent."""
@@ -584,16 +601,17 @@ class _Connection(asyncio.Protocol):
                 self._answer_batches(call, call.method, batches))
 
     def _queue(self, call: _Call, requests: _Requests, messages: list[bytes], size: int) -> None:
-        if not messages:
+        if not messages or requests.failure is not None:  # nothing, or past a bad request
             self.acknowledge(call.stream_id, size)
             return
         assert call.method is not None
         parsed, bad = self._parse(call.method, messages)
-        if bad is not None:
-            self.acknowledge(call.stream_id, size)
-            self._finish(call, bad)
+        if parsed:
+            requests.put(parsed, [len(m) + 5 for m in messages[:len(parsed)]], size)
         else:
-            requests.put(parsed, [len(m) + 5 for m in messages], size)
+            self.acknowledge(call.stream_id, size)
+        if bad is not None:  # the handler gets the requests before it first, as on grpcio
+            requests.fail(bad)
 
     @staticmethod
     def _parse(method: Method, messages: list[bytes]) -> tuple[list[Any], Failure | None]:
