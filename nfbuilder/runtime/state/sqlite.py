@@ -5,8 +5,8 @@ the ids that save applied (a JSON list), each id's outputs and when it was saved
 the snapshot and its row in one transaction, so one batch costs a row per key it touched, not a
 row per message. Rows in rowid order are the order of application (an id saved again counts at
 its newest row), and the count window is the newest ``id_window`` ids over them: a save deletes
-the key's rows that hold only ids older than the window and saved before the retention horizon;
-a load drops the ids of the row straddling the window's edge that such a delete would have
+the key's rows whose ids were all saved again later, and those holding only ids older than the
+window and saved before the retention horizon; a load drops the ids of the row straddling the window's edge that such a delete would have
 dropped; it reads the snapshot and its rows in one read transaction. The store keeps, per key
 it saved, where the window's edge lies (checked against the file at each save, so another
 process saving the key is seen), so a save reads none of the ids it does not write.
