@@ -155,6 +155,22 @@ def test_every_store_follows_the_merge_rule(open_kind: OpenStore) -> None:
         assert store.load("s", "k") == Snapshot(str(step).encode(), expected), step
 
 
+def test_every_store_expires_ids_on_a_save_without_ids(
+    open_kind: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept by time means saved less than the retention before the key's last save, whether
+    or not that save applied ids."""
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    store = open_kind(id_window=1, id_retention_s=2)
+    store.save("s", "k", b"1", ["a"])
+    store.save("s", "k", b"2", ["b"])
+    assert store.load("s", "k") == Snapshot(b"2", ("a", "b"))  # "a": by its time
+    clock[0] = 1010.0
+    store.save("s", "k", b"3", [])
+    assert store.load("s", "k") == Snapshot(b"3", ("b",))
+
+
 def test_durable_flag(open_kind: OpenStore) -> None:
     store = open_kind()
     assert store.durable is (store.url_for_display != "memory://")

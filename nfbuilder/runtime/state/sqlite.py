@@ -1,15 +1,16 @@
 """`sqlite:///path.db`: the embedded state store (default of the local engine).
 
-A row per (namespace, state name, key) holds the snapshot bytes; a row per save of a key holds
-the ids that save applied (a JSON list), each id's outputs and when it was saved. A save writes
-the snapshot and its row in one transaction, so one batch costs a row per key it touched, not a
-row per message. Rows in rowid order are the order of application (an id saved again counts at
-its newest row), and the count window is the newest ``id_window`` ids over them: a save deletes
-the key's rows whose ids were all saved again later, and those holding only ids older than the
-window and saved before the retention horizon; a load drops the ids of the row straddling the window's edge that such a delete would have
-dropped; it reads the snapshot and its rows in one read transaction. The store keeps, per key
-it saved, where the window's edge lies (checked against the file at each save, so another
-process saving the key is seen), so a save reads none of the ids it does not write.
+A row per (namespace, state name, key) holds the snapshot bytes and when it was last saved; a
+row per save of a key holds the ids that save applied (a JSON list), each id's outputs and when
+it was saved. A save writes the snapshot and its row in one transaction, so one batch costs a
+row per key it touched, not a row per message. Rows in rowid order are the order of application
+(an id saved again counts at its newest row), and the count window is the newest ``id_window``
+ids over them: a save deletes the key's rows whose ids were all saved again later, and those
+holding only ids older than the window and saved before the retention horizon; a load drops the
+ids of the row straddling the window's edge that such a delete would have dropped. A load reads
+the snapshot and its rows in one read transaction. The store keeps, per key it saved, where the
+window's edge lies (checked against the file at each save, so another process saving the key is
+seen), so a save reads none of the ids it does not write.
 
 A file written by the release before (a row per applied id, in ``nfbuilder_outputs``) is
 converted when it is opened, in one transaction, a key at a time: each key's consecutive ids
@@ -66,6 +67,7 @@ CREATE TABLE IF NOT EXISTS nfbuilder_state (
     key        TEXT NOT NULL,
     data       BLOB NOT NULL,
     ids        TEXT NOT NULL,
+    at         REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (namespace, state_name, key)
 );
 CREATE TABLE IF NOT EXISTS nfbuilder_applied (
@@ -102,7 +104,10 @@ ON CONFLICT (namespace, state_name, partition) DO UPDATE SET epoch = epoch + 1""
 _EPOCH = ("SELECT epoch FROM nfbuilder_fences"
           " WHERE namespace = ? AND state_name = ? AND partition = ?")
 
-_SELECT = "SELECT data, ids FROM nfbuilder_state WHERE namespace = ? AND state_name = ? AND key = ?"
+_SELECT = ("SELECT data, ids, at FROM nfbuilder_state"
+           " WHERE namespace = ? AND state_name = ? AND key = ?")
+# files written before the snapshot's row had the time of its last save
+_STATE_AT = "ALTER TABLE nfbuilder_state ADD COLUMN at REAL NOT NULL DEFAULT 0"
 _SELECT_ROWS = (
     "SELECT at, ids, sizes, outputs FROM nfbuilder_applied"
     " WHERE namespace = ? AND state_name = ? AND key = ? ORDER BY rowid"
@@ -130,8 +135,9 @@ _DROP_EXPIRED = (
 )
 _DROP_ROW = "DELETE FROM nfbuilder_applied WHERE rowid = ?"
 _UPSERT = """
-INSERT INTO nfbuilder_state (namespace, state_name, key, data, ids) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (namespace, state_name, key) DO UPDATE SET data = excluded.data, ids = excluded.ids
+INSERT INTO nfbuilder_state (namespace, state_name, key, data, ids, at) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (namespace, state_name, key)
+DO UPDATE SET data = excluded.data, ids = excluded.ids, at = excluded.at
 """
 # the release before: a row per applied id, converted at open (_convert_id_rows)
 _OLD_TABLE = "nfbuilder_outputs"
@@ -309,6 +315,12 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
             conn.executescript(f"{_SCHEMA}{_TOMBSTONE};")  # no view yet where the table is
+            if "at" not in [r[1] for r in conn.execute("PRAGMA table_info(nfbuilder_state)")]:
+                try:
+                    conn.execute(_STATE_AT)
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):  # else: another process added it
+                        raise
             _convert_id_rows(conn, url)
         except Exception as exc:  # noqa: BLE001 - sqlite3's, or a converted row's bad value
             conn.close()
@@ -337,7 +349,9 @@ class SqliteStore:
         if row is None:
             return None
         kept: dict[str, tuple[bytes, float]] = {}  # in the order of each id's newest save
-        newest = 0.0  # the last save's time (the latest of them, should a clock step back)
+        # the last save's time (the latest, should a clock step back; a save without ids
+        # writes no row: the snapshot's row has it)
+        newest = float(row[2])
         for at, ids_json, sizes_json, blob in saves:
             ids, sizes = json.loads(ids_json), json.loads(sizes_json)
             if len(ids) != len(sizes) or sum(sizes) != len(blob):
@@ -390,11 +404,12 @@ class SqliteStore:
             states.append((*ident, seal.sign(save.data, save.state_name, save.key), ""))
             # in the order of their last application: an id applied twice is newest
             ids = _last_first(save.applied_ids)
-            if ids:
-                blobs = seal.sign_outputs(save.outputs or {}, ids, save.state_name, save.key)
-                signed = [blobs[i] for i in ids]
-                rows.append((ident, ids, json.dumps(ids), json.dumps(list(map(len, signed))),
-                             b"".join(signed)))
+            blobs = seal.sign_outputs(save.outputs or {}, ids, save.state_name, save.key)
+            signed = [blobs[i] for i in ids]
+            # a save without ids writes no row, but still expires what its time puts past the
+            # retention (as in every store)
+            rows.append((ident, ids, json.dumps(ids), json.dumps(list(map(len, signed))),
+                         b"".join(signed)))
         first = saves[0]
         with self._lock:
             conn = self._conn
@@ -408,9 +423,8 @@ class SqliteStore:
                         if row is None or row[0] != fence[1]:
                             raise fenced(self.url_for_display, name, first.key, fence)
                 now = time.time()
-                conn.executemany(_UPSERT, states)
-                if rows:
-                    self._append(conn, rows, now)
+                conn.executemany(_UPSERT, [(*state, now) for state in states])
+                self._append(conn, rows, now)
                 conn.execute("COMMIT")
             except BaseException as exc:
                 for ident, *_ in rows:  # their windows may hold what is not in the file
@@ -443,14 +457,16 @@ class SqliteStore:
                 newest = conn.execute(_NEWEST, ident).fetchone()
                 if known.newest != (newest[0] if newest else 0):
                     known = _Window.read(conn, ident, window)
-            top += 1
-            inserts.append((top, *ident, now, ids_json, sizes_json, blob))
-            dead += [(rowid,) for rowid in known.add(top, ids, window)]
+            if ids:
+                top += 1
+                inserts.append((top, *ident, now, ids_json, sizes_json, blob))
+                dead += [(rowid,) for rowid in known.add(top, ids, window)]
             edges[ident] = known.edge()
             windows[ident] = known
         while len(windows) > _WINDOWS:
             del windows[next(iter(windows))]
-        conn.executemany(_PUT_ROW, inserts)
+        if inserts:
+            conn.executemany(_PUT_ROW, inserts)
         if dead:
             conn.executemany(_DROP_ROW, dead)
         horizon = now - self.id_retention_s
