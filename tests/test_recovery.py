@@ -28,7 +28,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def killer(vertex: str, total: int):  # type: ignore[no-untyped-def]
-    """A `during` hook: kill -9 a replica of `vertex` KILLS times, spread over the run."""
+    """A `during` hook: kill -9 a replica of `vertex` KILLS times, spread over the run, each
+    time while it has messages in flight (if it gets any within about a second)."""
     async def kill(engine, rx) -> None:  # type: ignore[no-untyped-def]
         reps = engine.replicas[vertex]
         for k in range(KILLS):
@@ -39,6 +40,12 @@ def killer(vertex: str, total: int):  # type: ignore[no-untyped-def]
             # Still recovering from the previous kill (polled, like the counter above).
             while not rep.ready.is_set():  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
+            # ... and in the middle of a batch, so that the kill leaves messages to redeliver (a
+            # fast vertex idles between batches; on a busy machine the kill used to land there)
+            waited = 0
+            while not rep.busy and waited < 1000:  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
+                waited += 1
             assert rep.proc is not None
             os.kill(rep.proc.pid, signal.SIGKILL)
     return kill
