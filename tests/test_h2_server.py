@@ -402,13 +402,16 @@ _READ = source_pb2.ReadRequest
         _READ(handshake=source_pb2.Handshake(sot=True)),
         _READ(request=_READ.Request(num_records=3, timeout_in_ms=50))], 5),  # 3 records, EOT
 ], ids=["sink", "batch map", "source read"])
-@pytest.mark.parametrize("bad", ["second handshake", "unparsable"])
+@pytest.mark.parametrize("bad", ["second handshake", "unparsable", "compressed"])
 def test_node_requests_before_a_bad_one_are_answered_first(
     tmp_path: Path, kind: str, path: str, batch: list[Any], replies: int, bad: str
 ) -> None:
-    """One write holds requests (a closed batch, a read) and then one that ends the call: both
+    """One write holds requests (a closed batch, a read) and then one that ends the call (a
+    second handshake, bytes that do not parse, a compressed message: broken framing): both
     transports answer those before it, then end the call the same way."""
-    tail = _b64(batch[0]) if bad == "second handshake" else base64.b64encode(b"\xff\xff").decode()
+    tail = {"second handshake": [_b64(batch[0])],
+            "unparsable": [base64.b64encode(b"\xff\xff").decode()], "compressed": []}[bad]
+    raw = base64.b64encode(b"\x01\x00\x00\x00\x02ab").decode() if bad == "compressed" else ""
     reply = {"sink": sink_pb2.SinkResponse, "map": map_pb2.MapResponse,
              "source": source_pb2.ReadResponse}[kind]
     seen = {}
@@ -417,7 +420,7 @@ def test_node_requests_before_a_bad_one_are_answered_first(
         with _server(tmp_path / transport, kind, transport, *args) as server:
             got = _node(server, [
                 {"op": "open", "call": "a", "path": path},
-                {"op": "send", "call": "a", "messages": [*map(_b64, batch), tail]},
+                {"op": "send", "call": "a", "messages": [*map(_b64, batch), *tail], "raw": raw},
                 {"op": "closed", "call": "a"},
             ])["calls"]["a"]
         status = {**(got["headers"] or {}), **(got["trailers"] or {})}  # trailers-only or not
@@ -427,6 +430,9 @@ def test_node_requests_before_a_bad_one_are_answered_first(
     assert len(seen["h2"][0]) == replies
     if bad == "second handshake":
         assert seen["h2"] == seen["grpc"]
+    elif bad == "compressed":  # C-core resets the stream; h2 ends it with a status
+        assert seen["h2"][1:] == ("12", "a compressed gRPC message arrived; no message encoding "
+                                  "was negotiated (grpc-encoding identity)")
     else:  # grpcio says it in its words (a DecodeError through the handler or its own)
         assert seen["h2"][1:] == ("13", f"could not parse a request of {path}: DecodeError("
                                   f"\"Error parsing message with type '{kind}.v1."

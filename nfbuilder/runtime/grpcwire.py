@@ -50,11 +50,13 @@ Header = tuple[bytes, bytes]
 
 class GrpcWireError(Exception):
     """The peer broke gRPC's framing (compressed message we did not negotiate, message over the
-    limit, bad headers); ``code`` is the gRPC status to end the call with."""
+    limit, bad headers); ``code`` is the gRPC status to end the call with, ``messages`` those
+    complete before the broken one in the bytes given to :meth:`MessageReader.feed`."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, messages: list[bytes] | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.messages = messages or []
 
 
 def frame_message(data: bytes) -> bytes:
@@ -98,10 +100,11 @@ class MessageReader:
             flag, size = _PREFIX.unpack_from(buf, pos)
             if flag:
                 raise GrpcWireError(UNIMPLEMENTED, "a compressed gRPC message arrived; no "
-                                    "message encoding was negotiated (grpc-encoding identity)")
+                                    "message encoding was negotiated (grpc-encoding identity)",
+                                    out)
             if size > self._max:
                 raise GrpcWireError(RESOURCE_EXHAUSTED, f"gRPC message of {size} bytes is "
-                                    f"over the limit of {self._max} bytes")
+                                    f"over the limit of {self._max} bytes", out)
             stop = pos + 5 + size
             if stop > end:
                 if end - pos > 4096:  # a big message under way: collect its pieces

@@ -536,39 +536,43 @@ class _Connection(asyncio.Protocol):
     def _on_data(self, event: h2.events.DataReceived) -> None:
         size = event.flow_controlled_length
         call = self._calls.get(event.stream_id)
-        if call is None or call.done:  # answered already, or refused: drop it
+        if call is None or call.done or call.failed is not None or (
+                call.requests is not None and call.requests.failure is not None):
+            # answered already, refused, or ending once what came before is answered: drop it
             self.acknowledge(event.stream_id, size)
             return
+        bad: Failure | None = None  # broken framing: the call ends after the messages before
         try:
             messages = call.reader.feed(event.data)
         except GrpcWireError as exc:
-            self.acknowledge(call.stream_id, size)
-            self._finish(call, Failure(_STATUS[exc.code], str(exc)))
-            return
+            messages, bad = exc.messages, Failure(_STATUS[exc.code], str(exc))
         if call.requests is not None:
-            self._queue(call, call.requests, messages, size)
+            self._queue(call, call.requests, messages, size, bad)
             return
         if call.batches is not None:
-            self._collect(call, call.batches, messages, size)
+            self._collect(call, call.batches, messages, size, bad)
             return
         self.acknowledge(call.stream_id, size)
         if call.inline is not None:
-            if messages:
-                self._feed(call, call.inline, messages)
+            if messages or bad is not None:
+                self._feed(call, call.inline, messages, bad)
+        elif bad is not None:
+            self._finish(call, bad)
         else:
             call.unary_body.extend(messages)
 
     def _feed(self, call: _Call, feeder: InlineCall[Any, Any] | BatchCall[Any, Any],
-              messages: list[bytes]) -> None:
+              messages: list[bytes], bad: Failure | None = None) -> None:
         """Parse ``messages`` and feed them to ``feeder``, up to the first that does not parse;
-        send the responses it gives at once; end the call with the failure, if one ends it. A
-        batch call first answers the batches closed before the failure (as grpcio's would,
-        reading one request at a time): its task ends the call."""
+        send the responses it gives at once; end the call with the failure, if one ends it
+        (``bad``: the one after ``messages``). A batch call first answers the batches closed
+        before the failure (as grpcio's would, reading one request at a time): its task ends
+        the call."""
         method = call.method
         assert method is not None
-        requests, bad = self._parse(method, messages)
+        requests, unparsed = self._parse(method, messages)
         responses: list[Any] = []
-        failure = feeder.feed(requests, responses) or bad
+        failure = feeder.feed(requests, responses) or unparsed or bad
         if responses:
             serialize = method.serialize
             self._send(call, b"".join([frame_message(serialize(r)) for r in responses]))
@@ -580,7 +584,7 @@ class _Connection(asyncio.Protocol):
             self._finish(call, failure)
 
     def _collect(self, call: _Call, batches: BatchCall[Any, Any], messages: list[bytes],
-                 size: int) -> None:
+                 size: int, bad: Failure | None = None) -> None:
         """Feed a batch call; the first batch its EOT closes starts the task answering them."""
         if call.task is None:
             self.acknowledge(call.stream_id, size)
@@ -590,28 +594,25 @@ class _Connection(asyncio.Protocol):
                 call.owed += size
             else:
                 self.acknowledge(call.stream_id, size)
-        if call.failed is not None:  # ending once the batches before are answered
-            return
         # the only response fed back is the handshake reply; the batches' go from the task
-        if messages:
-            self._feed(call, batches, messages)
+        if messages or bad is not None:
+            self._feed(call, batches, messages, bad)
         if batches.ready and call.task is None and not call.done:
             assert call.method is not None
             call.task = asyncio.get_running_loop().create_task(
                 self._answer_batches(call, call.method, batches))
 
-    def _queue(self, call: _Call, requests: _Requests, messages: list[bytes], size: int) -> None:
-        if not messages or requests.failure is not None:  # nothing, or past a bad request
-            self.acknowledge(call.stream_id, size)
-            return
+    def _queue(self, call: _Call, requests: _Requests, messages: list[bytes], size: int,
+               bad: Failure | None = None) -> None:
         assert call.method is not None
-        parsed, bad = self._parse(call.method, messages)
+        parsed, unparsed = self._parse(call.method, messages)
         if parsed:
             requests.put(parsed, [len(m) + 5 for m in messages[:len(parsed)]], size)
         else:
             self.acknowledge(call.stream_id, size)
-        if bad is not None:  # the handler gets the requests before it first, as on grpcio
-            requests.fail(bad)
+        failure = unparsed or bad
+        if failure is not None:  # the handler gets the requests before it first, as on grpcio
+            requests.fail(failure)
 
     @staticmethod
     def _parse(method: Method, messages: list[bytes]) -> tuple[list[Any], Failure | None]:

@@ -9,6 +9,8 @@
 //          "connectionWindow": 5242880, "steps": [step, ...]}
 // steps:  {"op": "open", "call": "a", "path": "/map.v1.Map/MapFn", "timeout": "100m"}
 //         {"op": "send", "call": "a", "messages": ["<base64>", ...]}   (one write, many frames)
+//             optional "raw": "<base64>": bytes written after the messages as they are (a
+//             broken gRPC frame), in the same write
 //         {"op": "recv", "call": "a", "count": 3}        wait until the call has 3 messages
 //         {"op": "end", "call": "a"}                     half-close the request side
 //         {"op": "cancel", "call": "a"}                  RST_STREAM(CANCEL)
@@ -124,7 +126,8 @@ async function run(script) {
         break;
       }
       case "send":
-        call.stream.write(Buffer.concat(step.messages.map((m) => frame(Buffer.from(m, "base64")))));
+        call.stream.write(Buffer.concat([...step.messages.map((m) => frame(Buffer.from(m, "base64"))),
+                                         Buffer.from(step.raw || "", "base64")]));
         break;
       case "recv":
         await call.until(() => call.result.messages.length >= step.count || call.result.closed);
