@@ -33,7 +33,7 @@ from protocol_harness import ROOT, ServerProcess, wait_for
 
 from nfbuilder._proto import map_pb2, map_pb2_grpc, sink_pb2, source_pb2
 from nfbuilder.local.clients import MapClient, SinkClient, SinkDatum, SourceClient, TransformClient
-from nfbuilder.runtime.grpcwire import frame_message, request_headers
+from nfbuilder.runtime.grpcwire import MessageReader, frame_message, request_headers
 from nfbuilder.runtime.h2server import QUEUE_HIGH_WATER, _Call, _Requests, methods_of
 from nfbuilder.runtime.servicers import MapServicer
 from nfbuilder.runtime.stream import BidiStream, ErrorContract, StreamSpec
@@ -438,6 +438,51 @@ def test_node_requests_before_a_bad_one_are_answered_first(
                                   f"\"Error parsing message with type '{kind}.v1."
                                   f"{reply.__name__.replace('Response', 'Request')}'\")")
         assert seen["grpc"][1] in ("2", "13")
+
+
+@pytest.mark.parametrize(("kind", "path", "requests", "replies"), [
+    ("sink", "/sink.v1.Sink/SinkFn", [
+        _SINK_HELLO, sink_pb2.SinkRequest(request=sink_pb2.SinkRequest.Request(id="a", value=b"v")),
+        _SINK_EOT], 3),
+    ("source", "/source.v1.Source/ReadFn", [
+        _READ(handshake=source_pb2.Handshake(sot=True)),
+        _READ(request=_READ.Request(num_records=3, timeout_in_ms=50))], 5),
+], ids=["sink", "source read"])
+def test_a_half_close_after_broken_framing_still_answers_what_came_before(
+    tmp_path: Path, kind: str, path: str, requests: list[Any], replies: int
+) -> None:
+    """The last message is cut across two reads; the second brings its end, a compressed
+    message and END_STREAM. The half-close is not a stream ended mid-message: what came before
+    is answered, then the call ends with the framing error (h2; found by a review)."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.send_headers(1, request_headers(path))
+    wire = b"".join(frame_message(r.SerializeToString()) for r in requests)
+    with _server(tmp_path, kind, "h2") as server:
+        server.wait_ready()
+        sock = _raw(server)
+        client.send_data(1, wire[:-3])
+        sock.sendall(client.data_to_send())
+        time.sleep(0.2)  # a read of its own
+        client.send_data(1, wire[-3:] + b"\x01\x00\x00\x00\x02ab", end_stream=True)
+        sock.sendall(client.data_to_send())
+        body, status = b"", {}
+        sock.settimeout(10)
+        while not status:
+            data = sock.recv(65536)
+            assert data, "the server closed the connection without ending the call"
+            for event in client.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    client.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, (h2.events.TrailersReceived, h2.events.ResponseReceived)):
+                    headers = dict(event.headers)
+                    if b"grpc-status" in headers:
+                        status = headers
+            sock.sendall(client.data_to_send())
+        sock.close()
+    assert len(MessageReader(1 << 20).feed(body)) == replies
+    assert status[b"grpc-status"] == b"12"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

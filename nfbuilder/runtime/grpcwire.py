@@ -99,12 +99,11 @@ class MessageReader:
         while end - pos >= 5:
             flag, size = _PREFIX.unpack_from(buf, pos)
             if flag:
-                raise GrpcWireError(UNIMPLEMENTED, "a compressed gRPC message arrived; no "
-                                    "message encoding was negotiated (grpc-encoding identity)",
-                                    out)
+                raise self._broken(UNIMPLEMENTED, "a compressed gRPC message arrived; no message "
+                                   "encoding was negotiated (grpc-encoding identity)", out)
             if size > self._max:
-                raise GrpcWireError(RESOURCE_EXHAUSTED, f"gRPC message of {size} bytes is "
-                                    f"over the limit of {self._max} bytes", out)
+                raise self._broken(RESOURCE_EXHAUSTED, f"gRPC message of {size} bytes is over "
+                                   f"the limit of {self._max} bytes", out)
             stop = pos + 5 + size
             if stop > end:
                 if end - pos > 4096:  # a big message under way: collect its pieces
@@ -115,6 +114,12 @@ class MessageReader:
             pos = stop
         self._buf = buf[pos:] if pos < end else b""
         return out
+
+    def _broken(self, code: int, message: str, out: list[bytes]) -> GrpcWireError:
+        """The error for a broken frame; nothing is kept (the stream cannot go on, and no byte
+        of it is pending any more)."""
+        self._buf, self._parts, self._want = b"", [], 0
+        return GrpcWireError(code, message, out)
 
 
 def request_headers(path: str, *, authority: str = "localhost",

@@ -636,6 +636,11 @@ class _Connection(asyncio.Protocol):
         call.client_done = True
         if call.done:
             return
+        if call.failed is not None:  # its task ends it, once the batches before are answered
+            return
+        if call.requests is not None and call.requests.failure is not None:
+            call.requests.close()  # ended with the failure when the handler asks for more
+            return
         if call.reader.pending:
             self._finish(call, Failure(grpc.StatusCode.INTERNAL, "the client ended the stream "
                                        f"in the middle of a message ({call.reader.pending} "
