@@ -544,32 +544,37 @@ def test_sqlite_sees_another_process_save_the_same_key(
 
 
 def test_sqlite_save_failing_midway_writes_nothing_and_the_next_one_works(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path
 ) -> None:
-    """Whatever stops a save in its transaction (here a bug of ours), it is rolled back and
-    the key's window is read again from the file by the next save."""
-    from nfbuilder.runtime.state import sqlite as sqlite_store
-
+    """Whatever stops a save in its transaction (here a bug of ours, at its very end), it is
+    rolled back, the store keeps no window of its keys, and the next save reads it again."""
     store = open_store(f"sqlite:///{tmp_path / 'state.db'}", namespace="app", id_window=2,
                        id_retention_s=0)
+    real = store._conn  # type: ignore[attr-defined]
+
+    class BrokenCommit:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql == "COMMIT":
+                raise RuntimeError("a bug")
+            return real.execute(sql, *args)
+
     try:
         store.save("s", "k", b"1", ["a"])
-        real_add = sqlite_store._Window.add
-
-        def broken(self: object, *args: object) -> list[int]:
-            real_add(self, *args)  # type: ignore[arg-type]
-            raise RuntimeError("a bug")
-
-        monkeypatch.setattr(sqlite_store._Window, "add", broken)
+        store._conn = BrokenCommit()  # type: ignore[attr-defined]
         with pytest.raises(RuntimeError, match="a bug"):
             store.save("s", "k", b"2", ["b"])
-        monkeypatch.setattr(sqlite_store._Window, "add", real_add)
+        store._conn = real  # type: ignore[attr-defined]
+        assert ("app", "s", "k") not in store._windows  # type: ignore[attr-defined]
         assert store.load("s", "k") == Snapshot(b"1", ("a",))
         store.save("s", "k", b"3", ["c"])
         store.save("s", "k", b"4", ["d"])
         assert store.load("s", "k") == Snapshot(b"4", ("c", "d"))
         assert [ids for ids, _ in _rows(tmp_path / "state.db")] == [["c"], ["d"]]
     finally:
+        store._conn = real  # type: ignore[attr-defined]
         store.close()
 
 
@@ -785,26 +790,41 @@ def test_redis_layout_is_one_hash_per_key(redis_server: RedisServer) -> None:
 def test_redis_load_reads_the_snapshot_and_its_ids_as_one_save_left_them(
     redis_server: RedisServer
 ) -> None:
-    """Another process's save between the load's two reads (the hash, then the times) is not
-    half seen: they are one MULTI/EXEC."""
-    reader = open_store(redis_server.url, namespace="app")
-    writer = open_store(redis_server.url, namespace="app")
+    """The load's two reads (the hash, then the times) are one MULTI/EXEC, so another
+    process's save cannot land between them."""
+    store = open_store(redis_server.url, namespace="app")
     try:
-        writer.save("s", "k", b"count=1", ["m-1"])
-        client = reader._client  # type: ignore[attr-defined]
-        real_hgetall = client.hgetall
+        store.save("s", "k", b"count=1", ["m-1"])
+        client = store._client  # type: ignore[attr-defined]
+        made: list[Any] = []
+        real_pipeline = client.pipeline
 
-        def hgetall_then_a_save(name: Any) -> Any:
-            found = real_hgetall(name)
-            writer.save("s", "k", b"count=2", ["m-2"])
-            return found
+        def recorded(transaction: bool = True, **kwargs: Any) -> Any:
+            pipe = real_pipeline(transaction=transaction, **kwargs)
+            real_execute = pipe.execute
 
-        client.hgetall = hgetall_then_a_save  # what a load that reads twice would call
-        snap = reader.load("s", "k")
-        assert snap in (Snapshot(b"count=1", ("m-1",)), Snapshot(b"count=2", ("m-1", "m-2")))
+            def execute(*args: Any, **kw: Any) -> Any:  # what it sends, in one MULTI/EXEC?
+                made.append((transaction, [c[0][0] for c in pipe.command_stack]))
+                return real_execute(*args, **kw)
+
+            pipe.execute = execute
+            return pipe
+
+        client.pipeline = recorded
+        reads = {name: 0 for name in ("hgetall", "zrange", "get", "hget")}
+        for name in reads:  # any read outside the pipeline would be a second round trip
+            real = getattr(client, name)
+
+            def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+                reads[_name] += 1
+                return _real(*args, **kw)
+
+            setattr(client, name, counted)
+        assert store.load("s", "k") == Snapshot(b"count=1", ("m-1",))
+        assert made == [(True, ["HGETALL", "ZRANGE"])]
+        assert reads == {name: 0 for name in reads}
     finally:
-        reader.close()
-        writer.close()
+        store.close()
 
 
 def test_redis_snapshot_survives_a_server_restart(redis_server: RedisServer) -> None:

@@ -35,13 +35,17 @@ def record(namespace: str, state_name: str, key: str, msg_id: str | None) -> byt
     msg_id])`` (JSON makes it unambiguous, no field can run into the next, and it has no
     newline), built with json's own C string encoder: the same bytes, a quarter of the time
     (one is made per recorded message)."""
-    last = "null" if msg_id is None else _quoted(msg_id)
-    return f"{_head(namespace, state_name, key)}{last}]".encode()
+    return (_head(namespace, state_name, key) + _tail(msg_id)).encode()
 
 
 def _head(namespace: str, state_name: str, key: str) -> str:
     """The start of :func:`record`, common to every record of a key."""
     return f"[{_quoted(namespace)}, {_quoted(state_name)}, {_quoted(key)}, "
+
+
+def _tail(msg_id: str | None) -> str:
+    """The end of :func:`record`: the message id (null for a snapshot) and the bracket."""
+    return ("null" if msg_id is None else _quoted(msg_id)) + "]"
 
 
 class StateIntegrityError(StateStoreError):
@@ -76,7 +80,7 @@ class Seal:
         """``blob`` as stored: signed for this record (``msg_id`` for recorded outputs)."""
         if self._keyed is None:
             return bytes(blob)
-        return PREFIX + self._mac(self._keyed, blob, state_name, key, msg_id) + blob
+        return PREFIX + self._mac(blob, state_name, key, msg_id) + blob
 
     def sign_outputs(self, outputs: Mapping[str, bytes], ids: Iterable[str], state_name: str,
                      key: str) -> dict[str, bytes]:
@@ -84,14 +88,11 @@ class Seal:
         the part of the records common to the key made once (a batch signs one per message)."""
         if self._keyed is None:
             return {i: bytes(outputs.get(i, b"")) for i in ids}
-        keyed = self._keyed.copy()
-        keyed.update(PREFIX + _head(self._namespace, state_name, key).encode())
+        keyed = self._keyed_for(state_name, key)
         signed = {}
         for msg_id in ids:
             blob = outputs.get(msg_id, b"")
-            mac = keyed.copy()
-            mac.update(_quoted(msg_id).encode() + b"]\n" + blob)
-            signed[msg_id] = PREFIX + mac.digest() + blob
+            signed[msg_id] = PREFIX + _finish(keyed, msg_id, blob) + blob
         return signed
 
     def check(self, blob: bytes, state_name: str, key: str, msg_id: str | None = None) -> bytes:
@@ -109,7 +110,7 @@ class Seal:
                 f"store was written before {KEY_ENV} was set, start over with an empty store "
                 "(nfbuilder run --fresh, or delete this namespace's keys)"))
         mac, payload = blob[len(PREFIX):len(PREFIX) + _MAC_SIZE], blob[len(PREFIX) + _MAC_SIZE:]
-        if not hmac.compare_digest(mac, self._mac(self._keyed, payload, state_name, key, msg_id)):
+        if not hmac.compare_digest(mac, self._mac(payload, state_name, key, msg_id)):
             raise self._refused(state_name, key, msg_id, (
                 f"its signature does not match: {KEY_ENV} changed since it was written, or the "
                 "bytes were altered or copied from another record; restore the key it was "
@@ -117,11 +118,17 @@ class Seal:
                 "delete this namespace's keys)"))
         return payload
 
-    def _mac(self, keyed: hmac.HMAC, payload: bytes, state_name: str, key: str,
-             msg_id: str | None) -> bytes:
-        mac = keyed.copy()
-        mac.update(PREFIX + record(self._namespace, state_name, key, msg_id) + b"\n" + payload)
-        return mac.digest()
+    def _mac(self, payload: bytes, state_name: str, key: str, msg_id: str | None) -> bytes:
+        assert self._keyed is not None
+        return _finish(self._keyed_for(state_name, key), msg_id, payload)
+
+    def _keyed_for(self, state_name: str, key: str) -> hmac.HMAC:
+        """The keyed MAC fed the part of every record of this key (a batch copies it once per
+        message instead of feeding the key's part each time)."""
+        assert self._keyed is not None
+        keyed = self._keyed.copy()
+        keyed.update(PREFIX + _head(self._namespace, state_name, key).encode())
+        return keyed
 
     def _refused(self, state_name: str, key: str, msg_id: str | None,
                  why: str) -> StateIntegrityError:
@@ -130,3 +137,11 @@ class Seal:
             f"state store {self._shown}: refusing to load the {what} of state {state_name!r} "
             f"key {key!r}: {why}"
         )
+
+
+def _finish(keyed: hmac.HMAC, msg_id: str | None, payload: bytes) -> bytes:
+    """The MAC of ``PREFIX + record + "\\n" + payload``, from ``keyed`` (:meth:`Seal._keyed_for`
+    of the record's key), which stays as it was."""
+    mac = keyed.copy()
+    mac.update(_tail(msg_id).encode() + b"\n" + payload)
+    return mac.digest()

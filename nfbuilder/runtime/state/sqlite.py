@@ -153,6 +153,12 @@ Ident = tuple[str, str, str]
 _WINDOWS = 4096
 
 
+def _row(ids: list[str], blobs: list[bytes]) -> tuple[str, str, bytes]:
+    """The ``ids``, ``sizes`` and ``outputs`` columns of a row of ``ids`` and their (signed)
+    outputs ``blobs``."""
+    return json.dumps(ids), json.dumps(list(map(len, blobs))), b"".join(blobs)
+
+
 def _last_first(ids: Sequence[str]) -> list[str]:
     """``ids`` once each, in the order of their last occurrence (``merge_ids``'s rule)."""
     return list(reversed(dict.fromkeys(reversed(ids))))
@@ -164,16 +170,19 @@ class _Window:
     again in a newer row (live), and each of their ids' newest row.
 
     What a save needs to find the new edge and the rows wholly saved again, without reading
-    the ids it does not write. Valid while ``newest`` is the key's newest row in the file."""
+    the ids it does not write. Valid while :attr:`newest` is the key's newest row in the file."""
 
-    __slots__ = ("live", "newest", "rows", "total", "where")
+    __slots__ = ("live", "rows", "where")
 
     def __init__(self) -> None:
         self.rows: dict[int, list[str]] = {}  # rowid -> ids, oldest row first
         self.live: dict[int, int] = {}
-        self.where: dict[str, int] = {}  # id -> its newest row (among ``rows``)
-        self.total = 0  # live ids in ``rows``
-        self.newest = 0
+        self.where: dict[str, int] = {}  # each live id -> its newest row (among ``rows``)
+
+    @property
+    def newest(self) -> int:
+        """The rowid of the newest row (0: none); never dropped, so the file's newest."""
+        return next(reversed(self.rows), 0)
 
     def add(self, rowid: int, ids: list[str], window: int) -> list[int]:
         """Append a newer row; the rows it leaves without a live id (saved again, not the
@@ -184,14 +193,11 @@ class _Window:
             old = where.get(msg_id)
             if old is not None:
                 live[old] -= 1
-                self.total -= 1
                 if live[old] == 0:
                     dead.append(old)
             where[msg_id] = rowid
         self.rows[rowid] = ids
         live[rowid] = len(ids)
-        self.total += len(ids)
-        self.newest = rowid
         for rowid in dead:
             self._drop(rowid)
         self._trim(window)
@@ -202,11 +208,12 @@ class _Window:
         return next(iter(self.rows), 0)
 
     def _trim(self, window: int) -> None:
-        # the oldest row leaves while the newer ones hold the window without it
+        # the oldest row leaves while the newer ones hold the window without it (the live ids
+        # are the keys of ``where``)
         rows, live = self.rows, self.live
         while rows:
             oldest = next(iter(rows))
-            if self.total - live[oldest] < window:
+            if len(self.where) - live[oldest] < window:
                 return
             self._drop(oldest)
 
@@ -215,19 +222,18 @@ class _Window:
         for msg_id in self.rows.pop(rowid):
             if where.get(msg_id) == rowid:
                 del where[msg_id]
-        self.total -= self.live.pop(rowid)
+        del self.live[rowid]
 
     @classmethod
     def read(cls, conn: sqlite3.Connection, ident: Ident, window: int) -> _Window:
         """A key's window as the file holds it: its rows read newest first to the edge."""
-        found, seen, total = [], set(), 0
+        found, seen = [], set()
         for rowid, ids_json in conn.execute(_NEWEST_FIRST, ident):
             ids = json.loads(ids_json)
             fresh = [i for i in ids if i not in seen]
             seen.update(fresh)
             found.append((rowid, ids, len(fresh)))
-            total += len(fresh)
-            if total >= window:
+            if len(seen) >= window:
                 break
         made = cls()
         for rowid, ids, live in reversed(found):
@@ -235,8 +241,6 @@ class _Window:
             made.live[rowid] = live
             for msg_id in ids:
                 made.where[msg_id] = rowid
-        made.total = total
-        made.newest = found[0][0] if found else 0
         return made
 
 
@@ -371,13 +375,10 @@ class SqliteStore:
         else:
             window = list(kept)[-self.id_window:]
             # what the last save's delete would have left of the row at the window's edge:
-            # the ids saved within the retention before it (none with the count alone)
-            inside = set(window)
-            if self.id_retention_s > 0:
-                horizon = newest - self.id_retention_s
-                kept = {i: v for i, v in kept.items() if v[1] > horizon or i in inside}
-            else:
-                kept = {i: v for i, v in kept.items() if i in inside}
+            # the ids saved within the retention before it (none with the count alone: no id
+            # was saved after ``newest``)
+            horizon, inside = newest - self.id_retention_s, set(window)
+            kept = {i: v for i, v in kept.items() if v[1] > horizon or i in inside}
         return timed_snapshot(check(bytes(row[0]), state_name, key), window,
                               [(i, check(b, state_name, key, i), at)
                                for i, (b, at) in kept.items()])
@@ -405,11 +406,9 @@ class SqliteStore:
             # in the order of their last application: an id applied twice is newest
             ids = _last_first(save.applied_ids)
             blobs = seal.sign_outputs(save.outputs or {}, ids, save.state_name, save.key)
-            signed = [blobs[i] for i in ids]
             # a save without ids writes no row, but still expires what its time puts past the
             # retention (as in every store)
-            rows.append((ident, ids, json.dumps(ids), json.dumps(list(map(len, signed))),
-                         b"".join(signed)))
+            rows.append((ident, ids, *_row(ids, [blobs[i] for i in ids])))
         first = saves[0]
         with self._lock:
             conn = self._conn
@@ -424,11 +423,9 @@ class SqliteStore:
                             raise fenced(self.url_for_display, name, first.key, fence)
                 now = time.time()
                 conn.executemany(_UPSERT, [(*state, now) for state in states])
-                self._append(conn, rows, now)
+                updated = self._append(conn, rows, now)
                 conn.execute("COMMIT")
             except BaseException as exc:
-                for ident, *_ in rows:  # their windows may hold what is not in the file
-                    self._windows.pop(ident, None)
                 try:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -437,40 +434,46 @@ class SqliteStore:
                 if isinstance(exc, sqlite3.Error):
                     raise self._error("save", first.state_name, first.key, exc) from exc
                 raise
+        # only now: a window never holds what the file does not (most recently saved last)
+        windows = self._windows
+        windows.update(updated)
+        while len(windows) > _WINDOWS:
+            del windows[next(iter(windows))]
 
     def _append(self, conn: sqlite3.Connection, rows: list[tuple[Ident, list[str], str, str,
-                                                                 bytes]], now: float) -> None:
-        """Insert a row per save and delete what the saves pushed out, in the open transaction.
+                                                                 bytes]],
+                now: float) -> dict[Ident, _Window]:
+        """Insert a row per save and delete what the saves pushed out, in the open transaction;
+        the keys' windows after it, for :meth:`save_many` to keep once it commits (taken out
+        of the store's until then).
 
         Rowids are given here (after the last one given: the write lock is held) so each
         key's window knows its rows without reading them back."""
         windows, window = self._windows, self.id_window
-        edges: dict[Ident, int] = {}
+        updated: dict[Ident, _Window] = {}
         dead: list[tuple[int]] = []
         top = conn.execute(_TOP).fetchone()[0]
         inserts = []
         for ident, ids, ids_json, sizes_json, blob in rows:
-            known = windows.pop(ident, None)  # put back last: the most recently saved key
-            if known is None:
-                known = _Window.read(conn, ident, window)
-            elif ident not in edges:  # the key's first row in this batch: saved elsewhere?
-                newest = conn.execute(_NEWEST, ident).fetchone()
-                if known.newest != (newest[0] if newest else 0):
+            known = updated.get(ident)
+            if known is None:  # the key's first row in this batch: saved elsewhere meanwhile?
+                known = windows.pop(ident, None)
+                newest = None if known is None else conn.execute(_NEWEST, ident).fetchone()
+                if known is None or known.newest != (newest[0] if newest else 0):
                     known = _Window.read(conn, ident, window)
+                updated[ident] = known
             if ids:
                 top += 1
                 inserts.append((top, *ident, now, ids_json, sizes_json, blob))
                 dead += [(rowid,) for rowid in known.add(top, ids, window)]
-            edges[ident] = known.edge()
-            windows[ident] = known
-        while len(windows) > _WINDOWS:
-            del windows[next(iter(windows))]
         if inserts:
             conn.executemany(_PUT_ROW, inserts)
         if dead:
             conn.executemany(_DROP_ROW, dead)
         horizon = now - self.id_retention_s
-        conn.executemany(_DROP_EXPIRED, [(*i, horizon, edge) for i, edge in edges.items()])
+        conn.executemany(_DROP_EXPIRED,
+                         [(*i, horizon, known.edge()) for i, known in updated.items()])
+        return updated
 
     def claim(self, state_name: str, partition: int) -> int:
         ident = (self.namespace, state_name, partition)
@@ -566,11 +569,8 @@ def _convert_id_rows(conn: sqlite3.Connection, url: str) -> None:
                 runs[-1][2].append(bytes(blob))
                 n += 1
             keys += 1
-            conn.executemany(
-                "INSERT INTO nfbuilder_applied (namespace, state_name, key, at, ids, sizes,"
-                " outputs) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(*ident, when, json.dumps(ids), json.dumps(list(map(len, blobs))),
-                  b"".join(blobs)) for when, ids, blobs in runs])
+            conn.executemany(_PUT_ROW, [(None, *ident, when, *_row(ids, blobs))
+                                        for when, ids, blobs in runs])
         conn.execute(f"DROP TABLE {_OLD_TABLE}")
         conn.execute(_TOMBSTONE)
         conn.execute("COMMIT")
