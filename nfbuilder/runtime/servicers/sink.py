@@ -25,6 +25,7 @@ from google.protobuf import empty_pb2
 
 from nfbuilder._proto import sink_pb2, sink_pb2_grpc
 from nfbuilder.runtime.messages import Datum, SinkHandler, SinkResult, UserMetadata
+from nfbuilder.runtime.protowire import SMALL, field
 from nfbuilder.runtime.servicers.convert import read_user_metadata, to_ns
 from nfbuilder.runtime.stream import BidiStream, ErrorContract, StreamSpec, check_one_per_id
 
@@ -145,29 +146,15 @@ def results_bytes(results: Sequence[SinkResult]) -> bytes:
             add(_SUCCESS[len(ident)])
             add(ident)
             continue
-        body = _field(b"\x0a", ident) if ident else b""
+        body = field(b"\x0a", ident) if ident else b""
         if not result.ok:
             body += b"\x10\x01"  # status FAILURE
             if result.err_msg:
-                body += _field(b"\x1a", result.err_msg.encode())
-        add(_field(b"\x0a", body))
+                body += field(b"\x1a", result.err_msg.encode())
+        add(field(b"\x0a", body))
     return b"".join(parts)
 
 
-def _field(tag: bytes, body: bytes) -> bytes:
-    """A length-delimited field: its tag byte, the length (a varint), the bytes."""
-    n = len(body)
-    if n < 0x80:
-        return tag + _SMALL[n] + body
-    length = bytearray()
-    while n >= 0x80:
-        length.append((n & 0x7F) | 0x80)
-        n >>= 7
-    length.append(n)
-    return tag + bytes(length) + body
-
-
-_SMALL = [bytes((i,)) for i in range(0x80)]
 #: what precedes a SUCCESS result's id of n < 126 bytes (the Result's and the id's tags and
 #: one-byte lengths; an empty id is not written)
-_SUCCESS = [b"\x0a\x00"] + [b"\x0a" + _SMALL[n + 2] + b"\x0a" + _SMALL[n] for n in range(1, 126)]
+_SUCCESS = [b"\x0a\x00"] + [b"\x0a" + SMALL[n + 2] + b"\x0a" + SMALL[n] for n in range(1, 126)]
