@@ -208,7 +208,8 @@ class _Call:
         # handed back to the client's window (over QUEUE_HIGH_WATER: once the answer is out)
         self.held = 0
         self.owed = 0
-        #: a batch call: what ends it once the batches closed before it are answered
+        #: a batch or task call: what ends it once what came before is answered (the batches
+        #: closed before it; the requests queued before it, when the handler asks for more)
         self.failed: Failure | None = None
         self.requests: _Requests | None = None
         self.unary_body: list[bytes] = []
@@ -242,9 +243,6 @@ class _Requests:
         self._items: collections.deque[tuple[Any, int]] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
-        #: how the call ends once the handler has read what is queued (a request that did not
-        #: parse came after them)
-        self.failure: Failure | None = None
         self._queued = 0
         self._owed = 0
 
@@ -266,7 +264,7 @@ class _Requests:
     def fail(self, failure: Failure) -> None:
         """End the call with ``failure`` when the handler asks for a request past those
         queued (to it, the requests end there)."""
-        self.failure = failure
+        self._call.failed = failure
         self._wake()
 
     def owed(self) -> int:
@@ -283,8 +281,9 @@ class _Requests:
 
     async def __anext__(self) -> Any:
         while not self._items:
-            if self.failure is not None:
-                self._connection.end(self._call, self.failure)
+            failed = self._call.failed
+            if failed is not None:
+                self._connection.end(self._call, failed)
                 raise StopAsyncIteration
             if self._closed:
                 raise StopAsyncIteration
@@ -536,8 +535,7 @@ class _Connection(asyncio.Protocol):
     def _on_data(self, event: h2.events.DataReceived) -> None:
         size = event.flow_controlled_length
         call = self._calls.get(event.stream_id)
-        if call is None or call.done or call.failed is not None or (
-                call.requests is not None and call.requests.failure is not None):
+        if call is None or call.done or call.failed is not None:
             # answered already, refused, or ending once what came before is answered: drop it
             self.acknowledge(event.stream_id, size)
             return
@@ -636,10 +634,9 @@ class _Connection(asyncio.Protocol):
         call.client_done = True
         if call.done:
             return
-        if call.failed is not None:  # its task ends it, once the batches before are answered
-            return
-        if call.requests is not None and call.requests.failure is not None:
-            call.requests.close()  # ended with the failure when the handler asks for more
+        if call.failed is not None:  # its task or handler ends it, once what came before is done
+            if call.requests is not None:
+                call.requests.close()
             return
         if call.reader.pending:
             self._finish(call, Failure(grpc.StatusCode.INTERNAL, "the client ended the stream "
