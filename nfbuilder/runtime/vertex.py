@@ -138,7 +138,7 @@ def map_handler(program: VertexProgram) -> Any:
 
         def handle_one(datum: Datum) -> list[Result]:
             return [Result(o.value, o.keys, o.tags, meta, o.event_time_ns)
-                    for o in payload(datum.id, datum.value)]
+                    for o in process(single, datum.value, datum.id)]
 
         # it reads only the id and value: the map servicer need not build a Datum (PayloadFn)
         handle_one.payload = payload  # type: ignore[attr-defined]
