@@ -7,6 +7,7 @@ import importlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from nfbuilder.loader import load_app
@@ -21,6 +22,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def poll(cond: Callable[[], bool], timeout_s: float = 5.0, what: str = "condition") -> None:
+    """Wait until ``cond()`` holds, checking every 5 ms; fails the test after ``timeout_s`` so a
+    wait that never ends says what it waited for instead of passing on to weaker checks."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.005)
 
 
 async def wait_idle(engine: Engine, quiet_s: float, timeout_s: float = 60) -> None:

@@ -5,24 +5,57 @@ batch, in order. Fake clients, no processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from engine_harness import poll
 
 from nfbuilder.local.flow import Flow, Msg, SourceState, Tally, Token
 from nfbuilder.local.process import Replica, ReplicaSpec
+from nfbuilder.local.rpc import UdfStreamError
 from nfbuilder.local.wire import Result
 from nfbuilder.plan import Edge
 
 
-async def _until(done: Any, timeout_s: float = 2.0) -> None:
-    """Poll ``done()`` every 10 ms for up to ``timeout_s`` (the assertions after say why not)."""
-    for _ in range(int(timeout_s / 0.01)):
-        if done():
-            return
-        await asyncio.sleep(0.01)
+def _replica(tmp_path: Path, name: str, kind: str, index: int = 0,
+             client: Any = None) -> Replica:
+    """A replica of vertex ``name`` with no process; given a client, it is ready to be called."""
+    rep = Replica(ReplicaSpec("doc", name, kind, 0, ()), tmp_path, {}, index)
+    if client is not None:
+        rep.client = client
+        rep.ready.set()
+    return rep
+
+
+def _flow(*, ordered: Sequence[Replica] = (), unordered: Sequence[Replica] = (),
+          read_batch: int,
+          on_failure: Callable[[Replica, BaseException], None] = lambda rep, exc: None) -> Flow:
+    """A flow over one-replica vertices, ordered (batch mode) or not, reading briefly."""
+    reps = [(rep, True) for rep in ordered] + [(rep, False) for rep in unordered]
+    return Flow({rep.spec.vertex: SimpleNamespace(ordered=o) for rep, o in reps},
+                {rep.spec.vertex: [rep] for rep, _ in reps}, read_batch=read_batch,
+                read_timeout_ms=10, on_failure=on_failure)
+
+
+async def _queue(rep: Replica, n: int) -> None:
+    """Queue ``n`` messages ``m0``, ``m1``... with values ``v0``, ``v1``... from one source
+    message."""
+    token = Token(SourceState(rep, Tally("p")), (b"0", 0))
+    await rep.put_many([Msg(f"m{i}", b"v%d" % i, (), 0, None, token) for i in range(n)])
+
+
+@contextlib.asynccontextmanager
+async def _running(work: Coroutine[Any, Any, Any]) -> AsyncIterator[None]:
+    """Run a worker for the body of the ``async with``; it never ends by itself, so cancel it."""
+    worker = asyncio.ensure_future(work)
+    try:
+        yield
+    finally:
+        worker.cancel()
 
 
 class Echo:
@@ -39,14 +72,10 @@ class Echo:
 def test_the_next_batch_is_sent_while_the_last_ones_results_are_still_routed(
         tmp_path: Path) -> None:
     async def main() -> None:
-        ordered = Replica(ReplicaSpec("doc", "st", "batchmap", 0, ()), tmp_path, {}, 0)
-        out = Replica(ReplicaSpec("doc", "out", "sink", 0, ()), tmp_path, {}, 1)
         client = Echo()
-        ordered.client = client
-        ordered.ready.set()
-        flow = Flow({"st": SimpleNamespace(ordered=True), "out": SimpleNamespace(ordered=False)},
-                    {"st": [ordered], "out": [out]}, read_batch=2, read_timeout_ms=10,
-                    on_failure=lambda rep, exc: None)
+        ordered = _replica(tmp_path, "st", "batchmap", client=client)
+        out = _replica(tmp_path, "out", "sink", 1)
+        flow = _flow(ordered=[ordered], unordered=[out], read_batch=2)
         flow.edges["st"] = [Edge("st", "out")]
         delivered: list[list[bytes]] = []
         release = asyncio.Event()
@@ -57,21 +86,16 @@ def test_the_next_batch_is_sent_while_the_last_ones_results_are_still_routed(
                 await release.wait()
 
         out.put_many = held_put_many  # type: ignore[method-assign]
-        token = Token(SourceState(ordered, Tally("p")), (b"0", 0))
-        await ordered.put_many([Msg(f"m{i}", b"v%d" % i, (), 0, None, token)
-                                for i in range(4)])
-        worker = asyncio.ensure_future(flow.batch_worker(ordered))
-        try:
-            await _until(lambda: len(client.batches) == 2)
+        await _queue(ordered, 4)
+        async with _running(flow.batch_worker(ordered)):
+            await poll(lambda: len(client.batches) == 2, what="the second batch")
             # the second batch is with the vertex while the first's results wait downstream
             assert client.batches == [["m0", "m1"], ["m2", "m3"]]
             assert delivered == [[b"v0", b"v1"]]
             release.set()
-            await _until(lambda: len(delivered) == 2)
+            await poll(lambda: len(delivered) == 2, what="the second batch's results")
             assert delivered == [[b"v0", b"v1"], [b"v2", b"v3"]]  # batch after batch, in order
             assert ordered.processed == 4
-        finally:
-            worker.cancel()
 
     asyncio.run(main())
 
@@ -79,10 +103,7 @@ def test_the_next_batch_is_sent_while_the_last_ones_results_are_still_routed(
 def test_after_a_failed_batch_the_worker_waits_for_the_replica_before_the_next(
         tmp_path: Path) -> None:
     async def main() -> None:
-        from nfbuilder.local.rpc import UdfStreamError
-
         failures: list[BaseException] = []
-        ordered = Replica(ReplicaSpec("doc", "st", "batchmap", 0, ()), tmp_path, {}, 0)
         calls: list[list[str]] = []
 
         class Broken:
@@ -91,49 +112,37 @@ def test_after_a_failed_batch_the_worker_waits_for_the_replica_before_the_next(
                 ordered.ready.clear()  # as the supervisor does when it restarts the vertex
                 raise UdfStreamError("st", None, "the vertex died")
 
-        ordered.client = Broken()
-        ordered.ready.set()
-        flow = Flow({"st": SimpleNamespace(ordered=True)}, {"st": [ordered]}, read_batch=2,
-                    read_timeout_ms=10, on_failure=lambda rep, exc: failures.append(exc))
-        token = Token(SourceState(ordered, Tally("p")), (b"0", 0))
-        await ordered.put_many([Msg(f"m{i}", b"v", (), 0, None, token) for i in range(4)])
-        worker = asyncio.ensure_future(flow.batch_worker(ordered))
-        try:
+        ordered = _replica(tmp_path, "st", "batchmap", client=Broken())
+        flow = _flow(ordered=[ordered], read_batch=2,
+                     on_failure=lambda rep, exc: failures.append(exc))
+        await _queue(ordered, 4)
+        async with _running(flow.batch_worker(ordered)):
             await asyncio.sleep(0.2)
             # one call, one failure; the batch is kept for redelivery, nothing else was sent
             assert calls == [["m0", "m1"]] and len(failures) == 1
             assert [m.id for m in ordered.redeliver] == ["m0", "m1"]
-        finally:
-            worker.cancel()
 
     asyncio.run(main())
 
 
 def test_a_message_without_results_is_done_and_its_offset_acked(tmp_path: Path) -> None:
     async def main() -> None:
-        ordered = Replica(ReplicaSpec("doc", "st", "batchmap", 0, ()), tmp_path, {}, 0)
-
         class Filter:  # keeps the even values only
             async def map_batch(self, batch: list[Msg]) -> list[list[Result]]:
                 return [[Result(m.value)] if int(m.value) % 2 == 0 else [] for m in batch]
 
-        ordered.client = Filter()
-        ordered.ready.set()
-        flow = Flow({"st": SimpleNamespace(ordered=True)}, {"st": [ordered]}, read_batch=10,
-                    read_timeout_ms=10, on_failure=lambda rep, exc: None)
+        ordered = _replica(tmp_path, "st", "batchmap", client=Filter())
+        flow = _flow(ordered=[ordered], read_batch=10)
         flow.edges["st"] = []  # the kept ones go nowhere here (a blackhole)
         src = SourceState(ordered, Tally("p"))
-        tokens = [Token(src, (b"%d" % i, 0)) for i in range(4)]
+        tokens = [Token(src, (b"%d" % i, 0)) for i in range(4)]  # one source message each
         await ordered.put_many([Msg(f"m{i}", b"%d" % i, (), 0, None, t)
                                 for i, t in enumerate(tokens)])
-        worker = asyncio.ensure_future(flow.batch_worker(ordered))
-        try:
-            await _until(lambda: ordered.processed == 4)
+        async with _running(flow.batch_worker(ordered)):
+            await poll(lambda: ordered.processed == 4, what="4 processed")
             assert [t.count for t in tokens] == [0, 0, 0, 0]
             assert sorted(src.done) == [(b"%d" % i, 0) for i in range(4)] and not src.open
             assert src.tally.filtered == 2 + 2  # two without results, two routed nowhere
-        finally:
-            worker.cancel()
 
     asyncio.run(main())
 
@@ -141,10 +150,6 @@ def test_a_message_without_results_is_done_and_its_offset_acked(tmp_path: Path) 
 def test_a_batch_sent_while_the_last_is_routed_and_then_failed_waits_in_order(
         tmp_path: Path) -> None:
     async def main() -> None:
-        from nfbuilder.local.rpc import UdfStreamError
-
-        ordered = Replica(ReplicaSpec("doc", "st", "batchmap", 0, ()), tmp_path, {}, 0)
-        out = Replica(ReplicaSpec("doc", "out", "sink", 0, ()), tmp_path, {}, 1)
         calls: list[list[str]] = []
 
         class SecondFails:
@@ -155,35 +160,26 @@ def test_a_batch_sent_while_the_last_is_routed_and_then_failed_waits_in_order(
                     raise UdfStreamError("st", None, "the vertex died")
                 return [[Result(m.value)] for m in batch]
 
-        ordered.client = SecondFails()
-        ordered.ready.set()
+        ordered = _replica(tmp_path, "st", "batchmap", client=SecondFails())
+        out = _replica(tmp_path, "out", "sink", 1)
         failures: list[BaseException] = []
-        flow = Flow({"st": SimpleNamespace(ordered=True), "out": SimpleNamespace(ordered=False)},
-                    {"st": [ordered], "out": [out]}, read_batch=2, read_timeout_ms=10,
-                    on_failure=lambda rep, exc: failures.append(exc))
+        flow = _flow(ordered=[ordered], unordered=[out], read_batch=2,
+                     on_failure=lambda rep, exc: failures.append(exc))
         flow.edges["st"] = [Edge("st", "out")]
-        token = Token(SourceState(ordered, Tally("p")), (b"0", 0))
-        await ordered.put_many([Msg(f"m{i}", b"v%d" % i, (), 0, None, token)
-                                for i in range(6)])
-        worker = asyncio.ensure_future(flow.batch_worker(ordered))
-        try:
+        await _queue(ordered, 6)
+        async with _running(flow.batch_worker(ordered)):
             await asyncio.sleep(0.3)
             assert calls == [["m0", "m1"], ["m2", "m3"]] and len(failures) == 1
             assert [m.value for m in out.queue] == [b"v0", b"v1"]  # the first was delivered
             # the failed batch goes first, before the one still queued; nothing else was sent
             assert [m.id for m in ordered.redeliver] == ["m2", "m3"]
             assert [m.id for m in ordered.queue] == ["m4", "m5"]
-        finally:
-            worker.cancel()
 
     asyncio.run(main())
 
 
 def test_unary_batches_that_fail_together_are_redelivered_oldest_first(tmp_path: Path) -> None:
     async def main() -> None:
-        from nfbuilder.local.rpc import UdfStreamError
-
-        rep = Replica(ReplicaSpec("doc", "up", "map", 0, ()), tmp_path, {}, 0)
         gate = asyncio.Event()
 
         class DiesWithTwoInFlight:
@@ -196,21 +192,15 @@ def test_unary_batches_that_fail_together_are_redelivered_oldest_first(tmp_path:
                 raise UdfStreamError("up", None, "the vertex died")
 
         client = DiesWithTwoInFlight()
-        rep.client = client
-        rep.ready.set()
-        flow = Flow({"up": SimpleNamespace(ordered=False)}, {"up": [rep]}, read_batch=2,
-                    read_timeout_ms=10, on_failure=lambda r, exc: r.ready.clear())
-        token = Token(SourceState(rep, Tally("p")), (b"0", 0))
-        await rep.put_many([Msg(f"m{i}", b"v", (), 0, None, token) for i in range(6)])
-        worker = asyncio.ensure_future(flow.map_worker(rep))
-        try:
-            await _until(lambda: len(client.batches) >= 2)
+        rep = _replica(tmp_path, "up", "map", client=client)
+        flow = _flow(unordered=[rep], read_batch=2, on_failure=lambda r, exc: r.ready.clear())
+        await _queue(rep, 6)
+        async with _running(flow.map_worker(rep)):
+            await poll(lambda: len(client.batches) >= 2, what="two batches in flight")
             gate.set()
             await asyncio.sleep(0.2)
             sent = [i for b in client.batches for i in b]
             assert [m.id for m in rep.redeliver] == sent  # in the order they were sent
-        finally:
-            worker.cancel()
 
     asyncio.run(main())
 
@@ -219,23 +209,18 @@ def test_a_unary_worker_whose_routing_fails_ends_with_that_error(tmp_path: Path)
     """A bug in routing a unary vertex's results ends its worker with the error (the engine
     then stops the run, naming it) instead of leaving the worker waiting for room forever."""
     async def main() -> None:
-        rep = Replica(ReplicaSpec("doc", "up", "map", 0, ()), tmp_path, {}, 0)
-
         class Echo1:
             async def map_many(self, batch: list[Msg]) -> list[list[Result]]:
                 return [[Result(m.value)] for m in batch]
 
-        rep.client = Echo1()
-        rep.ready.set()
-        flow = Flow({"up": SimpleNamespace(ordered=False)}, {"up": [rep]}, read_batch=2,
-                    read_timeout_ms=10, on_failure=lambda r, exc: None)
+        rep = _replica(tmp_path, "up", "map", client=Echo1())
+        flow = _flow(unordered=[rep], read_batch=2)
 
         def broken(*args: Any) -> None:
             raise RuntimeError("a bug in routing")
 
         flow.collect = broken  # type: ignore[method-assign]
-        token = Token(SourceState(rep, Tally("p")), (b"0", 0))
-        await rep.put_many([Msg(f"m{i}", b"v", (), 0, None, token) for i in range(10)])
+        await _queue(rep, 10)
         with pytest.raises(RuntimeError, match="a bug in routing"):
             await asyncio.wait_for(flow.map_worker(rep), 5)
 

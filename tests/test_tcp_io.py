@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from engine_harness import poll
 
 from nfbuilder.runtime.tcp import Frame, FrameParser, FramingError, TcpFrameSource, TcpSinkWriter
 
@@ -44,14 +45,6 @@ def be32(h: bytes) -> int:
 
 def framed(payload: bytes, fmt: str = ">I") -> bytes:
     return struct.pack(fmt, len(payload)) + payload
-
-
-async def poll(cond: Callable[[], bool], timeout_s: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def until(
