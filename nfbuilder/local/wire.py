@@ -16,7 +16,7 @@ tests check both ways against them::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -24,31 +24,12 @@ from google.protobuf.message import DecodeError
 
 from nfbuilder._proto import metadata_pb2, nack_options_pb2
 from nfbuilder.local.rpc import UserMetadata, user_metadata_from
+from nfbuilder.runtime.protowire import field, varint
 
 _NS = 1_000_000_000
 _U64 = 1 << 64
 _MASK64 = _U64 - 1
 _MAX_FIELD = (1 << 29) - 1  # protobuf's largest field number
-
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return _SMALL[n]
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_SMALL = [bytes((i,)) for i in range(0x80)]
-
-
-def _field(tag: bytes, body: bytes) -> bytes:
-    """A length-delimited field: its tag byte(s), the length, the bytes."""
-    n = len(body)
-    return tag + (_SMALL[n] if n < 0x80 else _varint(n)) + body
 
 
 def _timestamp(tag: bytes, ns: int) -> bytes:
@@ -60,12 +41,12 @@ def _timestamp(tag: bytes, ns: int) -> bytes:
     seconds, nanos = divmod(ns, _NS)  # nanos >= 0, as protobuf's Timestamp wants
     body = b""
     if seconds:
-        body = b"\x08" + _varint(seconds + _U64 if seconds < 0 else seconds)
+        body = b"\x08" + varint(seconds + _U64 if seconds < 0 else seconds)
     if nanos:
-        body += b"\x10" + _varint(nanos)
+        body += b"\x10" + varint(nanos)
     if len(_TIMESTAMPS) >= 4096:
         _TIMESTAMPS.clear()
-    found = _TIMESTAMPS[(tag, ns)] = _field(tag, body)
+    found = _TIMESTAMPS[(tag, ns)] = field(tag, body)
     return found
 
 
@@ -73,7 +54,7 @@ _TIMESTAMPS: dict[tuple[bytes, int], bytes] = {}
 
 
 def _headers(tag: bytes, headers: Mapping[str, str]) -> bytes:
-    return b"".join(_field(tag, _field(b"\x0a", k.encode()) + _field(b"\x12", v.encode()))
+    return b"".join(field(tag, field(b"\x0a", k.encode()) + field(b"\x12", v.encode()))
                     for k, v in headers.items())
 
 
@@ -83,15 +64,6 @@ def _times(event_time_ns: int, watermark_ns: int | None) -> bytes:
     if watermark_ns is not None:
         out += _timestamp(b"\x22", watermark_ns)
     return out
-
-
-def _remembered(cache: dict[Any, bytes], key: Any, make: Callable[[], bytes]) -> bytes:
-    found = cache.get(key)
-    if found is None:
-        if len(cache) >= 4096:
-            cache.clear()
-        found = cache[key] = make()
-    return found
 
 
 #: what follows the value in a map request without headers, by (event time, watermark,
@@ -104,9 +76,9 @@ def _keys_and_value(keys: Sequence[str], value: bytes, tail: bytes) -> bytes:
     parts: list[bytes] = []
     for k in keys:
         kb = k.encode()
-        parts += (b"\x0a", _varint(len(kb)), kb)
+        parts += (b"\x0a", varint(len(kb)), kb)
     if value:
-        parts += (b"\x12", _varint(len(value)), value)
+        parts += (b"\x12", varint(len(value)), value)
     parts.append(tail)
     return b"".join(parts)
 
@@ -119,17 +91,21 @@ def map_request(id: str, keys: Sequence[str], value: bytes, event_time_ns: int,
     if headers:
         tail = _times(event_time_ns, watermark_ns) + _headers(b"\x2a", headers)
         if metadata:
-            tail += _field(b"\x32", metadata)
+            tail += field(b"\x32", metadata)
     else:
-        tail = _remembered(
-            _MAP_TAILS, (event_time_ns, watermark_ns, metadata),
-            lambda: _times(event_time_ns, watermark_ns)
-            + (_field(b"\x32", metadata) if metadata else b""))
+        key = (event_time_ns, watermark_ns, metadata)
+        cached = _MAP_TAILS.get(key)
+        if cached is None:
+            if len(_MAP_TAILS) >= 4096:  # bounded: a long run sees many event times
+                _MAP_TAILS.clear()
+            cached = _MAP_TAILS[key] = (_times(event_time_ns, watermark_ns)
+                                        + (field(b"\x32", metadata) if metadata else b""))
+        tail = cached
     body = _keys_and_value(keys, value, tail)
     if not id:
-        return b"\x0a" + _varint(len(body)) + body
+        return field(b"\x0a", body)
     idb = id.encode()
-    return b"".join((b"\x0a", _varint(len(body)), body, b"\x12", _varint(len(idb)), idb))
+    return b"".join((b"\x0a", varint(len(body)), body, b"\x12", varint(len(idb)), idb))
 
 
 def sink_request(id: str, keys: Sequence[str], value: bytes, event_time_ns: int,
@@ -138,13 +114,13 @@ def sink_request(id: str, keys: Sequence[str], value: bytes, event_time_ns: int,
     """A serialized ``sink.v1.SinkRequest`` data request (id inside the request body)."""
     tail = _times(event_time_ns, watermark_ns)
     if id:
-        tail += _field(b"\x2a", id.encode())
+        tail += field(b"\x2a", id.encode())
     if headers:
         tail += _headers(b"\x32", headers)
     if metadata:
-        tail += _field(b"\x3a", metadata)
+        tail += field(b"\x3a", metadata)
     body = _keys_and_value(keys, value, tail)
-    return b"\x0a" + _varint(len(body)) + body
+    return field(b"\x0a", body)
 
 
 def transform_request(id: str, keys: Sequence[str], value: bytes, event_time_ns: int,
@@ -157,11 +133,11 @@ def transform_request(id: str, keys: Sequence[str], value: bytes, event_time_ns:
     if headers:
         tail += _headers(b"\x2a", headers)
     if id:
-        tail += _field(b"\x32", id.encode())
+        tail += field(b"\x32", id.encode())
     if metadata:
-        tail += _field(b"\x3a", metadata)
+        tail += field(b"\x3a", metadata)
     body = _keys_and_value(keys, value, tail)
-    return b"\x0a" + _varint(len(body)) + body
+    return field(b"\x0a", body)
 
 
 def encoded(request: Any) -> bytes:
