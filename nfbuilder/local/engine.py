@@ -351,23 +351,30 @@ class Engine:
         """Nothing in flight: every message read is done (a step busy on one is not idle)."""
         return self.flow.open_count() == 0
 
-    def busy(self) -> list[tuple[str, str, float]]:
-        """``(replica, message id, seconds)`` of each message a replica is working on."""
-        now = time.monotonic()
-        return [(r.spec.label, msg_id, now - t0) for r in self._all_replicas()
-                for msg_id, t0 in r.busy.items()]
+    def busy(self, older_than_s: float = 0.0) -> list[tuple[str, str, float]]:
+        """``(replica, message id, seconds)`` of each message a replica has been working on for
+        ``older_than_s`` or longer (all of them by default)::
 
-    def _report_busy(self) -> None:
-        now, warn = time.monotonic(), self.options.busy_warning_s
+            for label, msg_id, seconds in engine.busy(older_than_s=60): ...
+        """
+        now = time.monotonic()
+        found = []
         for r in self._all_replicas():
             for msg_id, t0 in r.busy.items():
                 seconds = now - t0
-                if seconds < warn:
-                    break  # the rest came later: a replica's messages are marked as sent
-                if msg_id not in self._reported_busy:
-                    self._reported_busy.add(msg_id)
-                    self.status.event(f"warning: vertex {r.spec.label} has been busy on "
-                                      f"message {msg_id} for {seconds:.0f} s", always=True)
+                if seconds < older_than_s:
+                    # the rest are younger still: flow.py's ``_call_map`` and ``transform``
+                    # add a message's id as they send it, so a dict's order is the send order
+                    break
+                found.append((r.spec.label, msg_id, seconds))
+        return found
+
+    def _report_busy(self) -> None:
+        for label, msg_id, seconds in self.busy(older_than_s=self.options.busy_warning_s):
+            if msg_id not in self._reported_busy:
+                self._reported_busy.add(msg_id)
+                self.status.event(f"warning: vertex {label} has been busy on "
+                                  f"message {msg_id} for {seconds:.0f} s", always=True)
 
     async def wait(self) -> None:
         """Until Ctrl-C/SIGTERM, idleness, the message limit or a fatal failure."""
