@@ -414,7 +414,6 @@ class Flow:
 
         The next batch goes out before this one's results are routed, so the vertex works on
         it meanwhile; the results still go downstream batch after batch, each in order."""
-        vertex = rep.spec.vertex
         batch: list[Msg] = []
         call: asyncio.Future[Any] | None = None
         while True:
@@ -430,13 +429,19 @@ class Flow:
                 batch = self._waiting(rep)
                 if batch:
                     call = asyncio.ensure_future(self._call_map(rep, batch, batch_mode=True))
-            out: dict[Replica, list[Msg]] = {}
-            collect = self.collect
-            for m, results in zip(done, outs, strict=True):
-                collect(vertex, m.id, m.token, results, m.event_time_ns, m.watermark_ns,
-                        m.headers, out)
-            rep.processed += len(done)
-            await self.deliver(out)
+            await self._route_answered(rep, done, outs)
+
+    async def _route_answered(self, rep: Replica, batch: list[Msg], outs: list[Any]) -> None:
+        """Route ``outs``, the results ``rep`` answered for each of ``batch``'s messages, in the
+        batch's order; both map workers end a call this way."""
+        vertex = rep.spec.vertex
+        out: dict[Replica, list[Msg]] = {}
+        collect = self.collect  # one look-up per batch, not per message
+        for m, results in zip(batch, outs, strict=True):
+            collect(vertex, m.id, m.token, results, m.event_time_ns, m.watermark_ns,
+                    m.headers, out)
+        rep.processed += len(batch)
+        await self.deliver(out)
 
     async def map_worker(self, rep: Replica) -> None:
         """Up to ``in_flight`` requests at once; results are routed in arrival order, so an
@@ -450,7 +455,6 @@ class Flow:
         # sent; each up to ``read_batch``; the client lets ``in_flight`` requests out at once).
         # Fewer starve the vertex: with one waiting the word count runs about 8 % slower.
         calls: asyncio.Queue[tuple[list[Msg], asyncio.Future[Any]]] = asyncio.Queue(2)
-        vertex = rep.spec.vertex
 
         async def route_in_order() -> None:
             while True:
@@ -459,12 +463,7 @@ class Flow:
                 if outs is None:  # failed: redelivered after the older failed batches
                     rep.redeliver.extend(batch)
                     continue
-                out: dict[Replica, list[Msg]] = {}
-                for m, results in zip(batch, outs, strict=True):
-                    self.collect(vertex, m.id, m.token, results, m.event_time_ns,
-                                 m.watermark_ns, m.headers, out)
-                rep.processed += len(batch)
-                await self.deliver(out)
+                await self._route_answered(rep, batch, outs)
 
         router = asyncio.ensure_future(route_in_order())
         # the routing task failing (a bug) ends this worker with its error, not in a wait
