@@ -31,7 +31,7 @@ import attrs
 import grpc
 import grpc.aio
 
-from nfbuilder._proto import map_pb2, map_pb2_grpc, sourcetransform_pb2, sourcetransform_pb2_grpc
+from nfbuilder._proto import map_pb2, sourcetransform_pb2
 from nfbuilder.local.rpc import (
     Channel,
     ClientError,
@@ -108,22 +108,20 @@ class _Slots:
         if size < 1:
             raise ValueError(f"max_in_flight must be >= 1, received {size}")
         self.size = self.free = size
-        self._room: asyncio.Future[None] | None = None
+        # set when slots come back; each waiter has its own future in it, so one that is
+        # cancelled leaves the others waiting
+        self._room = asyncio.Event()
 
     async def take(self, n: int) -> None:
         """Take ``n`` (at most ``size``) slots, waiting until they are free."""
         while self.free < n:
-            room = self._room
-            if room is None or room.done():
-                room = self._room = asyncio.get_running_loop().create_future()
-            await asyncio.wait((room,))  # shared by the waiters: none may cancel it
+            self._room.clear()  # only slots given back from now on wake this waiter
+            await self._room.wait()
         self.free -= n
 
     def give(self, n: int) -> None:
         self.free += n
-        room = self._room
-        if room is not None and not room.done():
-            room.set_result(None)
+        self._room.set()
 
 
 class _Correlator(Generic[Resp]):
@@ -319,7 +317,6 @@ class MapClient:
 
     def __init__(self, channel: Channel, *, max_in_flight: int = 500,
                  name: str = "map") -> None:
-        self.stub = map_pb2_grpc.MapStub(channel)
         # the data requests are written as bytes (local.wire), the handshake and EOT are not
         self._map_fn = channel.stream_stream(
             "/map.v1.Map/MapFn", request_serializer=encoded,
@@ -390,7 +387,6 @@ class TransformClient:
 
     def __init__(self, channel: Channel, *, max_in_flight: int = 500,
                  name: str = "transformer") -> None:
-        self.stub = sourcetransform_pb2_grpc.SourceTransformStub(channel)
         # the data requests are written as bytes (local.wire), the handshake is not
         self._transform_fn = channel.stream_stream(
             "/sourcetransformer.v1.SourceTransform/SourceTransformFn",

@@ -147,7 +147,9 @@ class H2Call:
         self._trailers: list[tuple[bytes, bytes]] = []
         # sending
         self._outbox = bytearray()  # framed messages not yet given to h2
-        self._drain: asyncio.Future[None] | None = None
+        # set when the outbox shrinks or the call ends; each writer waiting has its own future
+        # in it, so one that is cancelled leaves the others waiting
+        self._drain = asyncio.Event()
         self._half_closed = False  # done_writing was called
         self._local_closed = False  # END_STREAM or RST_STREAM is out
         self._pump: asyncio.Task[None] | None = None
@@ -279,18 +281,12 @@ class H2Call:
             waiter.set_result(None)
 
     def _wake_writer(self) -> None:
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_result(None)
+        self._drain.set()
 
     async def _drained(self) -> None:
         while not self._done and (len(self._outbox) >= SEND_BUFFER or self._conn.paused):
-            # writers may wait together: they share one future, which a writer that is
-            # cancelled must not cancel for the others (hence ``wait``, not ``await``)
-            drain = self._drain
-            if drain is None or drain.done():
-                drain = self._drain = self._conn.loop.create_future()
-            await asyncio.wait((drain,))
+            self._drain.clear()  # only a wake-up from now on means there may be room
+            await self._drain.wait()
         if self._error is not None:
             raise self._error
 
